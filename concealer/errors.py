@@ -1,0 +1,17 @@
+"""Errors a user can cause: the CLI prints their message as one line and exits non-zero."""
+
+
+class ConcealerError(Exception):
+    """Base of every error whose message is meant for the person running the tool."""
+
+
+class UsageError(ConcealerError):
+    """Bad options or option combinations."""
+
+
+class InputError(ConcealerError):
+    """The input is missing, not a video, or in a form this operation cannot handle."""
+
+
+class OutputError(ConcealerError):
+    """The output cannot be written (exists, unwritable, or the muxer refuses the streams)."""

@@ -1,0 +1,94 @@
+"""MPEG-TS as IPTV sends it: 188-byte TS packets grouped 7 to a UDP datagram.
+
+Reads a muxed transport stream packet by packet, maps every video TS packet to
+the bytes of the elementary stream (and so to NAL units) it carries, and writes
+a copy from which whole datagrams are missing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+TS_PACKET = 188
+PACKETS_PER_DATAGRAM = 7
+
+
+class TransportError(ValueError):
+    """The file is not a well-formed MPEG transport stream."""
+
+
+@dataclass(frozen=True)
+class TsPacket:
+    index: int
+    pid: int
+    unit_start: bool
+    payload_offset: int  # where the payload starts inside the 188 bytes
+    raw: bytes
+
+
+@dataclass
+class TsAccessUnit:
+    """One PES packet of the video PID (one coded picture) and the TS packets that carried it."""
+
+    pts: int | None
+    es: bytearray = field(default_factory=bytearray)
+    # (ts packet index, first ES byte, end ES byte, first payload byte inside the TS packet)
+    carriers: list[tuple[int, int, int, int]] = field(default_factory=list)
+
+
+def read_ts_packets(stream: BinaryIO) -> Iterator[TsPacket]:
+    index = 0
+    while True:
+        raw = stream.read(TS_PACKET)
+        if not raw:
+            return
+        if len(raw) != TS_PACKET or raw[0] != 0x47:
+            raise TransportError(f"lost TS sync at packet {index}")
+        pid = ((raw[1] & 0x1F) << 8) | raw[2]
+        adaptation = (raw[3] >> 4) & 3
+        offset = 4
+        if adaptation & 2:
+            offset += 1 + raw[4]
+        if not adaptation & 1:
+            offset = TS_PACKET  # no payload
+        yield TsPacket(index, pid, bool(raw[1] & 0x40), min(offset, TS_PACKET), raw)
+        index += 1
+
+
+def pes_pts(payload: bytes) -> int | None:
+    """The PTS of a PES header (33 bits, 90 kHz), if the header has one."""
+    if len(payload) < 14 or payload[:3] != b"\x00\x00\x01" or not payload[7] & 0x80:
+        return None
+    p = payload[9:14]
+    return (((p[0] >> 1) & 7) << 30) | (p[1] << 22) | ((p[2] >> 1) << 15) | (p[3] << 7) | (p[4] >> 1)
+
+
+def pes_header_length(payload: bytes) -> int:
+    if len(payload) < 9 or payload[:3] != b"\x00\x00\x01":
+        raise TransportError("PES packet without a start code")
+    return 9 + payload[8]
+
+
+def iter_access_units(path: Path, pid: int) -> Iterator[TsAccessUnit]:
+    """Stream the PES packets of one PID with the TS packets that carried each byte."""
+    current: TsAccessUnit | None = None
+    with open(path, "rb") as stream:
+        for packet in read_ts_packets(stream):
+            if packet.pid != pid or packet.payload_offset >= TS_PACKET:
+                continue
+            payload = packet.raw[packet.payload_offset:]
+            offset = packet.payload_offset
+            if packet.unit_start:
+                if current is not None:
+                    yield current
+                current = TsAccessUnit(pes_pts(payload))
+                skip = pes_header_length(payload)
+                payload, offset = payload[skip:], offset + skip
+            if current is None:
+                continue  # joined mid-PES
+            start = len(current.es)
+            current.es += payload
+            current.carriers.append((packet.index, start, len(current.es), offset))
+    if current is not None:
+        yield current
