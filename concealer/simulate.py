@@ -21,7 +21,7 @@ from .bitstream import (BitstreamError, Codec, Framing, PictureGeometry, h264_ge
                         parse_decoder_config, parse_slice_header)
 from .channel import BernoulliLoss, BitErrors, ChannelLog, GilbertElliottLoss, LossModel, PatternLoss
 from .encode import EncoderSettings, add_video_encoder
-from .errors import InputError, UsageError
+from .errors import InputError, OutputError, UsageError
 from .media import AtomicOutputs, open_output, open_video_input, rescale
 from .truth import GroundTruth, LossEvent, LossSummary, truth_paths
 
@@ -240,6 +240,12 @@ class _Simulation:
         return self._ground_truth()
 
     def _add_reference_streams(self, reference: av.container.OutputContainer):
+        try:
+            return self._add_streams(reference)
+        except ValueError as exc:
+            raise OutputError(f"{reference.name}: {exc}; choose another container, e.g. .mp4 or .mkv") from exc
+
+    def _add_streams(self, reference: av.container.OutputContainer):
         if self.packets.as_is:
             video = reference.add_stream_from_template(self.video_in)
         else:

@@ -1,0 +1,54 @@
+"""Shared fixtures: real clips from ../shared/data, and helpers to decode them with real FFmpeg."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def clip(name: str) -> Path:
+    path = DATA / "clips" / name
+    if not path.exists():
+        pytest.skip(f"{path} not found: these tests need ../shared/data beside the checkout")
+    return path
+
+
+def decode_luma(path: Path, **codec_options: str) -> dict[int, np.ndarray]:
+    """Decode every frame single-threaded (so H.264 options like ec apply) keyed by pts."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_count = 1
+        stream.codec_context.options = codec_options
+        return {frame.pts: frame.to_ndarray(format="gray") for frame in container.decode(stream)}
+
+
+def stream_packets(path: Path, kind: str) -> list[bytes]:
+    with av.open(str(path)) as container:
+        streams = [s for s in container.streams if s.type == kind]
+        return [bytes(p) for p in container.demux(*streams) if p.size]
+
+
+def macroblock_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per 16x16 macroblock: does any luma sample differ?"""
+    height, width = a.shape
+    rows, cols = -(-height // 16), -(-width // 16)
+    diff = np.zeros((rows * 16, cols * 16), dtype=bool)
+    diff[:height, :width] = a != b
+    return diff.reshape(rows, 16, cols, 16).any(axis=(1, 3))
+
+
+def decode_order(path: Path) -> list[int]:
+    """Frame pts in the order the access units are stored (decode order)."""
+    with av.open(str(path)) as container:
+        return [p.pts for p in container.demux(video=0) if p.size]
+
+
+def strip_adts(frame: bytes) -> bytes:
+    """Raw AAC frame from an ADTS one (MPEG-TS carries AAC with ADTS headers)."""
+    if frame[:2] in (b"\xff\xf1", b"\xff\xf9"):
+        return frame[7 if frame[1] & 1 else 9:]
+    return frame

@@ -1,0 +1,276 @@
+"""simulate-loss end to end on real clips, with real FFmpeg: outputs, truth, reproducibility, errors."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from concealer import LossOptions, PacketisationOptions, UsageError, simulate_loss
+from concealer.bitstream import Codec, Framing, nal_units, parse_decoder_config
+from concealer.encode import EncoderSettings
+from concealer.truth import load_truth
+
+from conftest import clip, decode_luma, decode_order, macroblock_difference, stream_packets, strip_adts
+
+H264, HEVC = EncoderSettings(codec=Codec.H264), EncoderSettings(codec=Codec.HEVC)
+
+
+def simulate(source, out, **loss):
+    packets = loss.pop("packets", PacketisationOptions())
+    return simulate_loss(source, out, loss=LossOptions(**loss), packets=packets)
+
+
+def lost_events(doc):
+    return [e for e in doc["events"] if e["kind"] == "lost" and e["stream"] == "video"]
+
+
+@pytest.fixture(scope="module")
+def foreman_h264(tmp_path_factory):
+    out = tmp_path_factory.mktemp("h264") / "damaged.mp4"
+    return simulate(clip("foreman_cif_h264.mp4"), out, loss_rate=0.1, burst=2, seed=11,
+                    packets=PacketisationOptions(packet_size=300, encoder=EncoderSettings(gop=15)))
+
+
+def test_outputs_and_sidecars_are_written(foreman_h264):
+    result = foreman_h264
+    assert result.damaged.exists() and result.reference.exists()
+    doc, pts, mb = load_truth(result.truth)
+    assert result.truth_maps.exists() and doc["macroblock_maps"] == result.truth_maps.name
+    assert doc["video"]["codec"] == "h264" and doc["video"]["transport"] == "rtp"
+    assert mb.shape == (len(pts), 18, 22) and mb.dtype == bool and pts.dtype == np.int64
+    assert doc["summary"]["frames"] == 60 and doc["summary"]["packets_lost"] > 0
+    assert not [p for p in result.damaged.parent.iterdir() if ".partial-" in p.name]
+
+
+def test_truth_names_the_first_frame_where_each_lost_slice_differs(foreman_h264):
+    """With FFmpeg's concealment off, a lost slice's macroblocks first differ in the frame the truth names."""
+    doc, pts, mb = load_truth(foreman_h264.truth)
+    clean = decode_luma(foreman_h264.reference, ec="0")
+    damaged = decode_luma(foreman_h264.damaged, ec="0")
+    order = sorted(clean)
+    events = lost_events(doc)
+    assert events
+    lost_frames = set(doc["lost_frames"])
+    assert lost_frames == set(clean) - set(damaged)
+    ever_differed = np.zeros(mb.shape[1:], dtype=bool)
+    first_difference = {}
+    for frame_pts in order:
+        if frame_pts in damaged:
+            diff = macroblock_difference(clean[frame_pts], damaged[frame_pts])
+            for block in zip(*np.nonzero(diff & ~ever_differed)):
+                first_difference[block] = frame_pts
+            ever_differed |= diff
+    checked = matched = 0
+    for event in events:
+        if event["frame_pts"] in lost_frames:
+            continue
+        first, end = event["slice_range"]
+        blocks = [divmod(a, mb.shape[2]) for a in range(first, end)]
+        firsts = [first_difference[b] for b in blocks if b in first_difference]
+        # Every lost macroblock differs by its frame; those that were still clean first differ there.
+        assert firsts and min(firsts) <= event["frame_pts"]
+        clean_before = [b for b in blocks if first_difference.get(b, 1 << 62) >= event["frame_pts"]]
+        checked += len(clean_before)
+        matched += sum(first_difference.get(b) == event["frame_pts"] for b in clean_before)
+        row = dict(zip(pts.tolist(), mb))[event["frame_pts"]]
+        assert all(row[b] for b in blocks)
+    # Without concealment FFmpeg leaves a lost macroblock with a stale buffer's pixels, which
+    # can by chance equal the clean ones (static background): allow a few such blocks.
+    assert checked > 100 and matched >= 0.95 * checked
+    # Nothing differs before the first loss.
+    first_loss = min(e["frame_pts"] for e in events)
+    assert all(not macroblock_difference(clean[p], damaged[p]).any() for p in order if p < first_loss)
+
+
+def test_truth_timestamps_match_the_decoded_frames(foreman_h264):
+    doc, pts, _ = load_truth(foreman_h264.truth)
+    clean = decode_luma(foreman_h264.reference)
+    assert set(pts.tolist()) <= set(clean) and set(doc["lost_frames"]) <= set(clean)
+    assert {e["frame_pts"] for e in doc["events"]} <= set(clean)
+
+
+def test_effective_loss_rate_near_requested(foreman_h264):
+    summary = json.loads(foreman_h264.truth.read_text())["summary"]
+    assert summary["packets_sent"] > 400
+    assert 0.05 < summary["effective_loss_rate"] < 0.15
+    assert sum(summary["burst_histogram"].values()) > 0
+
+
+def test_same_seed_identical_bytes_different_seed_differs(tmp_path):
+    source = clip("foreman_cif_h264.mp4")
+    runs = [simulate(source, tmp_path / f"{name}.mp4", loss_rate=0.1, bit_error_rate=1e-5, seed=seed)
+            for name, seed in (("a", 5), ("b", 5), ("c", 6))]
+    a, b, c = (r.damaged.read_bytes() for r in runs)
+    assert a == b and a != c
+    def truth_without_paths(run):
+        doc = json.loads(run.truth.read_text())
+        del doc["video"]["damaged"], doc["video"]["reference"], doc["macroblock_maps"]
+        return doc
+    assert truth_without_paths(runs[0]) == truth_without_paths(runs[1])
+    assert runs[0].truth_maps.read_bytes() == runs[1].truth_maps.read_bytes()
+    assert runs[0].reference.read_bytes() == runs[2].reference.read_bytes()
+
+
+@pytest.mark.parametrize("source,packets", [
+    ("foreman_cif_hevc.mp4", PacketisationOptions(as_is=True)),
+    ("foreman_cif_h264.mp4", PacketisationOptions(encoder=HEVC)),
+    ("foreman_cif_h264.mp4", PacketisationOptions(as_is=True, packet_size=500)),
+])
+def test_lost_slices_damage_exactly_their_frames(tmp_path, source, packets):
+    result = simulate(clip(source), tmp_path / "damaged.mp4", loss_rate=0.1, seed=3, packets=packets)
+    doc, pts, mb = load_truth(result.truth)
+    clean, damaged = decode_luma(result.reference), decode_luma(result.damaged)
+    events = lost_events(doc)
+    assert events and len(clean) == 60
+    order = decode_order(result.reference)
+    first_loss = min((e["frame_pts"] for e in events), key=order.index)
+    # Frames decoded before the first loss are intact; the first damaged frame differs inside its lost slices.
+    for p in order[:order.index(first_loss)]:
+        assert np.array_equal(clean[p], damaged[p])
+    if first_loss in damaged:
+        truth_map = dict(zip(pts.tolist(), mb))[first_loss]
+        assert macroblock_difference(clean[first_loss], damaged[first_loss])[truth_map].mean() > 0.5
+
+
+def test_hevc_truth_uses_ctus(tmp_path):
+    result = simulate(clip("foreman_cif_h264.mp4"), tmp_path / "d.mp4", loss_rate=0.1, seed=3,
+                      packets=PacketisationOptions(encoder=HEVC))
+    doc, pts, mb = load_truth(result.truth)
+    assert doc["video"]["block_size"] == 32
+    assert doc["options"]["encoder"]["slices"] == 6
+    slices = {tuple(e["slice_range"]) for e in lost_events(doc)}
+    assert slices and all(0 <= a < b <= 99 for a, b in slices)  # 11 x 9 CTUs of 32x32
+
+
+@pytest.mark.parametrize("packets,name", [
+    (PacketisationOptions(), "d.mp4"),
+    (PacketisationOptions(as_is=True), "d.mp4"),
+    (PacketisationOptions(transport="ts"), "d.ts"),
+])
+def test_audio_survives_bit_exact(tmp_path, packets, name):
+    source = clip("realshort_320x240_aac.mp4")
+    result = simulate(source, tmp_path / name, loss_rate=0.15, seed=2, packets=packets)
+    assert json.loads(result.truth.read_text())["summary"]["packets_lost"] > 0
+    damaged_audio = stream_packets(result.damaged, "audio")
+    assert damaged_audio == stream_packets(result.reference, "audio")
+    assert [strip_adts(f) for f in damaged_audio] == stream_packets(source, "audio")
+    with av.open(str(result.damaged)) as container:
+        assert container.streams.audio[0].codec_context.name == "aac"
+
+
+def test_damage_audio_loses_audio_packets(tmp_path):
+    source = clip("realshort_320x240_aac.mp4")
+    result = simulate(source, tmp_path / "d.mp4", loss_rate=0.2, seed=1, damage_audio=True)
+    doc = json.loads(result.truth.read_text())
+    lost_audio = [e for e in doc["events"] if e["stream"] == "audio"]
+    assert lost_audio
+    assert len(stream_packets(result.damaged, "audio")) == len(stream_packets(source, "audio")) - len(lost_audio)
+
+
+def test_mpegts_datagram_loss(tmp_path):
+    result = simulate(clip("foreman_cif_h264.mp4"), tmp_path / "d.ts", loss_rate=0.05, seed=4,
+                      packets=PacketisationOptions(transport="ts"))
+    doc, pts, mb = load_truth(result.truth)
+    clean_size, damaged_size = result.reference.stat().st_size, result.damaged.stat().st_size
+    assert clean_size % 188 == 0 and damaged_size % 188 == 0 and damaged_size < clean_size
+    summary = doc["summary"]
+    assert summary["packets_sent"] == clean_size // 188 // 7 + (clean_size // 188 % 7 > 0)
+    dropped = (clean_size - damaged_size) // 188
+    assert 0 < dropped <= 7 * summary["packets_lost"]
+    clean, damaged = decode_luma(result.reference), decode_luma(result.damaged)
+    first_loss = min(e["frame_pts"] for e in lost_events(doc))
+    assert all(np.array_equal(clean[p], damaged[p]) for p in clean if p < first_loss)
+    truth_map = dict(zip(pts.tolist(), mb))[first_loss]
+    assert macroblock_difference(clean[first_loss], damaged[first_loss])[truth_map].any()
+
+
+def test_bit_errors_spare_nal_headers(tmp_path):
+    result = simulate(clip("foreman_cif_h264.mp4"), tmp_path / "d.mp4", loss_rate=0.0, bit_error_rate=2e-5,
+                      seed=9)
+    doc = json.loads(result.truth.read_text())
+    errors = [e for e in doc["events"] if e["kind"] == "bit-error"]
+    assert errors and doc["summary"]["packets_lost"] == 0
+    with av.open(str(result.reference)) as ref, av.open(str(result.damaged)) as dmg:
+        length = parse_decoder_config(Codec.H264, ref.streams.video[0].codec_context.extradata).length_size
+        pairs = list(zip((bytes(p) for p in ref.demux(video=0) if p.size),
+                         (bytes(p) for p in dmg.demux(video=0) if p.size)))
+    assert len(pairs) == 60
+    changed = 0
+    for clean, damaged in pairs:
+        a = nal_units(clean, Codec.H264, Framing.LENGTH_PREFIXED, length)
+        b = nal_units(damaged, Codec.H264, Framing.LENGTH_PREFIXED, length)
+        assert [(u.start, u.end, clean[u.payload_start]) for u in a] == \
+               [(u.start, u.end, damaged[u.payload_start]) for u in b]
+        changed += clean != damaged
+    assert changed == len({e["frame_pts"] for e in errors})
+    assert all(e["bit_offsets"][0] >= 8 for e in errors)
+
+
+def test_pattern_replay(tmp_path):
+    pattern = tmp_path / "p.txt"
+    pattern.write_text("0001")
+    result = simulate(clip("foreman_cif_h264.mp4"), tmp_path / "d.mp4", pattern=pattern)
+    summary = json.loads(result.truth.read_text())["summary"]
+    assert summary["model"] == "pattern" and summary["requested_loss_rate"] == 0.25
+    assert summary["packets_lost"] == summary["packets_sent"] // 4
+
+
+def test_protect_first_idr(tmp_path):
+    pattern = tmp_path / "p.txt"
+    pattern.write_text("1")  # lose everything that is exposed
+    result = simulate(clip("foreman_cif_h264.mp4"), tmp_path / "d.mp4", pattern=pattern, protect_first_idr=True)
+    damaged = decode_luma(result.damaged)
+    clean = decode_luma(result.reference)
+    assert len(damaged) == 1 and np.array_equal(damaged[0], clean[0])
+
+
+@pytest.mark.parametrize("loss", [dict(loss_rate=1.0), dict(loss_rate=-0.1), dict(bit_error_rate=1.5),
+                                  dict(byte_burst=4)])
+def test_bad_rates_are_rejected(tmp_path, loss):
+    with pytest.raises(UsageError):
+        simulate(clip("foreman_cif_h264.mp4"), tmp_path / "d.mp4", **loss)
+    assert list(tmp_path.iterdir()) == []
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-c", "from concealer._cli.simulate import main; main()", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("make_args,message", [
+    (lambda t: [str(t / "missing.mp4")], "no such file"),
+    (lambda t: [str(Path(__file__))], "not"),
+    (lambda t: [str(clip("foreman_cif_vp9.webm")), "--as-is"], "drop --as-is"),
+    (lambda t: [str(clip("foreman_cif_h264.mp4")), "--loss-rate", "1.5"], "[0, 1)"),
+    (lambda t: [str(clip("foreman_cif_h264.mp4")), "--loss-rate", "x"], "not a valid float"),
+])
+def test_cli_errors_are_one_line(tmp_path, make_args, message):
+    proc = cli(*make_args(tmp_path), "-o", str(tmp_path / "out.mp4"))
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_cli_refuses_to_overwrite_and_writes_atomically(tmp_path):
+    out = tmp_path / "out.mp4"
+    args = [str(clip("foreman_cif_h264.mp4")), "-o", str(out), "-q"]
+    assert cli(*args).returncode == 0
+    before = out.read_bytes()
+    proc = cli(*args, "--seed", "9")
+    assert proc.returncode == 1 and "--overwrite" in proc.stderr and out.read_bytes() == before
+    assert cli(*args, "--seed", "9", "--overwrite").returncode == 0
+    # A muxer that refuses the stream leaves nothing behind.
+    proc = cli(str(clip("foreman_cif_h264.mp4")), "-o", str(tmp_path / "bad.webm"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["out.mp4", "out.reference.mp4", "out.mp4.truth.json", "out.mp4.truth.npz"])
+
+
+def test_cli_prints_summary_table(tmp_path):
+    proc = cli(str(clip("carphone_qcif.mp4")), "-o", str(tmp_path / "c.mp4"), "--loss-rate", "0.1")
+    assert proc.returncode == 0, proc.stderr
+    assert "effective" in proc.stdout and "burst" in proc.stdout
