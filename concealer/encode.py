@@ -56,6 +56,9 @@ def add_video_encoder(container: av.container.OutputContainer, settings: Encoder
     stream.time_base = time_base
     stream.codec_context.time_base = time_base
     stream.thread_count = settings.threads
+    # FFmpeg's default lets libx264 use sliced threads, which force one slice per thread and make
+    # the bitstream depend on the machine; frame threads keep it deterministic and packet-sized.
+    stream.codec_context.thread_type = "FRAME"
     key = "x264-params" if settings.codec is Codec.H264 else "x265-params"
     stream.options = {"crf": f"{settings.crf:g}", "preset": settings.preset, key: settings.codec_params()}
     return stream

@@ -5,7 +5,9 @@ Written beside the damaged video as `<damaged>.truth.json` (events, summary) and
 """
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -95,8 +97,18 @@ class GroundTruth:
         }
         with open(json_path, "w") as fh:
             json.dump(doc, fh, indent=1)
-        with open(npz_path, "wb") as fh:
-            np.savez_compressed(fh, pts=self.mb_pts.astype(np.int64), mb=self.mb_lost.astype(bool))
+        write_npz(npz_path, pts=self.mb_pts.astype(np.int64), mb=self.mb_lost.astype(bool))
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Like np.savez_compressed, but byte-identical for identical arrays (fixed zip timestamps)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.asanyarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, buffer.getvalue())
 
 
 def _event_dict(event: LossEvent) -> dict:
