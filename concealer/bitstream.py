@@ -64,12 +64,6 @@ def is_parameter_set(codec: Codec, nal_type: int) -> bool:
     return nal_type in (32, 33, 34)  # VPS, SPS, PPS
 
 
-def is_keyframe_slice(codec: Codec, nal_type: int) -> bool:
-    if codec is Codec.H264:
-        return nal_type == 5
-    return 16 <= nal_type <= 23  # IRAP
-
-
 def _iter_length_prefixed(data: bytes, length_size: int) -> Iterator[tuple[int, int, int]]:
     offset = 0
     while offset < len(data):
@@ -161,9 +155,8 @@ class PictureGeometry:
     width: int
     height: int
     block_size: int
-    # HEVC slice headers need these PPS fields to reach slice_segment_address.
+    # HEVC slice headers carry dependent_slice_segment_flag before the address when the PPS enables it.
     dependent_slice_segments_enabled: bool = False
-    num_extra_slice_header_bits: int = 0
 
     @property
     def blocks_wide(self) -> int:
@@ -246,20 +239,17 @@ def parse_hevc_sps(nal: bytes) -> tuple[int, int, int]:
     return width, height, 1 << log2_ctb
 
 
-def parse_hevc_pps(nal: bytes) -> tuple[bool, int]:
-    """Return (dependent_slice_segments_enabled_flag, num_extra_slice_header_bits) (H.265 7.3.2.3)."""
+def parse_hevc_pps(nal: bytes) -> bool:
+    """Return dependent_slice_segments_enabled_flag (H.265 7.3.2.3)."""
     reader = BitReader(remove_emulation_prevention(nal[2:]))
     reader.ue()  # pps_pic_parameter_set_id
     reader.ue()  # pps_seq_parameter_set_id
-    dependent = bool(reader.u(1))
-    reader.u(1)  # output_flag_present_flag
-    return dependent, reader.u(3)
+    return bool(reader.u(1))
 
 
 def hevc_geometry(sps: bytes, pps: bytes | None) -> PictureGeometry:
     width, height, ctb = parse_hevc_sps(sps)
-    dependent, extra_bits = parse_hevc_pps(pps) if pps else (False, 0)
-    return PictureGeometry(width, height, ctb, dependent, extra_bits)
+    return PictureGeometry(width, height, ctb, parse_hevc_pps(pps) if pps else False)
 
 
 @dataclass(frozen=True)
@@ -282,29 +272,27 @@ def parse_decoder_config(codec: Codec, extradata: bytes | None) -> DecoderConfig
         raise BitstreamError("truncated codec configuration record") from exc
 
 
+def _read_sized_units(data: bytes, offset: int, count: int, sets: list[bytes]) -> int:
+    """Append `count` NAL units stored as (16-bit size, bytes); return the offset after them."""
+    for _ in range(count):
+        size = int.from_bytes(data[offset:offset + 2], "big")
+        if offset + 2 + size > len(data):
+            raise IndexError("parameter set runs past the record")
+        sets.append(data[offset + 2:offset + 2 + size])
+        offset += 2 + size
+    return offset
+
+
 def _parse_avcc(data: bytes) -> DecoderConfig:
-    length_size = (data[4] & 3) + 1
     sets: list[bytes] = []
-    offset = 5
-    for count_mask in (0x1F, 0xFF):  # SPS count is 5 bits, PPS count 8 bits
-        count = data[offset] & count_mask
-        offset += 1
-        for _ in range(count):
-            size = int.from_bytes(data[offset:offset + 2], "big")
-            sets.append(data[offset + 2:offset + 2 + size])
-            offset += 2 + size
-    return DecoderConfig(length_size, tuple(sets))
+    offset = _read_sized_units(data, 6, data[5] & 0x1F, sets)  # SPS count is 5 bits
+    _read_sized_units(data, offset + 1, data[offset], sets)  # then the PPS
+    return DecoderConfig((data[4] & 3) + 1, tuple(sets))
 
 
 def _parse_hvcc(data: bytes) -> DecoderConfig:
-    length_size = (data[21] & 3) + 1
     sets: list[bytes] = []
     offset = 23
-    for _ in range(data[22]):
-        count = int.from_bytes(data[offset + 1:offset + 3], "big")
-        offset += 3
-        for _ in range(count):
-            size = int.from_bytes(data[offset:offset + 2], "big")
-            sets.append(data[offset + 2:offset + 2 + size])
-            offset += 2 + size
-    return DecoderConfig(length_size, tuple(sets))
+    for _ in range(data[22]):  # arrays of VPS, SPS, PPS, SEI
+        offset = _read_sized_units(data, offset + 3, int.from_bytes(data[offset + 1:offset + 3], "big"), sets)
+    return DecoderConfig((data[21] & 3) + 1, tuple(sets))

@@ -276,3 +276,24 @@ def test_cli_prints_summary_table(tmp_path):
     proc = cli(str(clip("carphone_qcif.mp4")), "-o", str(tmp_path / "c.mp4"), "--loss-rate", "0.1")
     assert proc.returncode == 0, proc.stderr
     assert "effective" in proc.stdout and "burst" in proc.stdout
+
+
+@pytest.mark.parametrize("source", ["foreman_cif_h264.mp4", "foreman_cif_hevc.mp4", "realshort_320x240_aac.mp4"])
+@pytest.mark.parametrize("as_is,transport", [(False, "rtp"), (True, "rtp"), (False, "ts"), (True, "ts")])
+def test_every_clip_in_every_mode(tmp_path, source, as_is, transport):
+    path = clip(source)
+    out = tmp_path / ("d.ts" if transport == "ts" else "d.mp4")
+    result = simulate(path, out, loss_rate=0.1, seed=1, packets=PacketisationOptions(as_is=as_is, transport=transport))
+    doc, pts, mb = load_truth(result.truth)
+    clean = decode_luma(result.reference)
+    with av.open(str(path)) as original:
+        assert len(clean) == original.streams.video[0].frames
+        has_audio = bool(original.streams.audio)
+    assert doc["video"]["codec"] == ("hevc" if as_is and "hevc" in source else "h264")
+    assert doc["summary"]["frames"] == len(clean) and doc["summary"]["packets_lost"] > 0
+    assert set(pts.tolist()) <= set(clean) and set(doc["lost_frames"]) <= set(clean)
+    decode_luma(result.damaged)  # FFmpeg reads the damaged stream to the end
+    if has_audio:
+        damaged_audio = stream_packets(result.damaged, "audio")
+        assert damaged_audio == stream_packets(result.reference, "audio")
+        assert [strip_adts(f) for f in damaged_audio] == stream_packets(path, "audio")
