@@ -11,26 +11,26 @@ import argparse
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 import av
 
 from concealer import LossOptions, PacketisationOptions, simulate_loss
 from concealer.encode import EncoderSettings, add_video_encoder
+from concealer.media import nominal_rate
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "clips"
 
 
-def plain_transcode(source: Path, output: Path, settings: EncoderSettings) -> None:
+def plain_transcode(source: Path, output: Path, settings: Callable[[Fraction], EncoderSettings]) -> None:
     """The baseline: decode, encode with the same x264 settings, mux to MP4 with audio copied."""
     with av.open(str(source)) as inp, av.open(str(output), "w") as out:
         video = inp.streams.video[0]
-        rate = video.average_rate or Fraction(25)
-        encoder = add_video_encoder(out, replace(settings, gop=settings.gop or round(2 * float(rate))),
-                                    width=video.codec_context.width, height=video.codec_context.height,
-                                    rate=rate, time_base=video.time_base)
+        rate = nominal_rate(video)
+        encoder = add_video_encoder(out, settings(rate), width=video.codec_context.width,
+                                    height=video.codec_context.height, rate=rate, time_base=video.time_base)
         audio = {s.index: out.add_stream_from_template(s) for s in inp.streams.audio}
         for packet in inp.demux(video, *inp.streams.audio):
             if packet.stream is video:
@@ -51,12 +51,11 @@ def main() -> None:
     args = parser.parse_args()
     source = DATA / args.clip
     packets = PacketisationOptions()
-    settings = replace(packets.encoder, slice_max_size=packets.packet_size)
     plain, simulated = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
             start = time.perf_counter()
-            plain_transcode(source, Path(tmp) / f"plain{round_}.mp4", settings)
+            plain_transcode(source, Path(tmp) / f"plain{round_}.mp4", packets.reencode_settings)
             plain.append(time.perf_counter() - start)
             start = time.perf_counter()
             result = simulate_loss(source, Path(tmp) / f"damaged{round_}.mp4", packets=packets,
@@ -65,6 +64,7 @@ def main() -> None:
     with av.open(str(source)) as probe:
         stream = probe.streams.video[0]
         size = f"{stream.codec_context.width}x{stream.codec_context.height}"
+        settings = packets.reencode_settings(nominal_rate(stream))
     ratio = statistics.median(simulated) / statistics.median(plain)
     print(f"clip {args.clip} ({size}, {result.summary.frames} frames), x264 preset {settings.preset} "
           f"crf {settings.crf:g}, slice-max-size {settings.slice_max_size}, {args.rounds} rounds")

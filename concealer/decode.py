@@ -32,10 +32,6 @@ class DecodedFrame:
     def missing(self) -> bool:
         return self.picture is None
 
-    @property
-    def seconds(self) -> float:
-        return float(self.pts * self.time_base)
-
 
 def configure_decoder(stream: av.video.stream.VideoStream, concealment: bool, threads: int = 0) -> None:
     """Set FFmpeg's concealment and a threading mode under which that setting takes effect."""

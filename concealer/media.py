@@ -32,6 +32,11 @@ def open_video_input(path: Path) -> av.container.InputContainer:
     return container
 
 
+def nominal_rate(stream: av.video.stream.VideoStream) -> Fraction:
+    """The frame rate to encode at: the stream's average rate, else FFmpeg's guess, else 25."""
+    return stream.average_rate or stream.guessed_rate or Fraction(25)
+
+
 def rescale(value: int, source: Fraction, target: Fraction) -> int:
     """Rescale a timestamp between time bases, rounding half away from zero like av_rescale_q."""
     exact = Fraction(value) * source / target

@@ -22,7 +22,7 @@ from .bitstream import (BitstreamError, Codec, Framing, PictureGeometry, h264_ge
 from .channel import BernoulliLoss, BitErrors, ChannelLog, GilbertElliottLoss, LossModel, PatternLoss
 from .encode import EncoderSettings, add_video_encoder
 from .errors import InputError, OutputError, UsageError
-from .media import AtomicOutputs, open_output, open_video_input, rescale
+from .media import AtomicOutputs, nominal_rate, open_output, open_video_input, rescale
 from .truth import GroundTruth, LossEvent, LossSummary, truth_paths
 
 PASSTHROUGH_TYPES = ("audio", "subtitle")
@@ -84,6 +84,13 @@ class PacketisationOptions:
             raise UsageError(f"--packet-size must be at least 100 bytes, got {self.packet_size}")
         if self.encoder.gop is not None and self.encoder.gop < 1:
             raise UsageError(f"--gop must be at least 1 frame, got {self.encoder.gop}")
+
+    def reencode_settings(self, rate: Fraction) -> EncoderSettings:
+        """The encoder settings of re-encode mode: packet-sized slices and a fixed GOP (2 s by default)."""
+        settings = replace(self.encoder, gop=self.encoder.gop or max(1, round(2 * float(rate))))
+        if settings.codec is Codec.H264:
+            return replace(settings, slice_max_size=self.packet_size)
+        return replace(settings, slices=self.hevc_slices, ctu=settings.ctu or 32)
 
 
 @dataclass(frozen=True)
@@ -249,16 +256,10 @@ class _Simulation:
         if self.packets.as_is:
             video = reference.add_stream_from_template(self.video_in)
         else:
-            rate = self.video_in.average_rate or self.video_in.guessed_rate or Fraction(25)
-            settings = self.packets.encoder
-            gop = settings.gop or max(1, round(2 * float(rate)))
-            if self.codec is Codec.H264:
-                settings = replace(settings, gop=gop, slice_max_size=self.packets.packet_size)
-            else:
-                settings = replace(settings, gop=gop, slices=self.packets.hevc_slices, ctu=settings.ctu or 32)
-            self.encoder_settings = settings
-            video = add_video_encoder(reference, settings, width=self.width, height=self.height, rate=rate,
-                                      time_base=self.video_in.time_base)
+            rate = nominal_rate(self.video_in)
+            self.encoder_settings = self.packets.reencode_settings(rate)
+            video = add_video_encoder(reference, self.encoder_settings, width=self.width, height=self.height,
+                                      rate=rate, time_base=self.video_in.time_base)
         others = {s.index: reference.add_stream_from_template(s) for s in self._passthrough_streams()}
         return video, others
 
