@@ -7,6 +7,7 @@ as placeholders, so that every frame slot of the stream comes out, in order.
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -16,8 +17,11 @@ import av
 
 from .media import open_video_input
 
-# FFmpeg's H.264 `ec` flags: guess motion vectors, deblock concealed blocks.
+import numpy as np
+
+# FFmpeg's H.264 `ec` flags: guess motion vectors, deblock concealed blocks ("0": no concealment).
 FFMPEG_CONCEALMENT = "guess_mvs+deblock"
+NO_CONCEALMENT = "0"
 
 
 @dataclass(frozen=True)
@@ -27,19 +31,28 @@ class DecodedFrame:
     pts: int
     time_base: Fraction
     picture: av.VideoFrame | None  # None: the frame was lost entirely
+    # FFmpeg's exported motion vectors (AVMotionVector records), when asked for.
+    motion_vectors: np.ndarray | None = None
 
     @property
     def missing(self) -> bool:
         return self.picture is None
 
+    def luma(self) -> np.ndarray:
+        """The Y plane as an HxW uint8 array."""
+        return self.picture.to_ndarray(format="gray")
 
-def configure_decoder(stream: av.video.stream.VideoStream, concealment: bool, threads: int = 0) -> None:
-    """Set FFmpeg's concealment and a threading mode under which that setting takes effect."""
+
+def configure_decoder(stream: av.video.stream.VideoStream, concealment: str, threads: int = 0,
+                      motion_vectors: bool = False) -> None:
+    """Set FFmpeg's concealment (`ec` flags) and a threading mode under which that setting takes effect."""
     context = stream.codec_context
     context.thread_type = "FRAME"
     context.thread_count = threads
+    options = {"flags2": "+export_mvs"} if motion_vectors else {}
     if context.name == "h264":
-        context.options = {"ec": FFMPEG_CONCEALMENT if concealment else "0"}
+        options["ec"] = concealment
+    context.options = options
 
 
 def frame_duration(stream: av.video.stream.VideoStream) -> int | None:
@@ -54,36 +67,72 @@ def frame_duration(stream: av.video.stream.VideoStream) -> int | None:
     return round(ticks) if ticks >= 1 else None
 
 
-def decode_frames(path: Path, *, concealment: bool = True, threads: int = 0) -> Iterator[DecodedFrame]:
+def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads: int = 0,
+                  motion_vectors: bool = False) -> Iterator[DecodedFrame]:
     """Yield every frame slot of the first video stream in presentation order, lost frames included.
 
-    A gap between consecutive timestamps wider than 1.5 frame durations means frames were
-    lost there; each missing slot is yielded as a placeholder with its expected pts.
-    Frames that come out without a timestamp (their container packet header was lost)
-    are given the next expected one.
+    A slot is lost when the container has a packet for it but the decoder gave no picture
+    (FFmpeg's HEVC decoder drops pictures it cannot start), or when the container has no
+    packet at all: a gap between timestamps wider than 1.5 frame durations. Each lost slot
+    is yielded as a placeholder with its expected pts. Frames that come out without a
+    timestamp (their container packet header was lost) are given the next expected one.
     """
     with open_video_input(path) as container:
         stream = container.streams.video[0]
-        configure_decoder(stream, concealment, threads)
-        duration = frame_duration(stream)
-        previous: int | None = None
+        configure_decoder(stream, concealment, threads, motion_vectors)
+        slots = _FrameSlots(frame_duration(stream), stream.time_base)
         for packet in container.demux(stream):
+            slots.expect(packet.pts)
             try:
                 frames = packet.decode()
             except av.error.InvalidDataError:
-                continue  # nothing decodable in this packet; its slot shows up as a gap
+                continue  # nothing decodable in this packet: its slot comes out as a placeholder
             for picture in frames:
-                pts = picture.pts
-                if pts is None:
-                    if previous is None or duration is None:
-                        continue
-                    pts = previous + duration
-                if previous is not None and duration is not None:
-                    if pts <= previous:
-                        continue  # a duplicate or out-of-order frame: the slot is already filled
-                    missing = previous + duration
-                    while pts - missing >= duration // 2 + 1:
-                        yield DecodedFrame(missing, stream.time_base, None)
-                        missing += duration
-                previous = pts
-                yield DecodedFrame(pts, stream.time_base, picture)
+                vectors = picture.side_data.get("MOTION_VECTORS") if motion_vectors else None
+                yield from slots.fill(picture, vectors.to_ndarray() if vectors is not None else None)
+        yield from slots.finish()
+
+
+class _FrameSlots:
+    """Turns decoder output into a gap-free sequence of frame slots, in presentation order."""
+
+    def __init__(self, duration: int | None, time_base: Fraction):
+        self._duration = duration
+        self._time_base = time_base
+        self._expected: list[int] = []  # heap of packet timestamps not yet output
+        self._last: int | None = None
+
+    def expect(self, pts: int | None) -> None:
+        if pts is not None and (self._last is None or pts > self._last):
+            heapq.heappush(self._expected, pts)
+
+    def fill(self, picture: av.VideoFrame, vectors: np.ndarray | None) -> Iterator[DecodedFrame]:
+        pts = picture.pts
+        if pts is None:
+            if self._last is None or self._duration is None:
+                return
+            pts = self._last + self._duration
+        if self._last is not None and pts <= self._last:
+            return  # a duplicate or out-of-order frame: its slot is already filled
+        while self._expected and self._expected[0] < pts:
+            yield from self._advance(heapq.heappop(self._expected), None, None)
+        while self._expected and self._expected[0] == pts:
+            heapq.heappop(self._expected)
+        yield from self._advance(pts, picture, vectors)
+
+    def finish(self) -> Iterator[DecodedFrame]:
+        while self._expected:
+            yield from self._advance(heapq.heappop(self._expected), None, None)
+
+    def _advance(self, pts: int, picture: av.VideoFrame | None, vectors: np.ndarray | None) -> Iterator[DecodedFrame]:
+        """Emit the slot at `pts`, preceded by placeholders for any gap in the timestamps before it."""
+        if self._last is not None:
+            if pts <= self._last:
+                return
+            if self._duration:
+                missing = self._last + self._duration
+                while pts - missing >= self._duration // 2 + 1:
+                    yield DecodedFrame(missing, self._time_base, None)
+                    missing += self._duration
+        self._last = pts
+        yield DecodedFrame(pts, self._time_base, picture, vectors)

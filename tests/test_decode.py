@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from concealer import LossOptions, PacketisationOptions, simulate_loss
-from concealer.decode import decode_frames
+from concealer.decode import NO_CONCEALMENT, decode_frames
 from concealer.errors import InputError
 from concealer.truth import load_truth
 
@@ -29,7 +29,7 @@ def test_concealment_takes_effect(damaged):
     clean = decode_luma(damaged.reference)
     ours = {f.pts: f.picture.to_ndarray(format="gray") for f in decode_frames(damaged.damaged) if not f.missing}
     off = {f.pts: f.picture.to_ndarray(format="gray")
-           for f in decode_frames(damaged.damaged, concealment=False) if not f.missing}
+           for f in decode_frames(damaged.damaged, concealment=NO_CONCEALMENT) if not f.missing}
     with av.open(str(damaged.damaged)) as container:  # PyAV's default threading: slice threads, auto count
         pyav_default = {f.pts: f.to_ndarray(format="gray") for f in container.decode(video=0)}
     assert luma_psnr(ours, clean) > luma_psnr(off, clean) + 1

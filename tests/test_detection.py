@@ -1,0 +1,107 @@
+"""Damage maps on real damaged clips: accuracy against the clean decode, missing frames, codecs, CLI."""
+import subprocess
+import sys
+
+import av
+import numpy as np
+import pytest
+
+from concealer import LossOptions, PacketisationOptions, simulate_loss
+from concealer.decode import decode_frames
+from concealer.detection import DamageLabel, detect_damage, macroblock_mean
+from concealer.errors import InputError
+from concealer.truth import load_truth
+
+from conftest import clip
+
+
+@pytest.fixture(scope="module")
+def foreman(tmp_path_factory):
+    return simulate_loss(clip("foreman_cif_h264.mp4"), tmp_path_factory.mktemp("detect") / "d.mp4",
+                         loss=LossOptions(loss_rate=0.1, burst=2, seed=1))
+
+
+def accuracy(result, mode):
+    """Macroblock recall and precision against the reference map (MSE > 4 vs the clean decode)."""
+    clean = {f.pts: f.luma().astype(np.float32) for f in decode_frames(result.reference)}
+    tp = fp = fn = 0
+    for damaged in detect_damage(result.damaged, mode=mode, truth=result.truth if mode == "truth" else None):
+        if damaged.frame.missing:
+            continue
+        reference = macroblock_mean((damaged.frame.luma() - clean[damaged.frame.pts]) ** 2) > 4
+        found = damaged.damage.damaged
+        tp += np.count_nonzero(reference & found)
+        fp += np.count_nonzero(found & ~reference)
+        fn += np.count_nonzero(reference & ~found)
+    return tp / (tp + fn), tp / (tp + fp)
+
+
+def test_bitstream_map_matches_the_reference_map(foreman):
+    recall, precision = accuracy(foreman, "bitstream")
+    assert recall > 0.95 and precision > 0.85, (recall, precision)
+
+
+def test_truth_map_marks_every_lost_macroblock(foreman):
+    doc, pts, maps = load_truth(foreman.truth)
+    truth = dict(zip(pts.tolist(), maps))
+    seen = 0
+    for damaged in detect_damage(foreman.damaged, mode="truth", truth=foreman.truth):
+        if damaged.frame.pts in truth and not damaged.frame.missing:
+            assert np.array_equal(damaged.damage.labels == DamageLabel.LOST, truth[damaged.frame.pts])
+            seen += 1
+    assert seen > 0
+    recall, precision = accuracy(foreman, "truth")
+    assert recall > 0.95 and precision > 0.75, (recall, precision)
+
+
+@pytest.mark.parametrize("mode", ["bitstream", "truth"])
+def test_missing_frames_are_labelled(foreman, mode):
+    doc = load_truth(foreman.truth)[0]
+    assert doc["lost_frames"]
+    labelled = [d.frame.pts for d in detect_damage(foreman.damaged, mode=mode, truth=foreman.truth)
+                if (d.damage.labels == DamageLabel.MISSING_FRAME).all()]
+    assert labelled == doc["lost_frames"]
+
+
+@pytest.mark.parametrize("name", ["foreman_cif_h264.mp4", "foreman_cif_hevc.mp4", "foreman_cif_vp9.webm",
+                                  "carphone_qcif.mp4"])
+def test_clean_clip_yields_an_empty_map(name):
+    maps = [d.damage for d in detect_damage(clip(name))]
+    assert maps and not any(m.damaged.any() for m in maps)
+    height, width = (-(-d // 16) for d in (288, 352)) if "qcif" not in name else (9, 11)
+    assert maps[0].labels.shape == (height, width)
+
+
+def test_hevc_damage_is_found(tmp_path):
+    result = simulate_loss(clip("foreman_cif_hevc.mp4"), tmp_path / "d.mp4", loss=LossOptions(loss_rate=0.1, seed=2),
+                           packets=PacketisationOptions(as_is=True))
+    maps = [d.damage for d in detect_damage(result.damaged)]
+    assert len(maps) == 60
+    assert any((m.labels == DamageLabel.MISSING_FRAME).all() for m in maps)
+
+
+def test_not_a_video_is_a_clear_error(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    with pytest.raises(InputError):
+        list(detect_damage(text))
+
+
+def test_cli_writes_masks_and_overlay(foreman, tmp_path):
+    masks, overlay = tmp_path / "m.npz", tmp_path / "o.mp4"
+    proc = subprocess.run([sys.executable, "-c", "from concealer._cli.conceal import main; main()", "detect",
+                           str(foreman.damaged), "--masks-out", str(masks), "--overlay", str(overlay)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    with np.load(masks) as data:
+        assert data["pts"].dtype == np.int64 and data["mb"].dtype == bool and data["label"].dtype == np.uint8
+        assert data["mb"].shape == data["label"].shape == (60, 18, 22)
+        assert np.array_equal(data["mb"], data["label"] != 0)
+        assert set(np.unique(data["label"])) <= {0, 1, 2, 3}
+    with av.open(str(overlay)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 60
+    proc = subprocess.run([sys.executable, "-c", "from concealer._cli.conceal import main; main()", "detect",
+                           str(tmp_path / "missing.mp4"), "--masks-out", str(tmp_path / "x.npz")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.npz").exists()
