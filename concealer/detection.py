@@ -13,6 +13,7 @@ reference map's threshold (MSE > 4 against the clean decode).
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -105,9 +106,14 @@ class CellGrid:
     def cell_mean(self, values: np.ndarray) -> np.ndarray:
         """Mean of an HxW float32 array over each 4x4 cell (zero outside the picture)."""
         rows, cols = self.shape
-        padded = cv2.copyMakeBorder(values, 0, rows * self.CELL - self.height, 0, cols * self.CELL - self.width,
-                                    cv2.BORDER_CONSTANT, value=0)
-        return cv2.resize(padded, (cols, rows), interpolation=cv2.INTER_AREA)  # exact box mean
+        cell = self.CELL
+        whole_rows, whole_cols = -(-self.height // cell), -(-self.width // cell)
+        if whole_rows * cell != self.height or whole_cols * cell != self.width:
+            values = cv2.copyMakeBorder(values, 0, whole_rows * cell - self.height, 0, whole_cols * cell - self.width,
+                                        cv2.BORDER_CONSTANT, value=0)
+        cells = np.zeros(self.shape, np.float32)
+        cells[:whole_rows, :whole_cols] = cv2.resize(values, (whole_cols, whole_rows), interpolation=cv2.INTER_AREA)
+        return cells
 
     def mb_mean(self, cells: np.ndarray) -> np.ndarray:
         rows, cols = self.mb_shape
@@ -125,6 +131,61 @@ class CellGrid:
         return self.cell_mean(cv2.multiply(difference, difference))
 
 
+class MotionField:
+    """Where each 4x4 cell of a frame was predicted from, as read from the decoder's motion vectors.
+
+    Worked out once per frame, on first use (clean stretches never need it), and applied to
+    every error map traced along it. A source block straddles up to four cells; each is
+    weighted by the area it covers.
+    """
+
+    def __init__(self, grid: CellGrid, motion_vectors: np.ndarray | None):
+        self.grid = grid
+        self._vectors = motion_vectors
+
+    @functools.cached_property
+    def _mapping(self) -> tuple | None:
+        """(target cells, four source cells, four weights), or None for an intra picture."""
+        vectors = self._vectors
+        if vectors is None:
+            return None
+        vectors = vectors[vectors["source"] < 0]  # only prediction from the past
+        if not len(vectors):
+            return None
+        grid = self.grid
+        cell = CellGrid.CELL
+        wide = np.maximum(vectors["w"].astype(np.int64) // cell, 1)
+        high = np.maximum(vectors["h"].astype(np.int64) // cell, 1)
+        counts = wide * high
+        owner = np.repeat(np.arange(len(vectors)), counts)
+        offset = np.arange(owner.size) - np.repeat(np.cumsum(counts) - counts, counts)
+        cell_row = ((vectors["dst_y"].astype(np.int64) - vectors["h"] // 2) // cell)[owner] + offset // wide[owner]
+        cell_col = ((vectors["dst_x"].astype(np.int64) - vectors["w"] // 2) // cell)[owner] + offset % wide[owner]
+        rows, cols = grid.shape
+        inside = (cell_row >= 0) & (cell_row < rows) & (cell_col >= 0) & (cell_col < cols)
+        cell_row, cell_col, owner = cell_row[inside], cell_col[inside], owner[inside]
+        scale = np.maximum(vectors["motion_scale"], 1).astype(np.float32) * cell
+        source_row = cell_row + (vectors["motion_y"] / scale)[owner]
+        source_col = cell_col + (vectors["motion_x"] / scale)[owner]
+        top, left = np.floor(source_row), np.floor(source_col)
+        down, right = (source_row - top).astype(np.float32), (source_col - left).astype(np.float32)
+        top, left = top.astype(np.int64), left.astype(np.int64)
+        sources = [np.clip(r, 0, rows - 1) * cols + np.clip(c, 0, cols - 1)
+                   for r, c in ((top, left), (top, left + 1), (top + 1, left), (top + 1, left + 1))]
+        weights = [(1 - down) * (1 - right), (1 - down) * right, down * (1 - right), down * right]
+        return cell_row * cols + cell_col, sources, weights
+
+    def warp(self, error: np.ndarray) -> np.ndarray:
+        """The error each cell inherits from the cells it was predicted from (0 for intra cells)."""
+        inherited = np.zeros(self.grid.shape, np.float32)
+        if not error.any() or (mapping := self._mapping) is None:
+            return inherited
+        targets, sources, weights = mapping
+        flat = error.ravel()
+        inherited.ravel()[targets] = sum(w * flat[s] for w, s in zip(weights, sources))
+        return inherited
+
+
 class ErrorTracer:
     """Carries a per-cell squared-error estimate forward along the decoder's motion vectors."""
 
@@ -138,44 +199,13 @@ class ErrorTracer:
         """A frame slot with no picture: the next frame predicts from a substitute reference."""
         self._gap = True
 
-    def inherit(self, luma: np.ndarray, motion_vectors: np.ndarray | None) -> np.ndarray:
+    def inherit(self, luma: np.ndarray, motion: MotionField) -> np.ndarray:
         """The error this frame inherits through inter prediction from the previous one."""
         error = self.error
         if self._gap and self._last_luma is not None:
             error = np.maximum(error, MISSING_REFERENCE_WEIGHT * self.grid.squared_difference(luma, self._last_luma))
         self._gap = False
-        inherited = np.zeros(self.grid.shape, np.float32)
-        if motion_vectors is None or not len(motion_vectors) or not error.any():
-            return inherited  # an intra picture, or nothing to inherit
-        vectors = motion_vectors[motion_vectors["source"] < 0]  # predicted from the past
-        cell = CellGrid.CELL
-        wide = np.maximum(vectors["w"].astype(np.int64) // cell, 1)
-        high = np.maximum(vectors["h"].astype(np.int64) // cell, 1)
-        counts = wide * high
-        owner = np.repeat(np.arange(len(vectors)), counts)
-        offset = np.arange(owner.size) - np.repeat(np.cumsum(counts) - counts, counts)
-        scale = np.maximum(vectors["motion_scale"], 1).astype(np.float32) * cell
-        row = (vectors["dst_y"].astype(np.int64) - vectors["h"] // 2) // cell
-        col = (vectors["dst_x"].astype(np.int64) - vectors["w"] // 2) // cell
-        cell_row = row[owner] + offset // wide[owner]
-        cell_col = col[owner] + offset % wide[owner]
-        rows, cols = self.grid.shape
-        inside = (cell_row >= 0) & (cell_row < rows) & (cell_col >= 0) & (cell_col < cols)
-        cell_row, cell_col, owner = cell_row[inside], cell_col[inside], owner[inside]
-        # The source block straddles up to four cells: weight each by the area it covers.
-        source_row = cell_row + (vectors["motion_y"] / scale)[owner]
-        source_col = cell_col + (vectors["motion_x"] / scale)[owner]
-        top, left = np.floor(source_row), np.floor(source_col)
-        down, right = (source_row - top).astype(np.float32), (source_col - left).astype(np.float32)
-        top, left = top.astype(np.int64), left.astype(np.int64)
-
-        def at(r: np.ndarray, c: np.ndarray) -> np.ndarray:
-            return error[np.clip(r, 0, rows - 1), np.clip(c, 0, cols - 1)]
-
-        inherited[cell_row, cell_col] = (
-            (1 - down) * ((1 - right) * at(top, left) + right * at(top, left + 1))
-            + down * ((1 - right) * at(top + 1, left) + right * at(top + 1, left + 1)))
-        return inherited
+        return motion.warp(error)
 
     def commit(self, luma: np.ndarray, error: np.ndarray) -> np.ndarray:
         """Keep this frame's error for the next one; return its labels-ready macroblock means."""
@@ -222,16 +252,20 @@ class BitstreamDetector:
             self._difference.skip_missing()
             return _missing_map(frame, self._grid)
         luma = frame.luma()
-        inherited = self._error.inherit(luma, frame.motion_vectors)
+        motion = MotionField(self._grid, frame.motion_vectors)
+        inherited = self._error.inherit(luma, motion)
         difference = self._grid.squared_difference(luma, other.luma())
-        explained = self._difference.inherit(luma, frame.motion_vectors)
+        explained = self._difference.inherit(luma, motion)
         self._difference.commit(luma, difference)
         concealed = (difference > 0) & (explained <= 0)
-        if len(self._recent) == 2:
-            motion = np.maximum(self._grid.squared_difference(*self._recent), CONCEALMENT_ERROR_FLOOR)
+        if not concealed.any():
+            motion_energy = None
+        elif len(self._recent) == 2:
+            motion_energy = np.maximum(self._grid.squared_difference(*self._recent), CONCEALMENT_ERROR_FLOOR)
         else:
-            motion = np.full(self._grid.shape, TRUTH_SEED_ERROR, np.float32)
-        estimate = np.where(concealed, motion, 0).astype(np.float32)
+            motion_energy = np.full(self._grid.shape, TRUTH_SEED_ERROR, np.float32)
+        estimate = np.zeros(self._grid.shape, np.float32) if motion_energy is None else \
+            np.where(concealed, motion_energy, 0).astype(np.float32)
         self._recent = [luma] + self._recent[:1]
         seeds = (self._grid.mb_mean(estimate) > DAMAGE_MSE) & (self._grid.mb_mean(inherited) <= DAMAGE_MSE)
         mb_error = self._error.commit(luma, np.maximum(inherited, estimate))
@@ -258,7 +292,7 @@ class TruthDetector:
             self._tracer.skip_missing()
             return _missing_map(frame, self._grid)
         luma = frame.luma()
-        inherited = self._tracer.inherit(luma, frame.motion_vectors)
+        inherited = self._tracer.inherit(luma, MotionField(self._grid, frame.motion_vectors))
         seeds = self._lost.get(frame.pts, np.zeros(self._grid.mb_shape, dtype=bool))
         mb_error = self._tracer.commit(luma, np.maximum(inherited, TRUTH_SEED_ERROR * self._grid.expand_mbs(seeds)))
         return DamageMap(frame.pts, _label(seeds, mb_error))
