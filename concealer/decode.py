@@ -42,12 +42,13 @@ class DecodedFrame:
         return self.picture is None
 
     def luma(self) -> np.ndarray:
-        """The Y plane as an HxW uint8 array (copied straight from the plane for 8-bit planar YUV)."""
+        """The Y plane as an HxW uint8 array, raw (limited range stays limited, as PSNR wants:
+        a conversion to "gray" would stretch it to full range)."""
         picture = self.picture
-        if picture.format.name in PLANAR_8BIT_YUV:
-            plane = picture.planes[0]
-            return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:picture.height, :picture.width].copy()
-        return picture.to_ndarray(format="gray")
+        if picture.format.name not in PLANAR_8BIT_YUV:
+            picture = picture.reformat(format="yuv420p")
+        plane = picture.planes[0]
+        return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:picture.height, :picture.width].copy()
 
 
 def configure_decoder(stream: av.video.stream.VideoStream, concealment: str, threads: int = 0,

@@ -26,9 +26,12 @@ class EncoderSettings:
     slices: int | None = None
     ctu: int | None = None  # HEVC coding-tree-unit size; 32 gives finer slices than x265's 64
     threads: int = 0
+    lossless: bool = False  # x264 qp 0 / x265 lossless, for evaluation
 
     def codec_params(self) -> str:
-        params: list[str] = []
+        params: list[str] = ["qp=0"] if self.lossless and self.codec is Codec.H264 else []
+        if self.lossless and self.codec is Codec.HEVC:
+            params.append("lossless=1")
         if self.gop:
             params += [f"keyint={self.gop}", f"min-keyint={self.gop}", "scenecut=0"]
         params.append(f"bframes={self.bframes}")
@@ -60,5 +63,26 @@ def add_video_encoder(container: av.container.OutputContainer, settings: Encoder
     # the bitstream depend on the machine; frame threads keep it deterministic and packet-sized.
     stream.codec_context.thread_type = "FRAME"
     key = "x264-params" if settings.codec is Codec.H264 else "x265-params"
-    stream.options = {"crf": f"{settings.crf:g}", "preset": settings.preset, key: settings.codec_params()}
+    stream.options = {"preset": settings.preset, key: settings.codec_params()}
+    if not settings.lossless:
+        stream.options["crf"] = f"{settings.crf:g}"
+    return stream
+
+
+OUTPUT_CODECS = ("h264", "hevc", "ffv1")
+
+
+def add_output_encoder(container: av.container.OutputContainer, codec: str, settings: EncoderSettings, *,
+                       width: int, height: int, rate: Fraction | None, time_base: Fraction) -> av.VideoStream:
+    """The repaired video's encoder: x264/x265 with `settings`, or FFV1 (always lossless)."""
+    if codec not in OUTPUT_CODECS:
+        raise UsageError(f"unknown output codec {codec!r} (use {', '.join(OUTPUT_CODECS)})")
+    if codec != "ffv1":
+        return add_video_encoder(container, EncoderSettings(codec=Codec(codec), crf=settings.crf,
+                                                            preset=settings.preset, lossless=settings.lossless),
+                                 width=width, height=height, rate=rate, time_base=time_base)
+    stream = container.add_stream("ffv1", rate=rate)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    stream.time_base = time_base
+    stream.codec_context.time_base = time_base
     return stream

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .concealment import Picture, make_concealer
+from .decode import decode_frames
 from .detection import DamageLabel, DamageMap, detect_damage, write_damage_maps
-from .errors import UsageError
+from .encode import EncoderSettings, add_output_encoder
+from .errors import InputError, UsageError
 from .media import AtomicOutputs, nominal_rate, open_output, open_video_input
 from .overlay import OverlayWriter
 
@@ -57,3 +61,108 @@ def detect(source: Path, masks_out: Path, *, overlay: Path | None = None, mode: 
         write_damage_maps(maps, outputs[masks_out])
         outputs.commit()
     return summary
+
+
+@dataclass
+class ConcealSummary:
+    """What `conceal` did: frames, damage found and repaired, and how fast."""
+
+    frames: int = 0
+    damaged_frames: int = 0
+    frames_rebuilt: int = 0
+    macroblocks: dict[str, int] = field(default_factory=lambda: {"lost": 0, "propagated": 0})
+    seconds: float = 0.0
+    psnr: float | None = None  # sequence luma PSNR against --reference, from the mean MSE
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds else 0.0
+
+
+def conceal(source: Path, output: Path, *, model: str = "ffmpeg", detect: str = "auto", truth: Path | None = None,
+            codec: str = "h264", crf: float = 18, preset: str = "medium", lossless: bool = False,
+            reference: Path | None = None, overwrite: bool = False) -> ConcealSummary:
+    """Repair `source` into `output`: detect the damage, fill it, re-encode, copy every other stream."""
+    concealer = make_concealer(model)
+    if Path(source).resolve() == Path(output).resolve():
+        raise UsageError("the output path is the input file")
+    started = time.perf_counter()
+    summary = ConcealSummary()
+    with open_video_input(source) as probe:
+        stream = probe.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        rate, time_base = nominal_rate(stream), stream.time_base
+    clean = _reference_luma(reference) if reference else None
+    squared_error = 0.0
+    with AtomicOutputs([output], overwrite) as outputs, open_output(outputs[output]) as sink, \
+            open_video_input(source) as passthrough_source:
+        video = add_output_encoder(sink, codec, EncoderSettings(crf=crf, preset=preset, lossless=lossless),
+                                   width=width, height=height, rate=rate, time_base=time_base)
+        copies = _PassThrough(passthrough_source, sink)
+        sink.metadata.update(passthrough_source.metadata)
+        previous: Picture | None = None
+        for damaged in detect_damage(source, mode=detect, truth=truth):
+            frame, damage = damaged.frame, damaged.damage
+            summary.frames += 1
+            if frame.missing:
+                if previous is None:
+                    continue  # nothing to rebuild from before the first picture
+                picture = previous
+                summary.frames_rebuilt += 1
+            else:
+                picture = Picture.from_frame(frame.picture)
+                if damage.damaged.any():
+                    summary.damaged_frames += 1
+                    summary.macroblocks["lost"] += int(np.count_nonzero(damage.labels == DamageLabel.LOST))
+                    summary.macroblocks["propagated"] += int(
+                        np.count_nonzero(damage.labels == DamageLabel.PROPAGATED))
+                    lost = np.kron(damage.labels == DamageLabel.LOST, np.ones((16, 16), bool))[:height, :width]
+                    picture = concealer.conceal(picture, lost, previous) if lost.any() else picture
+            previous = picture
+            if clean is not None:
+                squared_error += _squared_error(picture.y, clean, frame.pts)
+            out = picture.to_frame()
+            out.pts, out.time_base = frame.pts, frame.time_base
+            copies.mux_until(frame.pts * frame.time_base)
+            sink.mux(video.encode(out))
+        sink.mux(video.encode(None))
+        copies.mux_until(None)
+        sink.close()
+        outputs.commit()
+    summary.seconds = time.perf_counter() - started
+    if clean is not None and summary.frames:
+        mse = squared_error / summary.frames
+        summary.psnr = float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
+    return summary
+
+
+class _PassThrough:
+    """Copies the input's audio and subtitle packets into the output, in time order with the video."""
+
+    def __init__(self, source, sink):
+        streams = [s for s in source.streams if s.type in ("audio", "subtitle")]
+        self._targets = {s.index: sink.add_stream_from_template(s) for s in streams}
+        self._packets = (p for p in source.demux(*streams) if p.dts is not None) if streams else iter(())
+        self._sink = sink
+        self._next = next(self._packets, None)
+
+    def mux_until(self, seconds) -> None:
+        """Mux the packets due before `seconds` (all that are left when None)."""
+        while self._next is not None and (seconds is None or self._next.dts * self._next.time_base <= seconds):
+            packet, self._next = self._next, next(self._packets, None)
+            packet.stream = self._targets[packet.stream.index]
+            self._sink.mux(packet)
+
+
+def _reference_luma(reference: Path):
+    """The clean decode's luma planes keyed by pts, read lazily in step with the repair."""
+    return iter((f.pts, f.luma()) for f in decode_frames(reference) if not f.missing)
+
+
+def _squared_error(luma: np.ndarray, clean, pts: int) -> float:
+    for clean_pts, clean_luma in clean:
+        if clean_pts == pts:
+            return float(np.mean((luma.astype(np.float32) - clean_luma) ** 2))
+        if clean_pts > pts:
+            break
+    raise InputError(f"the reference has no frame at pts {pts}: is it the clean stream of this video?")

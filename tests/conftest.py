@@ -19,12 +19,13 @@ def clip(name: str) -> Path:
 
 
 def decode_luma(path: Path, **codec_options: str) -> dict[int, np.ndarray]:
-    """Decode every frame single-threaded (so H.264 options like ec apply) keyed by pts."""
+    """Decode every frame single-threaded (so H.264 options like ec apply): raw Y planes keyed by pts."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_count = 1
         stream.codec_context.options = codec_options
-        return {frame.pts: frame.to_ndarray(format="gray") for frame in container.decode(stream)}
+        return {frame.pts: frame.reformat(format="yuv420p").to_ndarray()[:frame.height]
+                for frame in container.decode(stream)}
 
 
 def stream_packets(path: Path, kind: str) -> list[bytes]:

@@ -1,20 +1,80 @@
 """`conceal`: the CLI over the concealer pipeline (`conceal detect` for now)."""
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from ..concealment import CONCEALERS
 from ..detection import DETECTION_MODES
+from ..encode import OUTPUT_CODECS
+from ..pipeline import conceal as conceal_video
 from ..pipeline import detect
 from . import run
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _RepairByDefault(click.Group):
+    """`conceal INPUT -o OUTPUT` means `conceal repair INPUT -o OUTPUT`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["repair", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_RepairByDefault, context_settings={"help_option_names": ["-h", "--help"]})
 def conceal() -> None:
-    """Find and repair the macroblocks that transmission errors destroyed in a video."""
+    """Find and repair the macroblocks that transmission errors destroyed in a video.
+
+    \b
+    conceal DAMAGED -o FIXED [options]     repair (see `conceal repair --help`)
+    conceal detect DAMAGED --masks-out M   only map the damage
+    """
+
+
+def _table(title: str, rows: list[tuple[str, str]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+@conceal.command("repair")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Repaired video to write.")
+@click.option("--model", type=click.Choice(CONCEALERS), default="ffmpeg", show_default=True,
+              help="How damaged blocks are filled (ffmpeg: FFmpeg's own concealment only).")
+@click.option("--detect", "mode", type=click.Choice(DETECTION_MODES), default="auto", show_default=True)
+@click.option("--truth", type=click.Path(path_type=Path), help="simulate-loss truth file (.truth.json).")
+@click.option("--codec", type=click.Choice(OUTPUT_CODECS), default="h264", show_default=True)
+@click.option("--crf", type=float, default=18, show_default=True)
+@click.option("--preset", default="medium", show_default=True)
+@click.option("--lossless", is_flag=True, help="Lossless output for evaluation (x264 qp 0, x265 lossless, FFV1).")
+@click.option("--reference", type=click.Path(path_type=Path), help="Clean decode to measure luma PSNR against.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def repair_command(source, output, model, mode, truth, codec, crf, preset, lossless, reference, overwrite, quiet,
+                   as_json):
+    """Repair SOURCE into OUTPUT."""
+    summary = conceal_video(source, output, model=model, detect=mode, truth=truth, codec=codec, crf=crf,
+                            preset=preset, lossless=lossless, reference=reference, overwrite=overwrite)
+    if as_json:
+        click.echo(json.dumps({**asdict(summary), "fps": summary.fps}))
+    elif not quiet:
+        rows = [("frames / damaged / rebuilt", f"{summary.frames} / {summary.damaged_frames} / {summary.frames_rebuilt}"),
+                ("macroblocks lost / propagated",
+                 f"{summary.macroblocks['lost']} / {summary.macroblocks['propagated']}"),
+                ("time / speed", f"{summary.seconds:.1f} s / {summary.fps:.1f} frames/s")]
+        if summary.psnr is not None:
+            rows.append(("luma PSNR vs reference", f"{summary.psnr:.2f} dB"))
+        Console().print(_table(f"conceal: {output}", rows))
 
 
 @conceal.command("detect")
@@ -32,14 +92,10 @@ def detect_command(source, masks_out, overlay, mode, truth, overwrite, quiet):
     summary = detect(source, masks_out, overlay=overlay, mode=mode, truth=truth, overwrite=overwrite)
     if quiet:
         return
-    table = Table(title=f"conceal detect: {source}", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column(justify="right")
-    table.add_row("frames / damaged / missing", f"{summary.frames} / {summary.damaged_frames} / {summary.missing_frames}")
-    table.add_row("macroblocks lost / propagated",
-                  f"{summary.macroblocks['lost']} / {summary.macroblocks['propagated']}")
-    table.add_row("masks", str(masks_out) + (f", overlay {overlay}" if overlay else ""))
-    Console().print(table)
+    Console().print(_table(f"conceal detect: {source}", [
+        ("frames / damaged / missing", f"{summary.frames} / {summary.damaged_frames} / {summary.missing_frames}"),
+        ("macroblocks lost / propagated", f"{summary.macroblocks['lost']} / {summary.macroblocks['propagated']}"),
+        ("masks", str(masks_out) + (f", overlay {overlay}" if overlay else ""))]))
 
 
 main = run(conceal, "conceal")
