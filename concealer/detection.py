@@ -57,9 +57,10 @@ class DamageMap:
     def damaged(self) -> np.ndarray:
         return self.labels != DamageLabel.CLEAN
 
-    def pixel_mask(self, height: int, width: int) -> np.ndarray:
-        """The damaged macroblocks as an HxW bool mask (True = damaged)."""
-        return np.kron(self.damaged, np.ones((MB, MB), dtype=bool))[:height, :width]
+    def pixel_mask(self, height: int, width: int, label: DamageLabel | None = None) -> np.ndarray:
+        """The damaged macroblocks (or only those with `label`) as an HxW bool mask (True = damaged)."""
+        blocks = self.damaged if label is None else self.labels == label
+        return np.kron(blocks, np.ones((MB, MB), dtype=bool))[:height, :width]
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,8 @@ from .overlay import OverlayWriter
 
 @dataclass
 class DetectionSummary:
+    """What the damage maps found, counted frame slot by frame slot."""
+
     frames: int = 0
     damaged_frames: int = 0
     missing_frames: int = 0
@@ -39,10 +42,7 @@ def detect(source: Path, masks_out: Path, *, overlay: Path | None = None, mode: 
     """Write the damage maps of `source` (and optionally a video with them drawn on)."""
     if Path(masks_out).suffix != ".npz":
         raise UsageError(f"--masks-out must name an .npz file, not {masks_out}")
-    with open_video_input(source) as probe:
-        stream = probe.streams.video[0]
-        width, height = stream.codec_context.width, stream.codec_context.height
-        rate, time_base = nominal_rate(stream), stream.time_base
+    width, height, rate, time_base = _video_format(source)
     summary = DetectionSummary()
     maps: list[DamageMap] = []
     with AtomicOutputs([masks_out] + ([overlay] if overlay else []), overwrite) as outputs, \
@@ -64,13 +64,10 @@ def detect(source: Path, masks_out: Path, *, overlay: Path | None = None, mode: 
 
 
 @dataclass
-class ConcealSummary:
-    """What `conceal` did: frames, damage found and repaired, and how fast."""
+class ConcealSummary(DetectionSummary):
+    """What `conceal` did: the damage found, the frames rebuilt, and how fast."""
 
-    frames: int = 0
-    damaged_frames: int = 0
     frames_rebuilt: int = 0
-    macroblocks: dict[str, int] = field(default_factory=lambda: {"lost": 0, "propagated": 0})
     seconds: float = 0.0
     psnr: float | None = None  # sequence luma PSNR against --reference, from the mean MSE
 
@@ -88,10 +85,7 @@ def conceal(source: Path, output: Path, *, model: str = "ffmpeg", detect: str = 
         raise UsageError("the output path is the input file")
     started = time.perf_counter()
     summary = ConcealSummary()
-    with open_video_input(source) as probe:
-        stream = probe.streams.video[0]
-        width, height = stream.codec_context.width, stream.codec_context.height
-        rate, time_base = nominal_rate(stream), stream.time_base
+    width, height, rate, time_base = _video_format(source)
     clean = _reference_luma(reference) if reference else None
     squared_error = 0.0
     with AtomicOutputs([output], overwrite) as outputs, open_output(outputs[output]) as sink, \
@@ -103,7 +97,6 @@ def conceal(source: Path, output: Path, *, model: str = "ffmpeg", detect: str = 
         previous: Picture | None = None
         for damaged in detect_damage(source, mode=detect, truth=truth):
             frame, damage = damaged.frame, damaged.damage
-            summary.frames += 1
             if frame.missing:
                 if previous is None:
                     continue  # nothing to rebuild from before the first picture
@@ -111,13 +104,10 @@ def conceal(source: Path, output: Path, *, model: str = "ffmpeg", detect: str = 
                 summary.frames_rebuilt += 1
             else:
                 picture = Picture.from_frame(frame.picture)
-                if damage.damaged.any():
-                    summary.damaged_frames += 1
-                    summary.macroblocks["lost"] += int(np.count_nonzero(damage.labels == DamageLabel.LOST))
-                    summary.macroblocks["propagated"] += int(
-                        np.count_nonzero(damage.labels == DamageLabel.PROPAGATED))
-                    lost = np.kron(damage.labels == DamageLabel.LOST, np.ones((16, 16), bool))[:height, :width]
-                    picture = concealer.conceal(picture, lost, previous) if lost.any() else picture
+                lost = damage.pixel_mask(height, width, DamageLabel.LOST)
+                if lost.any():  # propagated blocks keep the decoder's pixels: refilling them measured worse
+                    picture = concealer.conceal(picture, lost, previous)
+            summary.add(damage)
             previous = picture
             if clean is not None:
                 squared_error += _squared_error(picture.y, clean, frame.pts)
@@ -134,6 +124,13 @@ def conceal(source: Path, output: Path, *, model: str = "ffmpeg", detect: str = 
         mse = squared_error / summary.frames
         summary.psnr = float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
     return summary
+
+
+def _video_format(source: Path) -> tuple[int, int, Fraction, Fraction]:
+    """(width, height, frame rate, time base) of the first video stream."""
+    with open_video_input(source) as probe:
+        stream = probe.streams.video[0]
+        return stream.codec_context.width, stream.codec_context.height, nominal_rate(stream), stream.time_base
 
 
 class _PassThrough:
