@@ -1,0 +1,71 @@
+"""The founding paper's conv-deconv context encoder, as published.
+
+A 128x128 RGB image whose centred 64x64 square is blanked white goes through six
+4x4 stride-2 convolutions with ReLU (64 filters first, 128 -> 64 pixels, no pooling)
+down to a 2x2x1000 bottleneck (4000 elements), then six 4x4 stride-2 transposed
+convolutions with ReLU back up (512 maps of 4x4, then 512 of 8x8, ...), ending in
+tanh at 128x128. Only the hole is taken from the output and pasted into the input,
+so known pixels never change. The discriminator is DCGAN's, on the 64x64 patch.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+IMAGE = 128
+HOLE = 64
+
+
+class ContextEncoder(nn.Module):
+    def __init__(self, bottleneck: int = 1000):
+        super().__init__()
+        down = [3, 64, 128, 256, 512, 512, bottleneck]
+        up = [bottleneck, 512, 512, 256, 128, 64, 3]
+        encoder: list[nn.Module] = []
+        for a, b in zip(down, down[1:]):
+            encoder += [nn.Conv2d(a, b, 4, 2, 1), nn.ReLU(inplace=True)]
+        decoder: list[nn.Module] = []
+        for a, b in zip(up, up[1:]):
+            decoder += [nn.ConvTranspose2d(a, b, 4, 2, 1), nn.ReLU(inplace=True)]
+        decoder[-1] = nn.Tanh()
+        self.encoder = nn.Sequential(*encoder)
+        self.decoder = nn.Sequential(*decoder)
+
+    def forward(self, blanked: torch.Tensor) -> torch.Tensor:
+        """(N, 3, 128, 128) in [-1, 1] with the hole set to 1 (white) -> the generated image."""
+        return self.decoder(self.encoder(blanked))
+
+
+class PatchDiscriminator(nn.Module):
+    """DCGAN discriminator for the 64x64 hole: real centre or generated one?"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, 64, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+        for a, b in ((64, 128), (128, 256), (256, 512)):
+            layers += [nn.Conv2d(a, b, 4, 2, 1), nn.BatchNorm2d(b), nn.LeakyReLU(0.2, inplace=True)]
+        layers += [nn.Conv2d(512, 1, 4, 1, 0)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, patch: torch.Tensor) -> torch.Tensor:
+        return self.net(patch).flatten(1)
+
+
+def hole_slice() -> slice:
+    return slice((IMAGE - HOLE) // 2, (IMAGE + HOLE) // 2)
+
+
+def blank(images: torch.Tensor) -> torch.Tensor:
+    """Blank the centred hole white, as the paper does."""
+    blanked = images.clone()
+    hole = hole_slice()
+    blanked[:, :, hole, hole] = 1.0
+    return blanked
+
+
+def fill(model: ContextEncoder, images: torch.Tensor) -> torch.Tensor:
+    """Images with their centred hole replaced by the model's prediction (known pixels untouched)."""
+    hole = hole_slice()
+    filled = images.clone()
+    filled[:, :, hole, hole] = model(blank(images))[:, :, hole, hole]
+    return filled
