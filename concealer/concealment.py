@@ -47,13 +47,45 @@ class Picture:
         chroma = mask[::2, ::2]
         return [(self.y, mask), (self.u, chroma), (self.v, chroma)]
 
+    def to_rgb(self) -> np.ndarray:
+        """HxWx3 uint8 RGB (BT.601), what the networks were trained on."""
+        height, width = self.y.shape
+        luma = np.pad(self.y, ((0, height % 2), (0, width % 2)), mode="edge")
+        stacked = np.concatenate([luma.ravel(), self.u.ravel(), self.v.ravel()]).reshape(-1, luma.shape[1])
+        return cv2.cvtColor(stacked, cv2.COLOR_YUV2RGB_I420)[:height, :width]
+
+    def with_rgb(self, rgb: np.ndarray, mask: np.ndarray) -> "Picture":
+        """This picture with its `mask` pixels taken from an RGB image of the same size."""
+        height, width = self.y.shape
+        even = np.pad(rgb, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+        yuv = cv2.cvtColor(even, cv2.COLOR_RGB2YUV_I420).ravel()
+        luma_size, chroma_size = even.shape[0] * even.shape[1], self.u.size
+        planes = (yuv[:luma_size].reshape(even.shape[:2])[:height, :width],
+                  yuv[luma_size:luma_size + chroma_size].reshape(self.u.shape),
+                  yuv[luma_size + chroma_size:].reshape(self.v.shape))
+        repaired = []
+        for (plane, plane_mask), new in zip(self.planes_with_masks(mask), planes):
+            plane = plane.copy()
+            plane[plane_mask] = new[plane_mask]
+            repaired.append(plane)
+        return Picture(*repaired)
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """What a concealer may look at besides the damaged picture itself."""
+
+    previous: Picture | None = None  # the last repaired picture
+    following: Picture | None = None  # the next picture as decoded (its own damage not yet repaired)
+    following_damaged: np.ndarray | None = None  # the next picture's damaged pixels (HxW bool)
+
 
 class Concealer(Protocol):
-    """Fills the masked pixels of `picture`; `previous` is the last repaired picture, if any."""
+    """Fills the masked pixels of `picture`, perhaps with help from its neighbours."""
 
     name: str
 
-    def conceal(self, picture: Picture, mask: np.ndarray, previous: Picture | None) -> Picture: ...
+    def conceal(self, picture: Picture, mask: np.ndarray, neighbours: Neighbours) -> Picture: ...
 
 
 class FfmpegConcealer:
@@ -61,7 +93,7 @@ class FfmpegConcealer:
 
     name = "ffmpeg"
 
-    def conceal(self, picture: Picture, mask: np.ndarray, previous: Picture | None) -> Picture:
+    def conceal(self, picture: Picture, mask: np.ndarray, neighbours: Neighbours) -> Picture:
         return picture
 
 
@@ -70,11 +102,12 @@ class CopyConcealer:
 
     name = "copy"
 
-    def conceal(self, picture: Picture, mask: np.ndarray, previous: Picture | None) -> Picture:
-        if previous is None:
+    def conceal(self, picture: Picture, mask: np.ndarray, neighbours: Neighbours) -> Picture:
+        if neighbours.previous is None:
             return picture
         planes = []
-        for (plane, plane_mask), (old, _) in zip(picture.planes_with_masks(mask), previous.planes_with_masks(mask)):
+        for (plane, plane_mask), (old, _) in zip(picture.planes_with_masks(mask),
+                                                 neighbours.previous.planes_with_masks(mask)):
             repaired = plane.copy()
             repaired[plane_mask] = old[plane_mask]
             planes.append(repaired)
@@ -88,14 +121,34 @@ class InpaintConcealer:
         self.name = method
         self._flag = cv2.INPAINT_TELEA if method == "telea" else cv2.INPAINT_NS
 
-    def conceal(self, picture: Picture, mask: np.ndarray, previous: Picture | None) -> Picture:
+    def conceal(self, picture: Picture, mask: np.ndarray, neighbours: Neighbours) -> Picture:
         if mask.all():
             return picture  # nothing known to inpaint from
         return Picture(*(cv2.inpaint(plane, plane_mask.astype(np.uint8), INPAINT_RADIUS, self._flag)
                          for plane, plane_mask in picture.planes_with_masks(mask)))
 
 
-CONCEALERS = ("ffmpeg", "copy", "telea", "ns")
+class NetworkConcealer:
+    """A shipped inpainting network on the frame in RGB; `temporal` also sees the aligned neighbours."""
+
+    def __init__(self, model: str):
+        from . import inpaint  # torch loads only when a network is asked for
+        self.name = model
+        self._inpaint = inpaint
+        inpaint.network(model)  # a missing or broken weights file fails now, before any output
+
+    def conceal(self, picture: Picture, mask: np.ndarray, neighbours: Neighbours) -> Picture:
+        previous = following = None
+        if self.name == "temporal":
+            if neighbours.previous is not None:
+                previous = self._inpaint.Neighbour(neighbours.previous.to_rgb())
+            if neighbours.following is not None:
+                following = self._inpaint.Neighbour(neighbours.following.to_rgb(), neighbours.following_damaged)
+        filled = self._inpaint.inpaint_frame(picture.to_rgb(), mask, self.name, previous, following)
+        return picture.with_rgb(filled, mask)
+
+
+CONCEALERS = ("temporal", "context-encoder", "ffmpeg", "copy", "telea", "ns")
 
 
 def make_concealer(name: str) -> Concealer:
@@ -105,4 +158,6 @@ def make_concealer(name: str) -> Concealer:
         return CopyConcealer()
     if name in ("telea", "ns"):
         return InpaintConcealer(name)
+    if name in ("temporal", "context-encoder", "context-encoder-l2"):
+        return NetworkConcealer(name)
     raise UsageError(f"unknown concealment model {name!r} (use {', '.join(CONCEALERS)})")

@@ -145,15 +145,15 @@ class MotionField:
         self._vectors = motion_vectors
 
     @functools.cached_property
-    def _mapping(self) -> tuple | None:
-        """(target cells, four source cells, four weights), or None for an intra picture."""
+    def cell_motion(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(dx, dy) in pixels from each cell to where it was predicted from in the previous frame,
+        and which cells were predicted so; None for a picture with no prediction from the past."""
         vectors = self._vectors
         if vectors is None:
             return None
         vectors = vectors[vectors["source"] < 0]  # only prediction from the past
         if not len(vectors):
             return None
-        grid = self.grid
         cell = CellGrid.CELL
         wide = np.maximum(vectors["w"].astype(np.int64) // cell, 1)
         high = np.maximum(vectors["h"].astype(np.int64) // cell, 1)
@@ -162,12 +162,27 @@ class MotionField:
         offset = np.arange(owner.size) - np.repeat(np.cumsum(counts) - counts, counts)
         cell_row = ((vectors["dst_y"].astype(np.int64) - vectors["h"] // 2) // cell)[owner] + offset // wide[owner]
         cell_col = ((vectors["dst_x"].astype(np.int64) - vectors["w"] // 2) // cell)[owner] + offset % wide[owner]
-        rows, cols = grid.shape
+        rows, cols = self.grid.shape
         inside = (cell_row >= 0) & (cell_row < rows) & (cell_col >= 0) & (cell_col < cols)
         cell_row, cell_col, owner = cell_row[inside], cell_col[inside], owner[inside]
-        scale = np.maximum(vectors["motion_scale"], 1).astype(np.float32) * cell
-        source_row = cell_row + (vectors["motion_y"] / scale)[owner]
-        source_col = cell_col + (vectors["motion_x"] / scale)[owner]
+        scale = np.maximum(vectors["motion_scale"], 1).astype(np.float32)
+        dx, dy = np.zeros(self.grid.shape, np.float32), np.zeros(self.grid.shape, np.float32)
+        predicted = np.zeros(self.grid.shape, bool)
+        dx[cell_row, cell_col] = (vectors["motion_x"] / scale)[owner]
+        dy[cell_row, cell_col] = (vectors["motion_y"] / scale)[owner]
+        predicted[cell_row, cell_col] = True
+        return dx, dy, predicted
+
+    @functools.cached_property
+    def _mapping(self) -> tuple | None:
+        """(target cells, four source cells, four weights), or None for an intra picture."""
+        if self.cell_motion is None:
+            return None
+        dx, dy, predicted = self.cell_motion
+        rows, cols = self.grid.shape
+        cell_row, cell_col = np.nonzero(predicted)
+        source_row = cell_row + dy[cell_row, cell_col] / CellGrid.CELL
+        source_col = cell_col + dx[cell_row, cell_col] / CellGrid.CELL
         top, left = np.floor(source_row), np.floor(source_col)
         down, right = (source_row - top).astype(np.float32), (source_col - left).astype(np.float32)
         top, left = top.astype(np.int64), left.astype(np.int64)

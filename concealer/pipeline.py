@@ -6,12 +6,14 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
-from .concealment import Picture, make_concealer
+from .concealment import Neighbours, Picture, make_concealer
 from .decode import decode_frames
-from .detection import DamageLabel, DamageMap, detect_damage, write_damage_maps
+from .drift import DriftCorrector
+from .detection import DamageLabel, DamagedFrame, DamageMap, detect_damage, write_damage_maps
 from .encode import EncoderSettings, add_output_encoder
 from .errors import InputError, UsageError
 from .media import AtomicOutputs, nominal_rate, open_output, open_video_input
@@ -76,10 +78,21 @@ class ConcealSummary(DetectionSummary):
         return self.frames / self.seconds if self.seconds else 0.0
 
 
+DRIFT_STRATEGIES = ("carry", "reconceal", "none")
+
+
 def conceal(source: Path, output: Path, *, model: str = "ffmpeg", detect: str = "auto", truth: Path | None = None,
+            drift: str = "carry",
             codec: str = "h264", crf: float = 18, preset: str = "medium", lossless: bool = False,
             reference: Path | None = None, overwrite: bool = False) -> ConcealSummary:
-    """Repair `source` into `output`: detect the damage, fill it, re-encode, copy every other stream."""
+    """Repair `source` into `output`: detect the damage, fill it, re-encode, copy every other stream.
+
+    `drift` says what happens to damage that spread through inter prediction: `carry` moves each
+    frame's corrections along the decoder's motion vectors into the frames predicted from it,
+    `reconceal` fills the propagated blocks with the model as if they were lost, `none` leaves them.
+    """
+    if drift not in DRIFT_STRATEGIES:
+        raise UsageError(f"unknown drift correction {drift!r} (use {', '.join(DRIFT_STRATEGIES)})")
     concealer = make_concealer(model)
     if Path(source).resolve() == Path(output).resolve():
         raise UsageError("the output path is the input file")
@@ -94,19 +107,27 @@ def conceal(source: Path, output: Path, *, model: str = "ffmpeg", detect: str = 
                                    width=width, height=height, rate=rate, time_base=time_base)
         copies = _PassThrough(passthrough_source, sink)
         sink.metadata.update(passthrough_source.metadata)
-        previous: Picture | None = None
-        for damaged in detect_damage(source, mode=detect, truth=truth):
+        corrector = DriftCorrector(height, width) if drift == "carry" else None
+        previous = last_decoded = None
+        for damaged, following in _with_next(detect_damage(source, mode=detect, truth=truth)):
             frame, damage = damaged.frame, damaged.damage
             if frame.missing:
                 if previous is None:
                     continue  # nothing to rebuild from before the first picture
+                # Repeated: extrapolating the previous motion measured worse on carphone (29.6 vs 31.8 dB)
                 picture = previous
                 summary.frames_rebuilt += 1
+                if corrector and last_decoded is not None:
+                    corrector.remember(last_decoded, picture)  # FFmpeg stands the last picture in for it
             else:
-                picture = Picture.from_frame(frame.picture)
-                lost = damage.pixel_mask(height, width, DamageLabel.LOST)
-                if lost.any():  # propagated blocks keep the decoder's pixels: refilling them measured worse
-                    picture = concealer.conceal(picture, lost, previous)
+                decoded = Picture.from_frame(frame.picture)
+                picture = corrector.correct(decoded, frame.motion_vectors) if corrector else decoded
+                mask = damage.pixel_mask(height, width, None if drift == "reconceal" else DamageLabel.LOST)
+                if mask.any():
+                    picture = concealer.conceal(picture, mask, _neighbours(previous, following, height, width))
+                if corrector:
+                    corrector.remember(decoded, picture)
+                last_decoded = decoded
             summary.add(damage)
             previous = picture
             if clean is not None:
@@ -124,6 +145,23 @@ def conceal(source: Path, output: Path, *, model: str = "ffmpeg", detect: str = 
         mse = squared_error / summary.frames
         summary.psnr = float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
     return summary
+
+
+def _with_next(frames: Iterator[DamagedFrame]) -> Iterator[tuple[DamagedFrame, DamagedFrame | None]]:
+    """Each frame with the one after it: the look-ahead window of the temporal model."""
+    current = next(frames, None)
+    for following in frames:
+        yield current, following
+        current = following
+    if current is not None:
+        yield current, None
+
+
+def _neighbours(previous: Picture | None, following: DamagedFrame | None, height: int, width: int) -> Neighbours:
+    if following is None or following.frame.missing:
+        return Neighbours(previous)
+    return Neighbours(previous, Picture.from_frame(following.frame.picture),
+                      following.damage.pixel_mask(height, width))
 
 
 def _video_format(source: Path) -> tuple[int, int, Fraction, Fraction]:

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from concealer import inpaint_image
 from concealer.errors import InputError, UsageError
 from concealer.inpaint import INPAINT_MODELS
-from concealer.models import WEIGHTS_DIR, load_context_encoder, read_weights
+from concealer.models import WEIGHTS_DIR, load_network, read_weights
 from conftest import DATA
 
 
@@ -60,4 +60,4 @@ def test_corrupt_or_foreign_weights_are_clear_errors(tmp_path):
     no_metadata = tmp_path / "plain.safetensors"
     save_file({"w": torch.zeros(2)}, str(no_metadata))
     with pytest.raises(InputError, match="version"):
-        load_context_encoder(no_metadata)
+        load_network("context-encoder", no_metadata)

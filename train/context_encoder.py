@@ -1,6 +1,6 @@
 """Train the paper's context encoder (0.95 L2 + 0.05 adversarial, or the L2-only ablation).
 
-    python -m train.context_encoder train/configs/context_encoder.json [--out train/runs] [--minutes M]
+    python -m train.context_encoder train/configs/context_encoder.json [--out train/runs] [--minutes M] [--threads N]
 
 Data: random 128x128 crops of ../shared/data/images/train_bsds400 (never the evaluation
 sets), rescaled so the short side is in `min_side` and flipped at random; the last
@@ -11,10 +11,6 @@ concealer/weights/<name>.safetensors.
 """
 from __future__ import annotations
 
-import argparse
-import csv
-import json
-import time
 from pathlib import Path
 
 import cv2
@@ -25,8 +21,7 @@ import torch.nn.functional as F
 from concealer.models import WEIGHTS_DIR, save_weights
 from concealer.models.context_encoder import IMAGE, ContextEncoder, PatchDiscriminator, blank, hole_slice
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CHECKPOINT_SECONDS = 300
+from .common import DATA, TrainingRun
 
 
 def load_images(folder: Path) -> list[np.ndarray]:
@@ -63,23 +58,19 @@ def to_tensor(batch: np.ndarray) -> torch.Tensor:
 
 
 def hole_psnr(model: ContextEncoder, images: torch.Tensor) -> float:
+    """Hole PSNR in inference mode (BatchNorm's running statistics, which validation must not update)."""
     hole = hole_slice()
+    was_training = model.training
     with torch.no_grad():
-        predicted = model(blank(images))[:, :, hole, hole]
+        predicted = model.eval()(blank(images))[:, :, hole, hole]
+    model.train(was_training)
     mse = F.mse_loss((predicted + 1) * 127.5, (images[:, :, hole, hole] + 1) * 127.5).item()
     return 10 * np.log10(255 ** 2 / mse)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", type=Path)
-    parser.add_argument("--out", type=Path, default=Path("train/runs"))
-    parser.add_argument("--minutes", type=float, help="override the config's training time")
-    args = parser.parse_args()
-    config = json.loads(args.config.read_text())
-    minutes = args.minutes or config["minutes"]
-    run = args.out / config["name"]
-    run.mkdir(parents=True, exist_ok=True)
+    run = TrainingRun(__doc__, ["reconstruction", "adversarial", "discriminator", "validation_hole_psnr"])
+    config = run.config
     torch.manual_seed(config["seed"])
     rng = np.random.default_rng(config["seed"])
 
@@ -94,69 +85,51 @@ def main() -> None:
     betas = tuple(config["optimizer"]["betas"])
     g_opt = torch.optim.Adam(generator.parameters(), lr=config["optimizer"]["lr"], betas=betas)
     d_opt = torch.optim.Adam(discriminator.parameters(), lr=config["optimizer"]["lr"], betas=betas)
-    step, spent = 0, 0.0
-    checkpoint = run / "checkpoint.pt"
-    if checkpoint.exists():  # resume: our own file, written by this script
-        state = torch.load(checkpoint, weights_only=False)
+    state = run.resume()
+    if state:
         generator.load_state_dict(state["generator"])
         discriminator.load_state_dict(state["discriminator"])
         g_opt.load_state_dict(state["g_opt"])
         d_opt.load_state_dict(state["d_opt"])
-        step, spent = state["step"], state["seconds"]
-        rng = np.random.default_rng([config["seed"], step])
-        print(f"resumed at step {step} after {spent / 60:.1f} min", flush=True)
+        rng = np.random.default_rng([config["seed"], run.step])
 
     weights = config["loss"]
     adversarial = weights["adversarial"] > 0
     hole = hole_slice()
-    log_path = run / "loss.csv"
-    new_log = not log_path.exists()
-    with open(log_path, "a", newline="") as log_file:
-        log = csv.writer(log_file)
-        if new_log:
-            log.writerow(["step", "minutes", "reconstruction", "adversarial", "discriminator", "validation_hole_psnr"])
-        started, last_checkpoint = time.perf_counter() - spent, time.perf_counter()
-        while (time.perf_counter() - started) < minutes * 60:
-            real = random_crops(training, config["batch"], min_side, rng)
-            generated = generator(blank(real))[:, :, hole, hole]
-            target = real[:, :, hole, hole]
-            d_loss = torch.zeros(())
-            if adversarial:
-                d_opt.zero_grad()
-                real_score, fake_score = discriminator(target), discriminator(generated.detach())
-                d_loss = F.binary_cross_entropy_with_logits(real_score, torch.ones_like(real_score)) + \
-                    F.binary_cross_entropy_with_logits(fake_score, torch.zeros_like(fake_score))
-                d_loss.backward()
-                d_opt.step()
-            g_opt.zero_grad()
-            reconstruction = F.mse_loss(generated, target)
-            g_adv = torch.zeros(())
-            if adversarial:
-                score = discriminator(generated)
-                g_adv = F.binary_cross_entropy_with_logits(score, torch.ones_like(score))
-            (weights["reconstruction"] * reconstruction + weights["adversarial"] * g_adv).backward()
-            g_opt.step()
-            step += 1
-            elapsed = time.perf_counter() - started
-            if step % 20 == 0:
-                psnr = hole_psnr(generator, validation_batch)
-                log.writerow([step, f"{elapsed / 60:.2f}", f"{reconstruction.item():.5f}", f"{g_adv.item():.4f}",
-                              f"{d_loss.item():.4f}", f"{psnr:.3f}"])
-                log_file.flush()
-                print(f"step {step} {elapsed / 60:.1f} min  L2 {reconstruction.item():.4f}  adv {g_adv.item():.3f}  "
-                      f"D {d_loss.item():.3f}  validation hole PSNR {psnr:.2f} dB", flush=True)
-            if time.perf_counter() - last_checkpoint > CHECKPOINT_SECONDS:
-                torch.save({"generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
-                            "g_opt": g_opt.state_dict(), "d_opt": d_opt.state_dict(), "step": step,
-                            "seconds": elapsed}, checkpoint)
-                last_checkpoint = time.perf_counter()
+    run.start_clock()
+    while run.running():
+        real = random_crops(training, config["batch"], min_side, rng)
+        generated = generator(blank(real))[:, :, hole, hole]
+        target = real[:, :, hole, hole]
+        d_loss = torch.zeros(())
+        if adversarial:
+            d_opt.zero_grad()
+            real_score, fake_score = discriminator(target), discriminator(generated.detach())
+            d_loss = F.binary_cross_entropy_with_logits(real_score, torch.ones_like(real_score)) + \
+                F.binary_cross_entropy_with_logits(fake_score, torch.zeros_like(fake_score))
+            d_loss.backward()
+            d_opt.step()
+        g_opt.zero_grad()
+        reconstruction = F.mse_loss(generated, target)
+        g_adv = torch.zeros(())
+        if adversarial:
+            score = discriminator(generated)
+            g_adv = F.binary_cross_entropy_with_logits(score, torch.ones_like(score))
+        (weights["reconstruction"] * reconstruction + weights["adversarial"] * g_adv).backward()
+        g_opt.step()
+        run.step += 1
+        if run.step % 20 == 0:
+            run.log({"reconstruction": reconstruction.item(), "adversarial": g_adv.item(),
+                     "discriminator": d_loss.item(), "validation_hole_psnr": hole_psnr(generator, validation_batch)})
+        run.maybe_save({"generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
+                        "g_opt": g_opt.state_dict(), "d_opt": d_opt.state_dict()})
     psnr = hole_psnr(generator.eval(), validation_batch)
-    minutes_spent = (time.perf_counter() - started) / 60
     WEIGHTS_DIR.mkdir(exist_ok=True)
     save_weights(generator, WEIGHTS_DIR / f"{config['name']}.safetensors",
-                 {"name": config["name"], "config": config, "steps": step, "training_minutes": round(minutes_spent, 1),
-                  "metrics": {"validation_hole_psnr_db": round(psnr, 3), "validation_images": held_out}})
-    print(f"done: {step} steps in {minutes_spent:.1f} min, validation hole PSNR {psnr:.2f} dB", flush=True)
+                 {"name": config["name"], "config": config, "steps": run.step,
+                  "training_minutes": round(run.elapsed / 60, 1),
+                  "metrics": {"validation_hole_psnr_db": round(float(psnr), 3), "validation_images": held_out}})
+    print(f"done: {run.step} steps in {run.elapsed / 60:.1f} min, validation hole PSNR {psnr:.2f} dB", flush=True)
 
 
 if __name__ == "__main__":

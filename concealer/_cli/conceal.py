@@ -12,6 +12,7 @@ from rich.table import Table
 from ..concealment import CONCEALERS
 from ..detection import DETECTION_MODES
 from ..encode import OUTPUT_CODECS
+from ..pipeline import DRIFT_STRATEGIES
 from ..pipeline import conceal as conceal_video
 from ..pipeline import detect
 from . import run
@@ -52,6 +53,9 @@ def _table(title: str, rows: list[tuple[str, str]]) -> Table:
               help="How damaged blocks are filled (ffmpeg: FFmpeg's own concealment only).")
 @click.option("--detect", "mode", type=click.Choice(DETECTION_MODES), default="auto", show_default=True)
 @click.option("--truth", type=click.Path(path_type=Path), help="simulate-loss truth file (.truth.json).")
+@click.option("--drift", type=click.Choice(DRIFT_STRATEGIES), default="carry", show_default=True,
+              help="Damage spread by inter prediction: carry corrections along the motion vectors, "
+                   "re-conceal it, or leave it.")
 @click.option("--codec", type=click.Choice(OUTPUT_CODECS), default="h264", show_default=True)
 @click.option("--crf", type=float, default=18, show_default=True)
 @click.option("--preset", default="medium", show_default=True)
@@ -60,10 +64,10 @@ def _table(title: str, rows: list[tuple[str, str]]) -> Table:
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def repair_command(source, output, model, mode, truth, codec, crf, preset, lossless, reference, overwrite, quiet,
+def repair_command(source, output, model, mode, truth, drift, codec, crf, preset, lossless, reference, overwrite, quiet,
                    as_json):
     """Repair SOURCE into OUTPUT."""
-    summary = conceal_video(source, output, model=model, detect=mode, truth=truth, codec=codec, crf=crf,
+    summary = conceal_video(source, output, model=model, detect=mode, truth=truth, drift=drift, codec=codec, crf=crf,
                             preset=preset, lossless=lossless, reference=reference, overwrite=overwrite)
     if as_json:
         click.echo(json.dumps({**asdict(summary), "fps": summary.fps}))

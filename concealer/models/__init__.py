@@ -14,6 +14,7 @@ import torch
 
 from ..errors import InputError
 from .context_encoder import ContextEncoder
+from .temporal import TemporalInpainter
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 WEIGHTS_VERSION = 1
@@ -29,7 +30,13 @@ class Weights:
 
     @property
     def config(self) -> dict:
-        return self.metadata["config"]
+        """The training config, including the model's constructor arguments under "model"."""
+        return self.metadata.get("config", {})
+
+    @property
+    def metrics(self) -> dict:
+        """What was measured on held-out data when these weights were written."""
+        return self.metadata.get("metrics", {})
 
 
 def save_weights(model: torch.nn.Module, path: Path, metadata: dict, half: bool = True) -> None:
@@ -54,11 +61,24 @@ def read_weights(path: Path) -> tuple[dict, dict]:
     return tensors, metadata
 
 
-def load_context_encoder(path: Path) -> tuple[ContextEncoder, dict]:
+# Each shipped network and the class its weights fit.
+ARCHITECTURES: dict[str, type[torch.nn.Module]] = {
+    "context-encoder": ContextEncoder,
+    "context-encoder-l2": ContextEncoder,
+    "temporal": TemporalInpainter,
+}
+
+
+def load_network(name: str, path: Path | None = None) -> tuple[torch.nn.Module, Weights]:
+    """A shipped network (or the weights at `path`) ready for inference, with what is known about it."""
+    path = Path(path or WEIGHTS_DIR / f"{name}.safetensors")
+    if not path.exists():
+        raise InputError(f"the {name} weights are not installed ({path} is missing)")
     tensors, metadata = read_weights(path)
-    model = ContextEncoder(**metadata["config"].get("model", {}))
+    weights = Weights(name, path, metadata)
+    model = ARCHITECTURES[name](**weights.config.get("model", {}))
     try:
-        model.load_state_dict({k: v.float() for k, v in tensors.items()})
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
     except RuntimeError as exc:
-        raise InputError(f"{path}: the weights do not fit the model ({exc})") from exc
-    return model.eval(), metadata
+        raise InputError(f"{path}: the weights do not fit the {name} model ({exc})") from exc
+    return model.eval(), weights

@@ -17,16 +17,30 @@ HOLE = 64
 
 
 class ContextEncoder(nn.Module):
-    def __init__(self, bottleneck: int = 1000):
+    """The paper's generator; `batch_norm` adds BatchNorm after every inner layer.
+
+    BatchNorm is not in the paper's text (it is in the authors' released code). Without it the
+    network did not learn within our CPU budget: at the paper's learning rate 0.001 the validation
+    hole PSNR fell from 12.9 to 12.1 dB over the first 80 steps (L2+adversarial) and the L2-only
+    ablation moved from 13.2 to 13.3 dB in 80 steps; see train/README.md for the runs with it.
+    """
+
+    def __init__(self, bottleneck: int = 1000, batch_norm: bool = False):
         super().__init__()
         down = [3, 64, 128, 256, 512, 512, bottleneck]
         up = [bottleneck, 512, 512, 256, 128, 64, 3]
         encoder: list[nn.Module] = []
-        for a, b in zip(down, down[1:]):
-            encoder += [nn.Conv2d(a, b, 4, 2, 1), nn.ReLU(inplace=True)]
+        for index, (a, b) in enumerate(zip(down, down[1:])):
+            encoder += [nn.Conv2d(a, b, 4, 2, 1)]
+            if batch_norm and index > 0:
+                encoder += [nn.BatchNorm2d(b)]
+            encoder += [nn.ReLU(inplace=True)]
         decoder: list[nn.Module] = []
-        for a, b in zip(up, up[1:]):
-            decoder += [nn.ConvTranspose2d(a, b, 4, 2, 1), nn.ReLU(inplace=True)]
+        for index, (a, b) in enumerate(zip(up, up[1:])):
+            decoder += [nn.ConvTranspose2d(a, b, 4, 2, 1)]
+            if batch_norm and index < len(up) - 2:
+                decoder += [nn.BatchNorm2d(b)]
+            decoder += [nn.ReLU(inplace=True)]
         decoder[-1] = nn.Tanh()
         self.encoder = nn.Sequential(*encoder)
         self.decoder = nn.Sequential(*decoder)

@@ -1,0 +1,94 @@
+"""Drift correction: repair the damage that spread into later frames through inter prediction.
+
+The decoder built each inter block as (reference pixels at its motion vector) + residual,
+from a reference that still held FFmpeg's concealment. Had it used our repaired reference,
+the block would differ by exactly the correction we made there, moved along the same
+motion vector (motion compensation is linear, up to rounding and deblocking). So the
+correction (repaired - decoded) of each frame is warped along the decoder's motion vectors
+and added to the frames predicted from it; intra blocks start clean.
+
+The exported motion vectors do not say which reference picture a block used (x264 uses
+up to three), so each 4x4 cell takes the correction of the recent picture whose decoded
+pixels, moved by the vector, match the cell best. Measured on foreman at 10% loss with
+perfect repairs of the lost blocks (truth mode): luma PSNR 27.8 dB without drift
+correction, 32.1 dB carrying from the previous picture only, 34.7 dB choosing among three.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .concealment import Picture
+from .detection import CellGrid, MotionField
+
+# Reference pictures tried per cell: x264's default `ref` (preset medium).
+REFERENCES = 3
+
+
+@dataclass(frozen=True)
+class _Reference:
+    decoded: Picture  # what the decoder holds as the reference picture
+    correction: list[np.ndarray] | None  # repaired - decoded per plane (float32); None when all zero
+
+
+class DriftCorrector:
+    """Carries the corrections made in recent frames into the frames predicted from them."""
+
+    def __init__(self, height: int, width: int):
+        self._grid = CellGrid(height, width)
+        self._references: list[_Reference] = []  # newest first
+        ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+        self._pixels = (xs, ys)
+
+    def correct(self, picture: Picture, motion_vectors: np.ndarray | None) -> Picture:
+        """`picture` as it would have decoded from the repaired references."""
+        if all(r.correction is None for r in self._references):
+            return picture
+        motion = MotionField(self._grid, motion_vectors).cell_motion
+        if motion is None:
+            return picture  # an intra picture: nothing carried over
+        height, width = picture.y.shape
+        dx, dy, predicted = (np.repeat(np.repeat(a, CellGrid.CELL, 0), CellGrid.CELL, 1)[:height, :width]
+                             for a in motion)
+        xs, ys = self._pixels
+        choice = self._references_used(picture.y, xs + dx, ys + dy)
+        planes = []
+        for index, plane in enumerate((picture.y, picture.u, picture.v)):
+            if index == 0:
+                map_x, map_y, inter, chosen = xs + dx, ys + dy, predicted, choice
+            else:  # chroma: half the resolution, half the motion
+                rows, cols = plane.shape
+                map_x = xs[:rows, :cols] + dx[::2, ::2] / 2
+                map_y = ys[:rows, :cols] + dy[::2, ::2] / 2
+                inter, chosen = predicted[::2, ::2], choice[::2, ::2]
+            carried = np.zeros(plane.shape, np.float32)
+            for number, reference in enumerate(self._references):
+                if reference.correction is not None:
+                    moved = cv2.remap(reference.correction[index], map_x, map_y, cv2.INTER_LINEAR,
+                                      borderMode=cv2.BORDER_REPLICATE)
+                    carried = np.where(chosen == number, moved, carried)
+            planes.append(np.clip(plane + np.where(inter, carried, 0), 0, 255).round().astype(np.uint8))
+        return Picture(*planes)
+
+    def _references_used(self, luma: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
+        """Per pixel, the index of the reference whose motion-compensated luma fits its 4x4 cell best."""
+        if len(self._references) == 1:
+            return np.zeros(luma.shape, np.int64)
+        current = luma.astype(np.float32)
+        costs = [self._grid.cell_mean(np.abs(cv2.remap(r.decoded.y.astype(np.float32), map_x, map_y,
+                                                       cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) - current))
+                 for r in self._references]
+        best = np.argmin(np.stack(costs), axis=0)
+        return np.repeat(np.repeat(best, CellGrid.CELL, 0), CellGrid.CELL, 1)[:luma.shape[0], :luma.shape[1]]
+
+    def remember(self, decoded: Picture, repaired: Picture) -> None:
+        """A new reference picture: what the decoder holds (`decoded`) and what we made of it.
+
+        For a frame lost entirely, `decoded` is the decoder's stand-in for it (FFmpeg repeats
+        the previous picture) and `repaired` our rebuilt frame."""
+        correction = [r.astype(np.float32) - d for r, d in zip((repaired.y, repaired.u, repaired.v),
+                                                                (decoded.y, decoded.u, decoded.v))]
+        kept = correction if any(c.any() for c in correction) else None
+        self._references = [_Reference(decoded, kept)] + self._references[:REFERENCES - 1]

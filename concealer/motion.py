@@ -1,0 +1,85 @@
+"""Motion alignment of a neighbouring frame onto a damaged one, for temporal concealment.
+
+The damaged frame's holes carry no motion of their own, so dense optical flow (OpenCV's
+DIS) is estimated where the frame is intact and carried into the holes from their
+surroundings: a hole moves with the picture around it. Training and inference share this
+one function, so the network learns on exactly the alignment it will be given.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+# Pixels of flow next to a hole are unreliable too (DIS's 8x8 patches straddle the edge).
+HOLE_MARGIN = 8
+# Gaussian widths tried in turn to carry flow into a hole, from local to global motion.
+FILL_SIGMAS = (8.0, 32.0, 128.0)
+FILL_SCALE = 8
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
+
+
+def _fill_flow(flow: np.ndarray, unreliable: np.ndarray) -> np.ndarray:
+    """Replace the flow under `unreliable` by a weighted average of the reliable flow around it.
+
+    The averaging runs at 1/FILL_SCALE resolution: flow inside a hole is smooth anyway, and wide
+    Gaussians at full resolution cost seconds per 720p frame."""
+    known = (~unreliable).astype(np.float32)
+    if not known.any():
+        return np.zeros_like(flow)
+    height, width = unreliable.shape
+    small = (max(1, width // FILL_SCALE), max(1, height // FILL_SCALE))
+    small_known = cv2.resize(known, small, interpolation=cv2.INTER_AREA)
+    small_flow = cv2.resize(flow * known[..., None], small, interpolation=cv2.INTER_AREA)
+    average = np.zeros_like(small_flow)
+    todo = np.ones(small_known.shape, bool)
+    for sigma in FILL_SIGMAS:
+        weight = cv2.GaussianBlur(small_known, (0, 0), sigma / FILL_SCALE)
+        reached = todo & (weight > 1e-3)
+        average[reached] = (cv2.GaussianBlur(small_flow, (0, 0), sigma / FILL_SCALE) / np.maximum(weight, 1e-6)[..., None])[reached]
+        todo &= ~reached
+    average[todo] = small_flow.sum((0, 1)) / max(small_known.sum(), 1e-6)
+    filled = flow.copy()
+    filled[unreliable] = cv2.resize(average, (width, height), interpolation=cv2.INTER_LINEAR)[unreliable]
+    return filled
+
+
+@dataclass(frozen=True)
+class Warp:
+    """Where each pixel of the current frame comes from in a neighbour, and whether that is inside it."""
+
+    map_x: np.ndarray
+    map_y: np.ndarray
+
+    @property
+    def valid(self) -> np.ndarray:
+        height, width = self.map_x.shape
+        return (self.map_x >= 0) & (self.map_x <= width - 1) & (self.map_y >= 0) & (self.map_y <= height - 1)
+
+    def apply(self, neighbour: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+        return cv2.remap(neighbour, self.map_x, self.map_y, interpolation, borderMode=cv2.BORDER_REPLICATE)
+
+
+def estimate_warp(neighbour: np.ndarray, current: np.ndarray, hole: np.ndarray) -> Warp:
+    """The motion from `current` (whose `hole` pixels are unknown) to `neighbour` (both HxWx3 or HxW uint8)."""
+    hole = hole.astype(bool)
+    height, width = hole.shape
+    target = _gray(current).copy()
+    source = _gray(neighbour)
+    target[hole] = source[hole]  # no false edges for the flow to lock on to
+    flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST).calc(target, source, None)
+    if hole.any():
+        kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * HOLE_MARGIN + 1, 2 * HOLE_MARGIN + 1))
+        flow = _fill_flow(flow, cv2.dilate(hole.astype(np.uint8), kernel).astype(bool))
+    xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    return Warp(xs + flow[..., 0], ys + flow[..., 1])
+
+
+def align(neighbour: np.ndarray, current: np.ndarray, hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`neighbour` warped onto `current`, and where the warp is valid (the motion stayed inside the frame)."""
+    warp = estimate_warp(neighbour, current, hole)
+    return warp.apply(neighbour), warp.valid

@@ -1,0 +1,76 @@
+"""Motion alignment and drift correction on real frames and a real damaged stream."""
+import av
+import numpy as np
+import pytest
+
+from concealer import LossOptions, simulate_loss
+from concealer.concealment import Picture
+from concealer.decode import decode_frames
+from concealer.detection import DamageLabel, detect_damage
+from concealer.drift import DriftCorrector
+from concealer.motion import align
+
+from conftest import clip
+
+
+def rgb_frames(path, count):
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for _, f in zip(range(count), container.decode(video=0))]
+
+
+def hole_psnr(a, b, hole):
+    return 10 * np.log10(255 ** 2 / np.mean((a[hole].astype(float) - b[hole]) ** 2))
+
+
+def test_aligned_previous_frame_fills_a_lost_slice_better_than_a_copy():
+    frames = rgb_frames(clip("bikes_640x272.mp4"), 12)  # handheld, fast motion
+    hole = np.zeros(frames[0].shape[:2], bool)
+    hole[96:128, 64:] = True  # two macroblock rows of a lost slice
+    gains = []
+    for previous, current in zip(frames[5:], frames[6:]):
+        warped, valid = align(previous, current, hole)
+        assert warped.shape == current.shape and valid.dtype == bool and valid[hole].mean() > 0.9
+        gains.append(hole_psnr(warped, current, hole) - hole_psnr(previous, current, hole))
+    assert np.mean(gains) > 2  # measured: about 4.5 dB
+
+
+def test_a_whole_frame_hole_falls_back_to_no_motion():
+    previous, current = rgb_frames(clip("carphone_qcif.mp4"), 2)
+    warped, valid = align(previous, current, np.ones(current.shape[:2], bool))
+    assert np.array_equal(warped, previous) and valid.all()
+
+
+@pytest.fixture(scope="module")
+def damaged_foreman(tmp_path_factory):
+    return simulate_loss(clip("foreman_cif_h264.mp4"), tmp_path_factory.mktemp("drift") / "f.mp4",
+                         loss=LossOptions(loss_rate=0.1, burst=2, seed=1))
+
+
+def test_carried_corrections_remove_most_of_the_propagated_damage(damaged_foreman):
+    """Repair the lost blocks perfectly (from the clean stream): without drift correction the damage
+    that spread from them stays; carried along the motion vectors most of it goes."""
+    clean = {f.pts: Picture.from_frame(f.picture) for f in decode_frames(damaged_foreman.reference)}
+    corrector = None
+    errors = {"left": 0.0, "carried": 0.0}
+    frames = 0
+    for damaged in detect_damage(damaged_foreman.damaged, mode="truth", truth=damaged_foreman.truth):
+        frame = damaged.frame
+        if frame.missing:
+            continue
+        decoded = Picture.from_frame(frame.picture)
+        height, width = decoded.y.shape
+        corrector = corrector or DriftCorrector(height, width)
+        lost = damaged.damage.pixel_mask(height, width, DamageLabel.LOST)
+        target = clean[frame.pts]
+
+        def repair(picture):
+            return picture.with_rgb(target.to_rgb(), lost) if lost.any() else picture
+
+        left = repair(decoded)
+        carried = repair(corrector.correct(decoded, frame.motion_vectors))
+        corrector.remember(decoded, carried)
+        errors["left"] += np.mean((left.y.astype(float) - target.y) ** 2)
+        errors["carried"] += np.mean((carried.y.astype(float) - target.y) ** 2)
+        frames += 1
+    psnr = {k: 10 * np.log10(255 ** 2 / (v / frames)) for k, v in errors.items()}
+    assert psnr["carried"] > psnr["left"] + 3, psnr  # measured: 27.8 -> 32.4 dB (the missing frames stay)
