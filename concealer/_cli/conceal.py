@@ -1,4 +1,4 @@
-"""`conceal`: the CLI over the concealer pipeline (`conceal detect` for now)."""
+"""`conceal`: the CLI over the concealer pipeline (repair, `conceal detect`, `conceal report`)."""
 from __future__ import annotations
 
 import json
@@ -15,6 +15,7 @@ from ..encode import OUTPUT_CODECS
 from ..pipeline import DRIFT_STRATEGIES
 from ..pipeline import conceal as conceal_video
 from ..pipeline import detect
+from ..report import format_db, make_report
 from . import run
 
 
@@ -34,6 +35,7 @@ def conceal() -> None:
     \b
     conceal DAMAGED -o FIXED [options]     repair (see `conceal repair --help`)
     conceal detect DAMAGED --masks-out M   only map the damage
+    conceal report REFERENCE REPAIRED [DAMAGED ...] -o DIR   measure a repair against the clean stream
     """
 
 
@@ -100,6 +102,40 @@ def detect_command(source, masks_out, overlay, mode, truth, overwrite, quiet):
         ("frames / damaged / missing", f"{summary.frames} / {summary.damaged_frames} / {summary.missing_frames}"),
         ("macroblocks lost / propagated", f"{summary.macroblocks['lost']} / {summary.macroblocks['propagated']}"),
         ("masks", str(masks_out) + (f", overlay {overlay}" if overlay else ""))]))
+
+
+@conceal.command("report")
+@click.argument("reference", type=click.Path(path_type=Path))
+@click.argument("repaired", type=click.Path(path_type=Path))
+@click.argument("damaged", nargs=-1, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Report folder to write (frames.csv, summary.json, psnr.png, worst frames, index.html).")
+@click.option("--truth", type=click.Path(path_type=Path),
+              help="simulate-loss truth file (.truth.json): damaged-macroblock share per frame, outlines.")
+@click.option("--masks", type=click.Path(path_type=Path),
+              help="`conceal detect` damage maps (.npz), instead of --truth.")
+@click.option("--worst", type=int, default=4, show_default=True, help="How many of REPAIRED's worst frames to show.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing report folder.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+def report_command(reference, repaired, damaged, output, truth, masks, worst, overwrite, quiet):
+    """Compare REPAIRED (and DAMAGED inputs) with REFERENCE frame by frame, matched by time.
+
+    The worst frames shown are REPAIRED's, beside the first DAMAGED input when one is given.
+    """
+    summary = make_report(reference, repaired, output, damaged=damaged, truth=truth, masks=masks, worst=worst,
+                          overwrite=overwrite)
+    if quiet:
+        return
+    table = Table(title=f"conceal report: {output / 'index.html'}", title_justify="left",
+                  caption="luma PSNR (dB) of the sequence, mean / worst frame; mean SSIM",
+                  caption_justify="left")
+    for column in ("input", "frames", "PSNR", "mean / worst", "SSIM", "missing / extra"):
+        table.add_column(column, justify="left" if column == "input" else "right", no_wrap=True)
+    for s in summary.inputs:
+        table.add_row(s.label, f"{s.matched} / {s.frames}", format_db(s.sequence_psnr),
+                      f"{format_db(s.mean_psnr)} / {format_db(s.worst_psnr)}", f"{s.mean_ssim:.4f}",
+                      f"{len(s.missing_frames)} / {len(s.extra_frames)}")
+    Console().print(table)
 
 
 main = run(conceal, "conceal")
