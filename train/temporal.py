@@ -119,7 +119,10 @@ def augment(batch: dict[str, torch.Tensor], rng: np.random.Generator) -> dict[st
     count = batch["hole"].shape[0]
     if rng.random() < 0.5:
         batch = {name: value.flip(3) for name, value in batch.items()}
-    still = torch.from_numpy(rng.random(count) < 0.15).float()[:, None, None, None]
+    # Stills only where there is something left to inpaint from: a window with no known pixels and
+    # no neighbours teaches nothing and its huge loss would drown the rest.
+    mostly_lost = (batch["hole"].mean(dim=(1, 2, 3)) > 0.6).numpy()
+    still = torch.from_numpy((rng.random(count) < 0.15) & ~mostly_lost).float()[:, None, None, None]
     no_previous = torch.from_numpy(rng.random(count) < 0.1).float()[:, None, None, None]
     no_following = torch.from_numpy(rng.random(count) < 0.35).float()[:, None, None, None]
     batch["previous_valid"] = batch["previous_valid"] * (1 - still) * (1 - no_previous)

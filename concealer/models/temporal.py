@@ -35,6 +35,9 @@ class TemporalInpainter(nn.Module):
         self.dec3 = nn.Sequential(_conv(2 * c3, c3), nn.Upsample(scale_factor=2, mode="nearest"), _conv(c3, c2))
         self.dec2 = nn.Sequential(_conv(2 * c2, c2), nn.Upsample(scale_factor=2, mode="nearest"), _conv(c2, c1))
         self.dec1 = nn.Sequential(_conv(2 * c1, c1), nn.Conv2d(c1, 3, 3, 1, 1))
+        # Start from the warped guess itself: training can then only improve on it.
+        nn.init.zeros_(self.dec1[-1].weight)
+        nn.init.zeros_(self.dec1[-1].bias)
 
     def forward(self, current: torch.Tensor, hole: torch.Tensor, previous: torch.Tensor, previous_valid: torch.Tensor,
                 following: torch.Tensor, following_valid: torch.Tensor) -> torch.Tensor:
