@@ -5,6 +5,7 @@ costs a colour conversion: luma at full resolution, chroma at half.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -12,6 +13,7 @@ import av
 import cv2
 import numpy as np
 
+from .detection import DamagedFrame
 from .errors import UsageError
 
 INPAINT_RADIUS = 3
@@ -71,13 +73,27 @@ class Picture:
         return Picture(*repaired)
 
 
-@dataclass(frozen=True)
 class Neighbours:
-    """What a concealer may look at besides the damaged picture itself."""
+    """What a concealer may look at besides the damaged picture itself.
 
-    previous: Picture | None = None  # the last repaired picture
-    following: Picture | None = None  # the next picture as decoded (its own damage not yet repaired)
-    following_damaged: np.ndarray | None = None  # the next picture's damaged pixels (HxW bool)
+    The next frame is converted only when a concealer asks for it: most never do."""
+
+    def __init__(self, previous: Picture | None = None, following: DamagedFrame | None = None):
+        self.previous = previous  # the last repaired picture
+        self._following = None if following is None or following.frame.missing else following
+
+    @functools.cached_property
+    def following(self) -> Picture | None:
+        """The next picture as decoded (its own damage not yet repaired)."""
+        return Picture.from_frame(self._following.frame.picture) if self._following else None
+
+    @functools.cached_property
+    def following_damaged(self) -> np.ndarray | None:
+        """The next picture's damaged pixels (HxW bool)."""
+        if self._following is None:
+            return None
+        picture = self._following.frame.picture
+        return self._following.damage.pixel_mask(picture.height, picture.width)
 
 
 class Concealer(Protocol):

@@ -124,7 +124,7 @@ def conceal(source: Path, output: Path, *, model: str = "ffmpeg", detect: str = 
                 picture = corrector.correct(decoded, frame.motion_vectors) if corrector else decoded
                 mask = damage.pixel_mask(height, width, None if drift == "reconceal" else DamageLabel.LOST)
                 if mask.any():
-                    picture = concealer.conceal(picture, mask, _neighbours(previous, following, height, width))
+                    picture = concealer.conceal(picture, mask, Neighbours(previous, following))
                 if corrector:
                     corrector.remember(decoded, picture)
                 last_decoded = decoded
@@ -155,13 +155,6 @@ def _with_next(frames: Iterator[DamagedFrame]) -> Iterator[tuple[DamagedFrame, D
         current = following
     if current is not None:
         yield current, None
-
-
-def _neighbours(previous: Picture | None, following: DamagedFrame | None, height: int, width: int) -> Neighbours:
-    if following is None or following.frame.missing:
-        return Neighbours(previous)
-    return Neighbours(previous, Picture.from_frame(following.frame.picture),
-                      following.damage.pixel_mask(height, width))
 
 
 def _video_format(source: Path) -> tuple[int, int, Fraction, Fraction]:
