@@ -1,47 +1,70 @@
 """Repair quality of `conceal` per concealment model, against the clean reference.
 
-    python -m benchmarks.conceal_quality [--clips a.mp4,b.mp4] [--rates 0.03,0.1,0.2]
-        [--variants ffmpeg:none,temporal:carry,...]
+    python -m benchmarks.conceal_quality [--clips a.mp4,b.mp4] [--rates 0.03,0.1,0.2] [--frames N]
+        [--variants ffmpeg:none,temporal:carry,...,pipeline]
 
-Each clip is damaged by simulate-loss (Gilbert, mean burst 2, GOP 2 s, seed 1) and repaired
-with default (blind) detection and lossless FFV1 output. The figure is the sequence luma PSNR
-(from the mean MSE over all frames) against the decode of the clean encoded stream; `ffmpeg`
-is FFmpeg's own concealment with lost frames rebuilt, the baseline the other models must beat.
-A variant is MODEL:DRIFT (see `conceal --drift`).
+Each clip (or its first N frames) is damaged by the standard damage step (benchmarks/common.py:
+simulate-loss re-encoding in the clip's codec family, Gilbert loss with mean burst 2, GOP 2 s,
+seed 1) and repaired with default (blind) detection into lossless FFV1. The figure is the sequence
+luma PSNR (from the mean MSE over all frames) against the decode of the clean encoded stream.
+A variant is MODEL:DRIFT (see `conceal --drift`), or `pipeline`: `conceal` with its default
+model and drift correction. `ffmpeg:none` is FFmpeg's own concealment with lost frames rebuilt,
+the baseline the other models must beat.
 """
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
-from concealer import LossOptions, simulate_loss
 from concealer.pipeline import conceal
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "clips"
-CLIPS = "foreman_cif_h264.mp4,carphone_qcif.mp4,bikes_640x272.mp4,chaplin_640x360_mp3.mp4"
-VARIANTS = "ffmpeg:none,copy:carry,telea:carry,temporal:none,temporal:reconceal,temporal:carry"
+from .common import Table, arguments, damage, loss_label, names, numbers, work_dir
+
+CLIPS = "foreman_cif_h264.mp4,carphone_qcif.mp4,bikes_640x272.mp4,chaplin_640x360_mp3.mp4,foreman_cif_hevc.mp4"
+RATES = "0.03,0.1,0.2"
+VARIANTS = "ffmpeg:none,copy:none,telea:none,context-encoder:none,temporal:none,pipeline"
+PIPELINE = "pipeline"
+
+
+def _options(variant: str) -> dict[str, str]:
+    """conceal's keyword arguments for a variant (none: its defaults)."""
+    if variant == PIPELINE:
+        return {}
+    model, drift = variant.split(":")
+    return {"model": model, "drift": drift}
+
+
+def _label(variant: str) -> str:
+    return "pipeline (defaults)" if variant == PIPELINE else variant.replace(":", " ")
+
+
+def quality_table(clips: list[str], rates: list[float], variants: list[str], frames: int | None = None) -> Table:
+    table = Table(["clip", "frames", "loss (effective)", *(f"{_label(v)} (dB)" for v in variants),
+                   "fps (last variant)"])
+    for name in clips:
+        for rate in rates:
+            damaged = damage(name, rate, frames=frames)
+            results = [conceal(damaged.damaged, work_dir() / "repaired.mkv", codec="ffv1", lossless=True,
+                               reference=damaged.reference, overwrite=True, **_options(v)) for v in variants]
+            table.add(name, damaged.summary.frames, loss_label(damaged), *(f"{r.psnr:.2f}" for r in results),
+                      f"{results[-1].fps:.0f}")
+    return table
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = arguments(__doc__)
+    parser.add_argument("--clips", type=names, default=CLIPS)
+    parser.add_argument("--rates", type=numbers, default=RATES)
+    parser.add_argument("--frames", type=int, help="only the first N frames of each clip")
+    parser.add_argument("--variants", type=names, default=VARIANTS)
+    return parser
+
+
+def run(args: argparse.Namespace) -> list[Table]:
+    return [quality_table(args.clips, args.rates, args.variants, args.frames)]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", default=CLIPS)
-    parser.add_argument("--rates", default="0.03,0.1,0.2")
-    parser.add_argument("--variants", default=VARIANTS)
-    args = parser.parse_args()
-    variants = [v.split(":") for v in args.variants.split(",")]
-    print("| clip | loss | " + " | ".join(f"{m} {d} (dB)" for m, d in variants) + " | fps (last variant) |")
-    print("|---|---|" + "---|" * (len(variants) + 1))
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.clips.split(","):
-            for rate in (float(r) for r in args.rates.split(",")):
-                damaged = simulate_loss(DATA / name, Path(tmp) / f"{rate}-{name}",
-                                        loss=LossOptions(loss_rate=rate, burst=2, seed=1))
-                results = [conceal(damaged.damaged, Path(tmp) / "repaired.mkv", model=model, drift=drift,
-                                   codec="ffv1", lossless=True, reference=damaged.reference, overwrite=True)
-                           for model, drift in variants]
-                print(f"| {name} | {rate:.0%} | " + " | ".join(f"{r.psnr:.2f}" for r in results) +
-                      f" | {results[-1].fps:.0f} |", flush=True)
+    run(parser().parse_args())
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Damage-map accuracy per detection mode, and the time detection adds to a plain decode.
 
-    python -m benchmarks.detection_accuracy [--clips a.mp4,b.mp4] [--rates 0.03,0.1,0.2] [--modes bitstream,truth]
+    python -m benchmarks.detection_accuracy [--clips a.mp4,b.mp4] [--rates 0.03,0.1,0.2] [--frames N]
+        [--modes bitstream,truth]
 
-Each clip is damaged by simulate-loss (Gilbert, mean burst 2, seed 1). The reference map
+Each clip (or its first N frames) is damaged by the standard damage step (benchmarks/common.py:
+Gilbert loss, mean burst 2, GOP 2 s, seed 1). The reference map
 marks the macroblocks whose luma, decoded with FFmpeg's concealment, differs from the
 clean decode by MSE > 4; recall and precision are over all macroblocks of all decoded
 frames. Time is the ratio of detection (decode + maps) to a plain decode of the same
@@ -11,18 +13,19 @@ file, measured side by side (target for bitstream mode: at most 2, i.e. one extr
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from concealer import LossOptions, simulate_loss
 from concealer.decode import decode_frames
 from concealer.detection import detect_damage, macroblock_mean
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "clips"
-CLIPS = "foreman_cif_h264.mp4,carphone_qcif.mp4,bikes_640x272.mp4,chaplin_640x360_mp3.mp4"
+from .common import Table, arguments, damage, loss_label, names, numbers
+
+CLIPS = "foreman_cif_h264.mp4,carphone_qcif.mp4,bikes_640x272.mp4,chaplin_640x360_mp3.mp4,foreman_cif_hevc.mp4"
+RATES = "0.03,0.1,0.2"
+MODES = "bitstream,truth"
 
 
 def score(damaged: Path, reference: Path, truth: Path, mode: str) -> tuple[float, float, float, float]:
@@ -47,23 +50,33 @@ def score(damaged: Path, reference: Path, truth: Path, mode: str) -> tuple[float
     return tp / max(1, tp + fn), tp / max(1, tp + fp), spent, plain
 
 
+def accuracy_table(clips: list[str], rates: list[float], modes: list[str], frames: int | None = None) -> Table:
+    table = Table(["clip", "frames", "loss (effective)", "mode", "recall", "precision", "time / plain decode"])
+    for name in clips:
+        for rate in rates:
+            result = damage(name, rate, frames=frames)
+            for mode in modes:
+                recall, precision, spent, plain = score(result.damaged, result.reference, result.truth, mode)
+                table.add(name, result.summary.frames, loss_label(result), mode, f"{recall:.3f}", f"{precision:.3f}",
+                          f"{spent / plain:.2f}")
+    return table
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = arguments(__doc__)
+    parser.add_argument("--clips", type=names, default=CLIPS)
+    parser.add_argument("--rates", type=numbers, default=RATES)
+    parser.add_argument("--frames", type=int, help="only the first N frames of each clip")
+    parser.add_argument("--modes", type=names, default=MODES)
+    return parser
+
+
+def run(args: argparse.Namespace) -> list[Table]:
+    return [accuracy_table(args.clips, args.rates, args.modes, args.frames)]
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", default=CLIPS)
-    parser.add_argument("--rates", default="0.03,0.1,0.2")
-    parser.add_argument("--modes", default="bitstream,truth")
-    args = parser.parse_args()
-    print("| clip | loss | mode | recall | precision | time / plain decode |")
-    print("|---|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.clips.split(","):
-            for rate in (float(r) for r in args.rates.split(",")):
-                result = simulate_loss(DATA / name, Path(tmp) / f"{rate}-{name}",
-                                       loss=LossOptions(loss_rate=rate, burst=2, seed=1))
-                for mode in args.modes.split(","):
-                    recall, precision, spent, plain = score(result.damaged, result.reference, result.truth, mode)
-                    print(f"| {name} | {rate:.0%} | {mode} | {recall:.3f} | {precision:.3f} | {spent / plain:.2f} |",
-                          flush=True)
+    run(parser().parse_args())
 
 
 if __name__ == "__main__":

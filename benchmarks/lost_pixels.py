@@ -1,8 +1,9 @@
 """Concealment quality over the lost pixels alone (the model issue's video benchmark).
 
-    python -m benchmarks.lost_pixels [--clips ...] [--rates 0.03,0.1,0.2] [--models copy,ffmpeg,telea,...]
+    python -m benchmarks.lost_pixels [--clips ...] [--rates 0.03,0.1,0.2] [--frames N] [--models copy,ffmpeg,telea,...]
 
-Each clip is damaged by simulate-loss (Gilbert, mean burst 2, seed 1). Every model repairs it
+Each clip (or its first N frames) is damaged by the standard damage step (benchmarks/common.py:
+Gilbert loss, mean burst 2, GOP 2 s, seed 1; HEVC clips stay HEVC). Every model repairs it
 from the truth file's lost macroblocks (so that all models fill the same pixels), without drift
 correction, into lossless FFV1. The figure is luma PSNR over the directly lost macroblocks of
 the frames that arrived, against the decode of the clean stream (one MSE pooled over all those
@@ -11,20 +12,19 @@ pixels), plus the damaged macroblocks concealed per second by the last model.
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from concealer import LossOptions, PacketisationOptions, simulate_loss
-from concealer.encode import Codec, EncoderSettings
 from concealer.decode import decode_frames
 from concealer.detection import MB
 from concealer.pipeline import conceal
 from concealer.truth import load_truth
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "clips"
+from .common import Table, arguments, damage, loss_label, names, numbers, work_dir
+
 CLIPS = "foreman_cif_h264.mp4,carphone_qcif.mp4,foreman_cif_hevc.mp4"
+RATES = "0.03,0.1,0.2"
 MODELS = "copy,ffmpeg,telea,context-encoder,temporal"
 
 
@@ -45,30 +45,37 @@ def lost_pixel_psnr(repaired: Path, reference: Path, truth: Path) -> float:
     return 10 * np.log10(255 ** 2 * count / squared) if squared else float("inf")
 
 
+def lost_pixels_table(clips: list[str], rates: list[float], models: list[str], frames: int | None = None) -> Table:
+    table = Table(["clip", "frames", "loss (effective)", *(f"{m} (dB)" for m in models), "lost MB/s (last model)"])
+    out = work_dir() / "repaired.mkv"
+    for name in clips:
+        for rate in rates:
+            damaged = damage(name, rate, frames=frames)
+            scores = []
+            for model in models:
+                summary = conceal(damaged.damaged, out, model=model, detect="truth", truth=damaged.truth,
+                                  drift="none", codec="ffv1", lossless=True, overwrite=True)
+                scores.append(lost_pixel_psnr(out, damaged.reference, damaged.truth))
+            table.add(name, damaged.summary.frames, loss_label(damaged), *(f"{s:.2f}" for s in scores),
+                      f"{summary.macroblocks['lost'] / summary.seconds:.0f}")
+    return table
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = arguments(__doc__)
+    parser.add_argument("--clips", type=names, default=CLIPS)
+    parser.add_argument("--rates", type=numbers, default=RATES)
+    parser.add_argument("--frames", type=int, help="only the first N frames of each clip")
+    parser.add_argument("--models", type=names, default=MODELS)
+    return parser
+
+
+def run(args: argparse.Namespace) -> list[Table]:
+    return [lost_pixels_table(args.clips, args.rates, args.models, args.frames)]
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", default=CLIPS)
-    parser.add_argument("--rates", default="0.03,0.1,0.2")
-    parser.add_argument("--models", default=MODELS)
-    args = parser.parse_args()
-    models = args.models.split(",")
-    print("| clip | loss | " + " | ".join(f"{m} (dB)" for m in models) + " | lost MB/s (last model) |")
-    print("|---|---|" + "---|" * (len(models) + 1))
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.clips.split(","):
-            packets = PacketisationOptions(encoder=EncoderSettings(codec=Codec.HEVC if "hevc" in name else Codec.H264))
-            for rate in (float(r) for r in args.rates.split(",")):
-                damaged = simulate_loss(DATA / name, Path(tmp) / f"{rate}-{name}",
-                                        loss=LossOptions(loss_rate=rate, burst=2, seed=1), packets=packets)
-                scores = []
-                for model in models:
-                    out = Path(tmp) / "repaired.mkv"
-                    summary = conceal(damaged.damaged, out, model=model, detect="truth", truth=damaged.truth,
-                                      drift="none", codec="ffv1", lossless=True, overwrite=True)
-                    scores.append(lost_pixel_psnr(out, damaged.reference, damaged.truth))
-                rate_mb = summary.macroblocks["lost"] / summary.seconds
-                print(f"| {name} | {rate:.0%} | " + " | ".join(f"{s:.2f}" for s in scores) +
-                      f" | {rate_mb:.0f} |", flush=True)
+    run(parser().parse_args())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,131 @@
+"""Run the benchmarks and write their figures to benchmarks/RESULTS.md.
+
+    python -m benchmarks [--quick] [--sections table1,quality,...] [--results PATH]
+
+Each section runs one benchmark module in this process (so that every damaged clip is made
+once and shared) with the arguments listed in SECTIONS: fewer images, clips, rates and frames
+with --quick (a few minutes), the modules' defaults without it (an hour or more on two cores).
+Every section is written to the results page as soon as it finishes, with the standalone
+command that prints the same tables, the date, the machine and its load; sections that were
+not run keep what an earlier run wrote.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from . import conceal_quality, detection_accuracy, lost_pixels, memory, simulate_speed, speed, table1
+from .common import machine, today
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+HEADER = """# Benchmark results
+
+Written by `python -m benchmarks` (benchmarks/__main__.py). Each section says the command that prints
+its tables, when and on what machine it ran, and how busy that machine was; every figure comes from
+that run. `--quick` runs use fewer images, clips, rates and frames than the full protocol: their
+tables say how many frames each row covers.
+"""
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    title: str
+    module: ModuleType
+    about: str
+    quick: tuple[str, ...]
+    full: tuple[str, ...] = ()
+
+
+SECTIONS = [
+    Section("table1", "Table 1 protocol: image inpainting (issue 4)", table1, table1.NOTE, ("--sets", "Set5")),
+    Section("quality", "Video concealment quality (issue 5)", conceal_quality,
+            "Sequence luma PSNR of the repair against the clean decode (blind detection, lossless FFV1 output), "
+            "each model with no drift correction, and the whole pipeline with `conceal`'s defaults. H.264 clips are "
+            "damaged as H.264, foreman_cif_hevc as HEVC. Target: the pipeline at least 4 dB above `ffmpeg none` "
+            "(FFmpeg's own concealment) at every loss rate.",
+            ("--clips", "foreman_cif_h264.mp4,foreman_cif_hevc.mp4", "--rates", "0.1", "--frames", "30")),
+    Section("lost-pixels", "Concealment quality over the lost pixels alone (issue 4)", lost_pixels,
+            "Luma PSNR over the truth's lost macroblocks only (truth detection, no drift correction, lossless "
+            "FFV1), so that every model fills the same pixels. Target: the temporal model 3 dB above `ffmpeg`.",
+            ("--clips", "foreman_cif_h264.mp4", "--rates", "0.1", "--frames", "30")),
+    Section("detection", "Damage-map accuracy per detection mode (issue 3)", detection_accuracy,
+            "Recall and precision against the macroblocks whose FFmpeg-concealed luma differs from the clean "
+            "decode by MSE > 4, and the time of detection (decode + maps) over a plain decode of the same file. "
+            "Targets: recall >= 0.95, precision >= 0.90, time at most 2x a plain decode (bitstream mode).",
+            ("--clips", "foreman_cif_h264.mp4,foreman_cif_hevc.mp4", "--rates", "0.1", "--frames", "30")),
+    Section("speed", "Speed of conceal and of the networks (issue 5)", speed,
+            "`concealer.conceal` with default options against a plain decode + x264 encode of the same damaged "
+            "file with the same settings, taking turns in one process (target: at most 3x), and the damaged "
+            "macroblocks per second it repairs; then each network alone on full batches of windows (target: at "
+            "least 1000 damaged macroblocks per second).",
+            ("--frames", "60", "--rounds", "3", "--batches", "2")),
+    Section("simulate-speed", "Speed of simulate-loss (issue 2)", simulate_speed,
+            "simulate-loss in re-encode mode against a plain decode + encode with its x264 settings, taking "
+            "turns in one process (target: at most 1.3x).", ("--rounds", "3")),
+    Section("memory", "Peak memory of conceal (issue 5)", memory,
+            "Peak RSS of the `conceal` CLI (default options, a fresh process) on inputs of the same content and "
+            "different lengths. Target: the 60 s input's peak at most 100 MB above the 10 s input's.",
+            ("--seconds", "10,60")),
+]
+
+
+def run_section(section: Section, quick: bool) -> str:
+    """Run one section's benchmark and return its part of the results page."""
+    args = section.quick if quick else section.full
+    command = " ".join([f"python -m {section.module.__name__}", *args])
+    print(f"\n## {section.title}\n{command}", flush=True)
+    load = os.getloadavg()[0]
+    started = time.perf_counter()
+    tables = section.module.run(section.module.parser().parse_args(list(args)))
+    minutes = (time.perf_counter() - started) / 60
+    run_by = "python -m benchmarks" + (" --quick" if quick else "")
+    tables_text = "\n\n".join(t.markdown() for t in tables)
+    return (f"## {section.title}\n\n{section.about}\n\n"
+            f"`{command}` (run by `{run_by}` on {today()}, {minutes:.1f} min, load average {load:.1f} at the "
+            f"start). Machine: {machine()}.\n\n{tables_text}\n\n")
+
+
+def write_section(results: Path, name: str, text: str) -> None:
+    """Replace one section of the results page (atomically), keeping the others as they were."""
+    old = results.read_text() if results.exists() else ""
+    sections = dict(re.findall(r"<!-- section (\S+) -->\n(.*?)<!-- end \1 -->\n", old, re.DOTALL))
+    sections[name] = text
+    page = HEADER + "".join(f"\n<!-- section {s.name} -->\n{sections[s.name]}<!-- end {s.name} -->\n"
+                            for s in SECTIONS if s.name in sections)
+    partial = results.with_name(f".{results.name}.partial")
+    partial.write_text(page)
+    os.replace(partial, results)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer images, clips, rates and frames (minutes)")
+    parser.add_argument("--sections", default=",".join(s.name for s in SECTIONS),
+                        help="comma-separated: " + ", ".join(s.name for s in SECTIONS))
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the page to write (default: %(default)s)")
+    args = parser.parse_args()
+    chosen = args.sections.split(",")
+    unknown = set(chosen) - {s.name for s in SECTIONS}
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    failed = []
+    for section in (s for s in SECTIONS if s.name in chosen):
+        try:
+            write_section(args.results, section.name, run_section(section, args.quick))
+        except Exception:  # noqa: BLE001 (one broken benchmark must not cost the figures of the others)
+            traceback.print_exc()
+            failed.append(section.name)
+    if failed:
+        sys.exit(f"sections that failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""What every benchmark shares: the data folder, the standard damage step, side-by-side timing,
+the machine's description and markdown tables."""
+from __future__ import annotations
+
+import argparse
+import atexit
+import datetime
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+from concealer import LossOptions, PacketisationOptions, SimulationResult, simulate_loss
+from concealer.bitstream import Codec
+from concealer.encode import EncoderSettings, add_video_encoder
+from concealer.media import nominal_rate
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CLIPS = DATA / "clips"
+IMAGES = DATA / "images"
+# The standard channel of every video benchmark: Gilbert-Elliott loss with a mean burst of two packets.
+BURST = 2.0
+SEED = 1
+
+_work: Path | None = None
+_damaged: dict[tuple, SimulationResult] = {}
+_excerpts: dict[tuple[str, int], Path] = {}
+
+
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's command line, its module docstring as the help."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def names(text: str) -> list[str]:
+    """A comma-separated list option."""
+    return text.split(",")
+
+
+def numbers(text: str) -> list[float]:
+    """A comma-separated list of numbers."""
+    return [float(value) for value in text.split(",")]
+
+
+def clip_path(name: str) -> Path:
+    """A clip of ../shared/data/clips, or exit saying where it was looked for."""
+    path = CLIPS / name
+    if not path.exists():
+        raise SystemExit(f"{path} not found: the benchmarks need ../shared/data beside the checkout")
+    return path
+
+
+def work_dir() -> Path:
+    """This process's scratch folder (damaged clips, excerpts, outputs), removed at exit."""
+    global _work
+    if _work is None:
+        _work = Path(tempfile.mkdtemp(prefix="concealer-benchmarks-"))
+        atexit.register(shutil.rmtree, _work, ignore_errors=True)
+    return _work
+
+
+def source_codec(path: Path) -> Codec:
+    """The codec family simulate-loss should re-encode a clip in: HEVC stays HEVC, all else is H.264."""
+    with av.open(str(path)) as container:
+        return Codec.HEVC if container.streams.video[0].codec_context.name == "hevc" else Codec.H264
+
+
+def excerpt(name: str, frames: int) -> Path:
+    """The clip's first `frames` frames (looped from the start when it is shorter), video only, as a
+    near-lossless x264 MP4 in the work folder; cached for the process."""
+    key = (name, frames)
+    if key not in _excerpts:
+        source = clip_path(name)
+        output = work_dir() / f"{Path(name).stem}-{frames}f.mp4"
+        with av.open(str(source)) as probe:
+            stream = probe.streams.video[0]
+            rate, width, height = nominal_rate(stream), stream.codec_context.width, stream.codec_context.height
+        with av.open(str(output), "w") as out:
+            encoder = add_video_encoder(out, EncoderSettings(crf=10, preset="veryfast"), width=width, height=height,
+                                        rate=rate, time_base=1 / Fraction(rate))
+            written = 0
+            while written < frames:
+                with av.open(str(source)) as inp:
+                    for frame in inp.decode(video=0):
+                        picture = av.VideoFrame.from_ndarray(frame.to_ndarray(format="yuv420p"), format="yuv420p")
+                        picture.pts = written
+                        out.mux(encoder.encode(picture))
+                        written += 1
+                        if written == frames:
+                            break
+            out.mux(encoder.encode(None))
+        _excerpts[key] = output
+    return _excerpts[key]
+
+
+def damage(name: str, rate: float, *, frames: int | None = None, seed: int = SEED) -> SimulationResult:
+    """The standard damage step: simulate-loss (re-encode, GOP 2 s, Gilbert loss with mean burst 2)
+    at `rate` on the clip, or on its first `frames` frames; cached for the process by clip, frames,
+    rate and seed, so that every section of a run repairs the same damaged files."""
+    key = (name, frames, rate, seed)
+    if key not in _damaged:
+        source = excerpt(name, frames) if frames else clip_path(name)
+        packets = PacketisationOptions(encoder=EncoderSettings(codec=source_codec(clip_path(name))))
+        output = work_dir() / f"{Path(name).stem}-{frames or 'all'}f-{rate:g}-{seed}.mp4"
+        _damaged[key] = simulate_loss(source, output, loss=LossOptions(model="gilbert", loss_rate=rate, burst=BURST,
+                                                                       seed=seed), packets=packets)
+    return _damaged[key]
+
+
+def loss_label(result: SimulationResult) -> str:
+    """Requested loss rate and, in brackets, the share of packets the channel actually lost."""
+    return f"{result.summary.requested_loss_rate:.0%} ({result.summary.effective_loss_rate:.1%})"
+
+
+def bar_cell(value: float, bar: float, *, at_most: bool) -> str:
+    """A figure's verdict against its target, for the results tables."""
+    met = value <= bar if at_most else value >= bar
+    return f"{'<=' if at_most else '>='} {bar:g}: {'met' if met else 'NOT met'}"
+
+
+def plain_transcode(source: Path, output: Path, settings: EncoderSettings) -> None:
+    """The speed baseline: decode with PyAV, encode with `settings`, mux with the audio copied."""
+    with av.open(str(source)) as inp, av.open(str(output), "w") as out:
+        video = inp.streams.video[0]
+        encoder = add_video_encoder(out, settings, width=video.codec_context.width,
+                                    height=video.codec_context.height, rate=nominal_rate(video),
+                                    time_base=video.time_base)
+        audio = {s.index: out.add_stream_from_template(s) for s in inp.streams.audio}
+        for packet in inp.demux(video, *inp.streams.audio):
+            if packet.stream is video:
+                for frame in packet.decode():
+                    frame.pict_type = av.video.frame.PictureType.NONE
+                    out.mux(encoder.encode(frame))
+            elif packet.dts is not None:
+                packet.stream = audio[packet.stream.index]
+                out.mux(packet)
+        out.mux(encoder.encode(None))
+
+
+def side_by_side(jobs: dict[str, Callable[[int], object]], rounds: int) -> dict[str, list[float]]:
+    """Wall seconds of each job (called with the round number), the jobs taking turns round after
+    round so that machine noise hits them alike."""
+    seconds: dict[str, list[float]] = {name: [] for name in jobs}
+    for round_ in range(rounds):
+        for name, job in jobs.items():
+            start = time.perf_counter()
+            job(round_)
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def machine() -> str:
+    """CPU, cores and the versions that the figures depend on, for the results page."""
+    cpu = platform.processor() or platform.machine()
+    with open("/proc/cpuinfo") as info:
+        cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
+    import torch
+    return (f"{cpu} ({platform.machine()}), {len(os.sched_getaffinity(0))} cores, no GPU in use; "
+            f"Python {platform.python_version()}, PyAV {av.__version__} (FFmpeg {av.ffmpeg_version_info}), "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+
+
+def today() -> str:
+    return datetime.date.today().isoformat()
+
+
+class Table:
+    """A markdown table, printed row by row as results arrive and kept for the results page."""
+
+    def __init__(self, headers: list[str], echo: bool = True):
+        self.headers = headers
+        self.rows: list[list[str]] = []
+        self.echo = echo
+        if echo:
+            print("\n".join(self.markdown().splitlines()[:2]), flush=True)
+
+    def add(self, *cells: object) -> None:
+        row = [str(c) for c in cells]
+        if len(row) != len(self.headers):
+            raise ValueError(f"a row of {len(row)} cells in a table of {len(self.headers)} columns")
+        self.rows.append(row)
+        if self.echo:
+            print(self._line(row), flush=True)
+
+    def markdown(self) -> str:
+        lines = [self._line(self.headers), "|" + "---|" * len(self.headers)] + [self._line(r) for r in self.rows]
+        return "\n".join(lines)
+
+    @staticmethod
+    def _line(cells: list[str]) -> str:
+        return "| " + " | ".join(cells) + " |"
