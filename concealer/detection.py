@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -37,6 +38,10 @@ CONCEALMENT_ERROR_FLOOR = 8.0
 MISSING_REFERENCE_WEIGHT = 0.5
 # The truth says where data was lost, not how wrong the concealment is: assume badly wrong.
 TRUTH_SEED_ERROR = 32.0 ** 2
+# Raster-order gaps between lost macroblocks that are taken to be lost too (see _concealed_blocks).
+LOST_RUN_GAP = 8
+# Decoders that export motion vectors (`+export_mvs`), which blind detection reads lost blocks from.
+VECTOR_EXPORTING_CODECS = ("h264", "mpeg2video", "mpeg4", "mpeg1video", "h263")
 
 
 class DamageLabel(enum.IntEnum):
@@ -245,15 +250,22 @@ class BitstreamDetector:
     """Blind detection from the damaged file alone.
 
     A second decode of the same file without concealment differs from the primary one
-    exactly where FFmpeg concealed, and where that spread. The part of the difference that
+    where FFmpeg concealed, and where that spread. Which macroblocks were lost is read
+    from the motion vectors the two decodes export: a received block's vector is parsed
+    from the bitstream and is the same in both, a concealed block's is FFmpeg's guess in
+    one and stale in the other (measured at 10% loss: precision 1.000 / recall 1.000 on
+    foreman, 1.000 / 0.995 on bikes, against the truth's lost macroblocks; the pixel
+    differences that were used before scored 0.58 / 0.40 on foreman). Codecs whose decoder
+    exports no vectors (HEVC, VP9) fall back to the pixels: the part of the difference that
     the previous frame's difference does not explain (traced along the motion vectors) is
-    new concealment: it seeds the error tracer with an estimate of how wrong concealment
-    is there, the local motion between the two previous frames (concealment copies
-    motion-compensated past content, which is right where nothing moves).
+    new concealment. Each lost block seeds the error tracer with an estimate of how wrong
+    concealment is there, the local motion between the two previous frames (concealment
+    copies motion-compensated past content, which is right where nothing moves).
     """
 
-    def __init__(self, path: Path, grid: CellGrid):
-        self._unconcealed = decode_frames(path, concealment=NO_CONCEALMENT)
+    def __init__(self, path: Path, grid: CellGrid, vectors_exported: bool):
+        self._vectors_exported = vectors_exported
+        self._unconcealed = decode_frames(path, concealment=NO_CONCEALMENT, motion_vectors=vectors_exported)
         self._grid = grid
         self._error = ErrorTracer(grid)
         self._difference = ErrorTracer(grid)
@@ -273,7 +285,13 @@ class BitstreamDetector:
         difference = self._grid.squared_difference(luma, other.luma())
         explained = self._difference.inherit(luma, motion)
         self._difference.commit(luma, difference)
-        concealed = (difference > 0) & (explained <= 0)
+        if self._vectors_exported and not other.missing:
+            lost = _concealed_blocks(self._grid, motion, MotionField(self._grid, other.motion_vectors), difference)
+            concealed = self._grid.expand_mbs(lost)
+        else:
+            concealed = (difference > 0) & (explained <= 0)
+        if frame.substituted is not None:  # lost CTUs the HEVC stream repair replaced: known exactly
+            concealed |= self._grid.expand_mbs(frame.substituted)
         if not concealed.any():
             motion_energy = None
         elif len(self._recent) == 2:
@@ -283,9 +301,37 @@ class BitstreamDetector:
         estimate = np.zeros(self._grid.shape, np.float32) if motion_energy is None else \
             np.where(concealed, motion_energy, 0).astype(np.float32)
         self._recent = [luma] + self._recent[:1]
-        seeds = (self._grid.mb_mean(estimate) > DAMAGE_MSE) & (self._grid.mb_mean(inherited) <= DAMAGE_MSE)
+        if self._vectors_exported:
+            seeds = lost
+        else:
+            seeds = (self._grid.mb_mean(estimate) > DAMAGE_MSE) & (self._grid.mb_mean(inherited) <= DAMAGE_MSE)
+        if frame.substituted is not None:
+            seeds = seeds | frame.substituted
         mb_error = self._error.commit(luma, np.maximum(inherited, estimate))
         return DamageMap(frame.pts, _label(seeds, mb_error))
+
+
+def _concealed_blocks(grid: CellGrid, primary: MotionField, unconcealed: MotionField,
+                      difference: np.ndarray) -> np.ndarray:
+    """Macroblocks whose motion differs between the two decodes (or, in a picture predicted
+    from nothing, whose central pixels differ), with short raster-order gaps between them
+    closed: slices are raster runs, and a concealed block whose guessed vector happens to
+    equal the stale one sits inside a lost run (closing gaps of up to LOST_RUN_GAP blocks
+    raised recall on bikes at 10% loss from 0.930 to 0.995 at precision 1.000)."""
+    first, second = primary.cell_motion, unconcealed.cell_motion
+    rows, cols = grid.mb_shape
+    if first is None and second is None:
+        central = difference.reshape(rows, grid.PER_MB, cols, grid.PER_MB)[:, 1:-1, :, 1:-1]
+        return (central > 0).any(axis=(1, 3))
+    still = (np.zeros(grid.shape, np.float32), np.zeros(grid.shape, np.float32), np.zeros(grid.shape, bool))
+    first, second = first or still, second or still
+    cells = (first[2] != second[2]) | (first[0] != second[0]) | (first[1] != second[1])
+    lost = cells.reshape(rows, grid.PER_MB, cols, grid.PER_MB).any(axis=(1, 3)).ravel()
+    found = np.flatnonzero(lost)
+    for start, end in itertools.pairwise(found):
+        if 1 < end - start <= LOST_RUN_GAP + 1:
+            lost[start:end] = True
+    return lost.reshape(rows, cols)
 
 
 class TruthDetector:
@@ -335,8 +381,10 @@ def detect_damage(path: Path, *, mode: str = "auto", truth: Path | None = None) 
     with open_video_input(path) as probe:
         context = probe.streams.video[0].codec_context
         grid = CellGrid(context.height, context.width)
+        vectors_exported = context.name in VECTOR_EXPORTING_CODECS
     use_truth = mode == "truth" or (mode == "auto" and truth is not None)
-    detector: DamageDetector = TruthDetector(truth, grid) if use_truth else BitstreamDetector(path, grid)
+    detector: DamageDetector = TruthDetector(truth, grid) if use_truth else \
+        BitstreamDetector(path, grid, vectors_exported)
     for frame in decode_frames(path, concealment=FFMPEG_CONCEALMENT, motion_vectors=True):
         yield DamagedFrame(frame, detector.process_frame(frame))
 

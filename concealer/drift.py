@@ -22,6 +22,7 @@ import numpy as np
 
 from .concealment import Picture
 from .detection import CellGrid, MotionField
+from .motion import remap_planes
 
 # Reference pictures tried per cell: x264's default `ref` (preset medium).
 REFERENCES = 3
@@ -54,23 +55,15 @@ class DriftCorrector:
                              for a in motion)
         xs, ys = self._pixels
         choice = self._references_used(picture.y, xs + dx, ys + dy)
-        planes = []
-        for index, plane in enumerate((picture.y, picture.u, picture.v)):
-            if index == 0:
-                map_x, map_y, inter, chosen = xs + dx, ys + dy, predicted, choice
-            else:  # chroma: half the resolution, half the motion
-                rows, cols = plane.shape
-                map_x = xs[:rows, :cols] + dx[::2, ::2] / 2
-                map_y = ys[:rows, :cols] + dy[::2, ::2] / 2
-                inter, chosen = predicted[::2, ::2], choice[::2, ::2]
-            carried = np.zeros(plane.shape, np.float32)
-            for number, reference in enumerate(self._references):
-                if reference.correction is not None:
-                    moved = cv2.remap(reference.correction[index], map_x, map_y, cv2.INTER_LINEAR,
-                                      borderMode=cv2.BORDER_REPLICATE)
-                    carried = np.where(chosen == number, moved, carried)
-            planes.append(np.clip(plane + np.where(inter, carried, 0), 0, 255).round().astype(np.uint8))
-        return Picture(*planes)
+        planes = (picture.y, picture.u, picture.v)
+        carried = [np.zeros(plane.shape, np.float32) for plane in planes]
+        for number, reference in enumerate(self._references):
+            if reference.correction is not None:
+                moved = remap_planes(reference.correction, dx, dy)
+                carried = [np.where(choice[::scale, ::scale] == number, m, c)
+                           for scale, m, c in zip((1, 2, 2), moved, carried)]
+        return Picture(*(np.clip(plane + np.where(predicted[::scale, ::scale], c, 0), 0, 255).round().astype(np.uint8)
+                         for scale, plane, c in zip((1, 2, 2), planes, carried)))
 
     def _references_used(self, luma: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
         """Per pixel, the index of the reference whose motion-compensated luma fits its 4x4 cell best."""

@@ -79,6 +79,20 @@ def estimate_warp(neighbour: np.ndarray, current: np.ndarray, hole: np.ndarray) 
     return Warp(xs + flow[..., 0], ys + flow[..., 1])
 
 
+def remap_planes(planes: list[np.ndarray], dx: np.ndarray, dy: np.ndarray) -> list[np.ndarray]:
+    """Each YUV 4:2:0 plane sampled at (x + dx, y + dy), with luma-resolution motion (halved for chroma)."""
+    height, width = dx.shape
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    remapped = []
+    for index, plane in enumerate(planes):
+        rows, cols = plane.shape
+        scale = 1 if index == 0 else 2
+        map_x = xs[:rows, :cols] + dx[::scale, ::scale][:rows, :cols] / scale
+        map_y = ys[:rows, :cols] + dy[::scale, ::scale][:rows, :cols] / scale
+        remapped.append(cv2.remap(plane, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE))
+    return remapped
+
+
 def align(neighbour: np.ndarray, current: np.ndarray, hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`neighbour` warped onto `current`, and where the warp is valid (the motion stayed inside the frame)."""
     warp = estimate_warp(neighbour, current, hole)

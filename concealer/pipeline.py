@@ -1,23 +1,38 @@
 """One-call library API over the stages, used by the CLI, the tests and the benchmarks."""
 from __future__ import annotations
 
+import collections
 import contextlib
+import itertools
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from .concealment import Neighbours, Picture, make_concealer
 from .decode import decode_frames
+from .detection import (
+    DamagedFrame,
+    DamageLabel,
+    DamageMap,
+    detect_damage,
+    write_damage_maps,
+)
 from .drift import DriftCorrector
-from .detection import DamageLabel, DamagedFrame, DamageMap, detect_damage, write_damage_maps
 from .encode import EncoderSettings, add_output_encoder
-from .errors import InputError, UsageError
-from .media import AtomicOutputs, nominal_rate, open_output, open_video_input
+from .errors import InputError, Interrupted, UsageError
+from .media import (
+    AtomicOutputs,
+    frame_count,
+    nominal_rate,
+    open_output,
+    open_video_input,
+)
 from .overlay import OverlayWriter
+from .rebuild import rebuild_missing
 
 
 @dataclass
@@ -47,7 +62,8 @@ def detect(source: Path, masks_out: Path, *, overlay: Path | None = None, mode: 
     width, height, rate, time_base = _video_format(source)
     summary = DetectionSummary()
     maps: list[DamageMap] = []
-    with AtomicOutputs([masks_out] + ([overlay] if overlay else []), overwrite) as outputs, \
+    with _stop_on_interrupt(source, summary), \
+            AtomicOutputs([masks_out] + ([overlay] if overlay else []), overwrite, inputs=[source, truth]) as outputs, \
             contextlib.ExitStack() as stack:
         writer = None
         if overlay:
@@ -79,6 +95,9 @@ class ConcealSummary(DetectionSummary):
 
 
 DRIFT_STRATEGIES = ("carry", "reconceal", "none")
+# Frame slots looked ahead for the next picture that arrived (a run of lost frames longer than
+# this is rebuilt by repeating the last picture).
+LOOK_AHEAD = 16
 
 
 def conceal(source: Path, output: Path, *, model: str = "ffmpeg", detect: str = "auto", truth: Path | None = None,
@@ -94,28 +113,33 @@ def conceal(source: Path, output: Path, *, model: str = "ffmpeg", detect: str = 
     if drift not in DRIFT_STRATEGIES:
         raise UsageError(f"unknown drift correction {drift!r} (use {', '.join(DRIFT_STRATEGIES)})")
     concealer = make_concealer(model)
-    if Path(source).resolve() == Path(output).resolve():
-        raise UsageError("the output path is the input file")
     started = time.perf_counter()
     summary = ConcealSummary()
     width, height, rate, time_base = _video_format(source)
     clean = _reference_luma(reference) if reference else None
     squared_error = 0.0
-    with AtomicOutputs([output], overwrite) as outputs, open_output(outputs[output]) as sink, \
+    with _stop_on_interrupt(source, summary), \
+            AtomicOutputs([output], overwrite, inputs=[source, truth, reference]) as outputs, \
+            open_output(outputs[output]) as sink, \
             open_video_input(source) as passthrough_source:
         video = add_output_encoder(sink, codec, EncoderSettings(crf=crf, preset=preset, lossless=lossless),
                                    width=width, height=height, rate=rate, time_base=time_base)
         copies = _PassThrough(passthrough_source, sink)
         sink.metadata.update(passthrough_source.metadata)
         corrector = DriftCorrector(height, width) if drift == "carry" else None
-        previous = last_decoded = None
-        for damaged, following in _with_next(detect_damage(source, mode=detect, truth=truth)):
+        previous = last_decoded = last_shown = None
+        steps_since_shown = 0
+        for damaged, ahead in _look_ahead(detect_damage(source, mode=detect, truth=truth)):
             frame, damage = damaged.frame, damaged.damage
+            following = ahead[0] if ahead else None
             if frame.missing:
-                if previous is None:
-                    continue  # nothing to rebuild from before the first picture
-                # Repeated: extrapolating the previous motion measured worse on carphone (29.6 vs 31.8 dB)
-                picture = previous
+                steps_since_shown += 1
+                next_decoded = ahead[-1] if ahead and not ahead[-1].frame.missing else None
+                lost_in_a_row = steps_since_shown + len(ahead) - 1  # between the last picture and the next
+                picture = rebuild_missing(last_shown, next_decoded,
+                                          steps_since_shown / lost_in_a_row if next_decoded else 1.0)
+                if picture is None:
+                    continue  # no picture anywhere near: nothing to rebuild from
                 summary.frames_rebuilt += 1
                 if corrector and last_decoded is not None:
                     corrector.remember(last_decoded, picture)  # FFmpeg stands the last picture in for it
@@ -127,7 +151,7 @@ def conceal(source: Path, output: Path, *, model: str = "ffmpeg", detect: str = 
                     picture = concealer.conceal(picture, mask, Neighbours(previous, following))
                 if corrector:
                     corrector.remember(decoded, picture)
-                last_decoded = decoded
+                last_decoded, last_shown, steps_since_shown = decoded, picture, 0
             summary.add(damage)
             previous = picture
             if clean is not None:
@@ -136,6 +160,8 @@ def conceal(source: Path, output: Path, *, model: str = "ffmpeg", detect: str = 
             out.pts, out.time_base = frame.pts, frame.time_base
             copies.mux_until(frame.pts * frame.time_base)
             sink.mux(video.encode(out))
+        if not summary.frames:
+            raise InputError(f"{source}: not one picture in it could be decoded, so there is nothing to repair")
         sink.mux(video.encode(None))
         copies.mux_until(None)
         sink.close()
@@ -147,14 +173,40 @@ def conceal(source: Path, output: Path, *, model: str = "ffmpeg", detect: str = 
     return summary
 
 
-def _with_next(frames: Iterator[DamagedFrame]) -> Iterator[tuple[DamagedFrame, DamagedFrame | None]]:
-    """Each frame with the one after it: the look-ahead window of the temporal model."""
-    current = next(frames, None)
-    for following in frames:
-        yield current, following
-        current = following
-    if current is not None:
-        yield current, None
+
+@contextlib.contextmanager
+def _stop_on_interrupt(source: Path, summary: DetectionSummary) -> Iterator[None]:
+    """Ctrl-C ends the run as Interrupted, saying how far it got (its outputs are discarded on the way out)."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        total = frame_count(source)
+        raise Interrupted(f"interrupted after {summary.frames}{f' of {total}' if total else ''} frames, "
+                          "no output written") from exc
+
+
+def _look_ahead(frames: Iterator[DamagedFrame]) -> Iterator[tuple[DamagedFrame, tuple[DamagedFrame, ...]]]:
+    """Each frame slot with the slots after it up to the next one that has a picture (at most
+    LOOK_AHEAD): the temporal model looks at the next frame, a lost frame's rebuild at the next
+    picture that arrived. Placeholders hold no picture, so at most one decoded frame waits."""
+    waiting: collections.deque[DamagedFrame] = collections.deque()
+
+    def ahead() -> tuple[DamagedFrame, ...]:
+        slots = []
+        for slot in itertools.islice(waiting, 1, None):
+            slots.append(slot)
+            if not slot.frame.missing:
+                break
+        return tuple(slots)
+
+    for slot in frames:
+        waiting.append(slot)
+        while len(waiting) > 1 and (not slot.frame.missing or len(waiting) > LOOK_AHEAD):
+            yield waiting[0], ahead()
+            waiting.popleft()
+    while waiting:
+        yield waiting[0], ahead()
+        waiting.popleft()
 
 
 def _video_format(source: Path) -> tuple[int, int, Fraction, Fraction]:

@@ -1,0 +1,34 @@
+"""Frames lost entirely: rebuilt by motion-compensated extrapolation from the last picture.
+
+The next picture that did arrive was encoded against the frame just before it, so its
+motion vectors say how the content moved over one frame interval. A single lost frame is
+the last good picture moved along those vectors; in a run of lost frames the k-th of n is
+moved k/n of the way (moving it k whole intervals, or chaining one interval per frame,
+measured worse: 20.98 and 21.64 against 22.62 dB on carphone_qcif at 20% loss). Measured
+on carphone_qcif (every loss there is a whole frame), sequence PSNR with drift correction,
+against repeating the last picture: 35.69 -> 37.16 dB at 3% loss, 29.43 -> 31.88 dB at
+10%, 22.58 -> 22.62 dB at 20%.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .concealment import Picture
+from .detection import CellGrid, DamagedFrame, MotionField
+from .motion import remap_planes
+
+
+def rebuild_missing(last: Picture | None, next_decoded: DamagedFrame | None, fraction: float) -> Picture | None:
+    """A lost frame between `last` (the last picture shown) and `next_decoded` (the next that
+    arrived): `last` moved `fraction` of one interval's motion; None when there is neither."""
+    if next_decoded is None:
+        return last
+    following = Picture.from_frame(next_decoded.frame.picture)
+    if last is None:
+        return following  # lost at the start: nothing earlier to move
+    height, width = last.y.shape
+    motion = MotionField(CellGrid(height, width), next_decoded.frame.motion_vectors).cell_motion
+    if motion is None:
+        return last  # the next picture is intra: no motion to follow
+    dx, dy, _ = (np.repeat(np.repeat(a, CellGrid.CELL, 0), CellGrid.CELL, 1)[:height, :width] for a in motion)
+    return Picture(*remap_planes([last.y, last.u, last.v], dx * fraction, dy * fraction))
