@@ -8,8 +8,8 @@ for HEVC, the picture geometry from the SPS/PPS. Nothing here decodes pictures.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 
 class Codec(str, enum.Enum):
@@ -100,13 +100,22 @@ def nal_units(data: bytes, codec: Codec, framing: Framing, length_size: int = 4)
 
 
 def remove_emulation_prevention(rbsp: bytes) -> bytes:
-    """Drop the 0x03 of every 0x000003 sequence, as the decoder does before parsing."""
+    """Drop the 0x03 of every 0x000003 sequence, as the decoder does before parsing.
+
+    A left-to-right, non-overlapping replace is exactly the decoder's rule (the zero count
+    restarts after each removed byte), and runs in C: whole slices get unescaped.
+    """
+    return rbsp.replace(b"\x00\x00\x03", b"\x00\x00")
+
+
+def add_emulation_prevention(rbsp: bytes) -> bytes:
+    """Insert 0x03 wherever two zero bytes precede a byte <= 3, so that no start code can appear."""
     out = bytearray()
     zeros = 0
     for byte in rbsp:
-        if zeros >= 2 and byte == 3:
+        if zeros >= 2 and byte <= 3:
+            out.append(3)
             zeros = 0
-            continue
         out.append(byte)
         zeros = zeros + 1 if byte == 0 else 0
     return bytes(out)
@@ -137,10 +146,68 @@ class BitReader:
                 raise BitstreamError("exp-Golomb code longer than 32 bits")
         return (1 << leading) - 1 + self.u(leading)
 
+    def se(self) -> int:
+        code = self.ue()
+        return (code + 1) // 2 if code & 1 else -(code // 2)
+
+    def flag(self) -> bool:
+        return bool(self.u(1))
+
     def skip(self, bits: int) -> None:
         if (self._pos + bits + 7) >> 3 > len(self._data):
             raise BitstreamError("read past the end of the NAL unit")
         self._pos += bits
+
+    @property
+    def position(self) -> int:
+        """Bits read so far."""
+        return self._pos
+
+    @property
+    def data(self) -> bytes:
+        return self._data
+
+
+class BitWriter:
+    """MSB-first writer with exp-Golomb codes: the inverse of BitReader, for rewriting headers."""
+
+    def __init__(self) -> None:
+        self._bytes = bytearray()
+        self._partial = 0
+        self._count = 0  # bits in _partial
+
+    def u(self, bits: int, value: int) -> None:
+        for shift in range(bits - 1, -1, -1):
+            self._partial = (self._partial << 1) | ((value >> shift) & 1)
+            self._count += 1
+            if self._count == 8:
+                self._bytes.append(self._partial)
+                self._partial = self._count = 0
+
+    def ue(self, value: int) -> None:
+        code = value + 1
+        self.u(code.bit_length() - 1, 0)
+        self.u(code.bit_length(), code)
+
+    def copy(self, reader: BitReader, start: int, end: int) -> None:
+        """Append bits [start, end) of what `reader` reads, unchanged."""
+        data = reader.data
+        for pos in range(start, end):
+            self.u(1, data[pos >> 3] >> (7 - (pos & 7)))
+
+    def align_with_one(self) -> None:
+        """byte_alignment() / rbsp_trailing_bits(): a one bit, then zero bits to the byte boundary."""
+        self.u(1, 1)
+        self.u(-self._count % 8, 0)
+
+    @property
+    def aligned(self) -> bool:
+        return self._count == 0
+
+    def to_bytes(self) -> bytes:
+        if self._count:
+            raise ValueError("the written bits do not end on a byte boundary")
+        return bytes(self._bytes)
 
 
 def _header_reader(nal: bytes, codec: Codec, max_bytes: int = 64) -> BitReader:
@@ -200,56 +267,427 @@ def h264_geometry(width: int, height: int) -> PictureGeometry:
     return PictureGeometry(width, height, 16)
 
 
-def parse_hevc_sps(nal: bytes) -> tuple[int, int, int]:
-    """Return (width, height, ctb_size) from an HEVC SPS NAL unit (H.265 7.3.2.2)."""
+@dataclass(frozen=True)
+class ShortTermRps:
+    """A short-term reference picture set (H.265 7.4.8): POC deltas and whether the picture uses each."""
+
+    negative: tuple[tuple[int, bool], ...]  # (delta POC < 0, used by the current picture), nearest first
+    positive: tuple[tuple[int, bool], ...]
+
+    @property
+    def num_delta_pocs(self) -> int:
+        return len(self.negative) + len(self.positive)
+
+    @property
+    def used_count(self) -> int:
+        return sum(used for _, used in self.negative + self.positive)
+
+
+def _short_term_rps(reader: BitReader, index: int, count: int, sets: list[ShortTermRps]) -> ShortTermRps:
+    """st_ref_pic_set(index) (7.3.7), with inter-RPS prediction resolved as in equations 7-61/7-62."""
+    if index and reader.flag():  # inter_ref_pic_set_prediction_flag
+        ref = sets[index - (reader.ue() + 1 if index == count else 1)]
+        negative_delta = reader.flag()  # delta_rps_sign
+        delta_rps = (reader.ue() + 1) * (-1 if negative_delta else 1)
+        flags = []  # (used_by_curr_pic_flag, use_delta_flag) for ref's negatives, positives, then delta_rps
+        for _ in range(ref.num_delta_pocs + 1):
+            used = reader.flag()
+            flags.append((used, used or reader.flag()))
+        n_neg = len(ref.negative)
+        candidates = ([(d + delta_rps, flags[n_neg + j]) for j, (d, _) in reversed(list(enumerate(ref.positive)))]
+                      + [(delta_rps, flags[-1])]
+                      + [(d + delta_rps, flags[j]) for j, (d, _) in enumerate(ref.negative)])
+        negative = tuple((d, used) for d, (used, use) in candidates if d < 0 and use)
+        candidates = ([(d + delta_rps, flags[j]) for j, (d, _) in reversed(list(enumerate(ref.negative)))]
+                      + [(delta_rps, flags[-1])]
+                      + [(d + delta_rps, flags[n_neg + j]) for j, (d, _) in enumerate(ref.positive)])
+        positive = tuple((d, used) for d, (used, use) in candidates if d > 0 and use)
+        return ShortTermRps(negative, positive)
+    num_negative, num_positive = reader.ue(), reader.ue()
+    lists = []
+    for count_in_list, sign in ((num_negative, -1), (num_positive, 1)):
+        poc, entries = 0, []
+        for _ in range(count_in_list):
+            poc += sign * (reader.ue() + 1)
+            entries.append((poc, reader.flag()))
+        lists.append(tuple(entries))
+    return ShortTermRps(*lists)
+
+
+def _skip_profile_tier_level(reader: BitReader, max_sub_layers_minus1: int) -> None:
+    reader.skip(88)  # general profile space/tier/idc, compatibility and constraint flags
+    reader.u(8)  # general_level_idc
+    present = [(reader.u(1), reader.u(1)) for _ in range(max_sub_layers_minus1)]
+    if max_sub_layers_minus1 > 0:
+        reader.skip(2 * (8 - max_sub_layers_minus1))
+    for profile_present, level_present in present:
+        reader.skip(88 * profile_present + 8 * level_present)
+
+
+def _skip_scaling_list_data(reader: BitReader) -> None:
+    for size_id in range(4):
+        for _ in range(0, 6, 3 if size_id == 3 else 1):
+            if not reader.flag():  # scaling_list_pred_mode_flag
+                reader.ue()
+                continue
+            if size_id > 1:
+                reader.se()
+            for _ in range(min(64, 1 << (4 + (size_id << 1)))):
+                reader.se()
+
+
+@dataclass(frozen=True)
+class HevcSps:
+    """The SPS fields (H.265 7.3.2.2) that decide the slice header's layout and the coding-tree syntax."""
+
+    sps_id: int
+    chroma_format_idc: int
+    separate_colour_planes: bool
+    width: int
+    height: int
+    log2_max_poc_lsb: int
+    log2_min_cb: int
+    log2_ctb: int
+    log2_min_tb: int
+    log2_max_tb: int
+    max_transform_depth_intra: int
+    sao_enabled: bool
+    pcm_cb_sizes: tuple[int, int] | None  # (log2 min, log2 max) PCM coding-block size, None without PCM
+    short_term_rps: tuple[ShortTermRps, ...]
+    long_term_used: tuple[bool, ...] | None  # used_by_curr_pic_lt_sps_flag per SPS candidate; None: no long-term
+    temporal_mvp_enabled: bool
+
+    @property
+    def chroma_array_type(self) -> int:
+        return 0 if self.separate_colour_planes else self.chroma_format_idc
+
+    @property
+    def ctb_size(self) -> int:
+        return 1 << self.log2_ctb
+
+    @property
+    def ctbs_wide(self) -> int:
+        return -(-self.width // self.ctb_size)
+
+    @property
+    def ctb_count(self) -> int:
+        return self.ctbs_wide * -(-self.height // self.ctb_size)
+
+
+def parse_hevc_sps(nal: bytes) -> HevcSps:
+    """Parse an HEVC SPS NAL unit up to sps_temporal_mvp_enabled_flag (H.265 7.3.2.2)."""
     reader = BitReader(remove_emulation_prevention(nal[2:]))
     reader.u(4)  # sps_video_parameter_set_id
     max_sub_layers_minus1 = reader.u(3)
     reader.u(1)  # sps_temporal_id_nesting_flag
-    # profile_tier_level(1, max_sub_layers_minus1)
-    reader.skip(88)  # general profile space/tier/idc, compatibility and constraint flags
-    reader.u(8)  # general_level_idc
-    profile_present, level_present = [], []
-    for _ in range(max_sub_layers_minus1):
-        profile_present.append(reader.u(1))
-        level_present.append(reader.u(1))
-    if max_sub_layers_minus1 > 0:
-        reader.skip(2 * (8 - max_sub_layers_minus1))
-    for i in range(max_sub_layers_minus1):
-        if profile_present[i]:
-            reader.skip(88)
-        if level_present[i]:
-            reader.u(8)
-    reader.ue()  # sps_seq_parameter_set_id
-    if reader.ue() == 3:  # chroma_format_idc
-        reader.u(1)  # separate_colour_plane_flag
-    width = reader.ue()
-    height = reader.ue()
-    if reader.u(1):  # conformance_window_flag
+    _skip_profile_tier_level(reader, max_sub_layers_minus1)
+    sps_id = reader.ue()
+    chroma_format_idc = reader.ue()
+    separate_planes = chroma_format_idc == 3 and reader.flag()
+    width, height = reader.ue(), reader.ue()
+    if reader.flag():  # conformance_window_flag
         for _ in range(4):
             reader.ue()
-    reader.ue()  # bit_depth_luma_minus8
-    reader.ue()  # bit_depth_chroma_minus8
-    reader.ue()  # log2_max_pic_order_cnt_lsb_minus4
+    reader.ue(), reader.ue()  # bit depths
+    log2_max_poc_lsb = reader.ue() + 4
     ordering_all = reader.u(1)
     for _ in range(0 if ordering_all else max_sub_layers_minus1, max_sub_layers_minus1 + 1):
         reader.ue(), reader.ue(), reader.ue()
     log2_min_cb = reader.ue() + 3
     log2_ctb = log2_min_cb + reader.ue()
-    return width, height, 1 << log2_ctb
+    log2_min_tb = reader.ue() + 2
+    log2_max_tb = log2_min_tb + reader.ue()
+    reader.ue()  # max_transform_hierarchy_depth_inter
+    max_transform_depth_intra = reader.ue()
+    if reader.flag() and reader.flag():  # scaling_list_enabled_flag, sps_scaling_list_data_present_flag
+        _skip_scaling_list_data(reader)
+    reader.u(1)  # amp_enabled_flag
+    sao_enabled = reader.flag()
+    pcm_cb_sizes = None
+    if reader.flag():  # pcm_enabled_flag
+        reader.u(8)  # PCM sample bit depths
+        log2_min_pcm = reader.ue() + 3
+        pcm_cb_sizes = (log2_min_pcm, log2_min_pcm + reader.ue())
+        reader.u(1)  # pcm_loop_filter_disabled_flag
+    rps: list[ShortTermRps] = []
+    count = reader.ue()
+    for index in range(count):
+        rps.append(_short_term_rps(reader, index, count, rps))
+    long_term_used = None
+    if reader.flag():  # long_term_ref_pics_present_flag
+        entries = []
+        for _ in range(reader.ue()):
+            reader.u(log2_max_poc_lsb)
+            entries.append(reader.flag())
+        long_term_used = tuple(entries)
+    return HevcSps(sps_id, chroma_format_idc, separate_planes, width, height, log2_max_poc_lsb, log2_min_cb,
+                   log2_ctb, log2_min_tb, log2_max_tb, max_transform_depth_intra, sao_enabled, pcm_cb_sizes,
+                   tuple(rps), long_term_used, reader.flag())
 
 
-def parse_hevc_pps(nal: bytes) -> bool:
-    """Return dependent_slice_segments_enabled_flag (H.265 7.3.2.3)."""
+@dataclass(frozen=True)
+class HevcPps:
+    """The PPS fields (H.265 7.3.2.3) that decide the slice header's layout and the coding-tree syntax."""
+
+    pps_id: int
+    sps_id: int
+    dependent_slice_segments_enabled: bool
+    output_flag_present: bool
+    num_extra_slice_header_bits: int
+    cabac_init_present: bool
+    default_ref_counts: tuple[int, int]  # num_ref_idx_l0/l1_default_active
+    init_qp: int
+    cu_qp_delta_enabled: bool
+    slice_chroma_qp_offsets_present: bool
+    weighted_pred: bool
+    weighted_bipred: bool
+    transquant_bypass_enabled: bool
+    tiles_enabled: bool
+    entropy_coding_sync_enabled: bool
+    loop_filter_across_slices_enabled: bool
+    deblocking_override_enabled: bool
+    deblocking_disabled: bool
+    lists_modification_present: bool
+    slice_header_extension_present: bool
+    chroma_qp_offset_list_enabled: bool
+
+
+def parse_hevc_pps(nal: bytes) -> HevcPps:
+    """Parse an HEVC PPS NAL unit (H.265 7.3.2.3); raise BitstreamError for extensions it cannot follow."""
     reader = BitReader(remove_emulation_prevention(nal[2:]))
-    reader.ue()  # pps_pic_parameter_set_id
-    reader.ue()  # pps_seq_parameter_set_id
-    return bool(reader.u(1))
+    pps_id, sps_id = reader.ue(), reader.ue()
+    dependent = reader.flag()
+    output_flag_present = reader.flag()
+    extra_bits = reader.u(3)
+    reader.u(1)  # sign_data_hiding_enabled_flag
+    cabac_init_present = reader.flag()
+    default_ref_counts = (reader.ue() + 1, reader.ue() + 1)
+    init_qp = 26 + reader.se()
+    reader.u(1)  # constrained_intra_pred_flag
+    transform_skip = reader.flag()
+    cu_qp_delta = reader.flag()
+    if cu_qp_delta:
+        reader.ue()  # diff_cu_qp_delta_depth
+    reader.se(), reader.se()  # pps_cb_qp_offset, pps_cr_qp_offset
+    chroma_offsets_present = reader.flag()
+    weighted_pred, weighted_bipred = reader.flag(), reader.flag()
+    transquant_bypass = reader.flag()
+    tiles, wpp = reader.flag(), reader.flag()
+    if tiles:
+        columns, rows = reader.ue(), reader.ue()
+        if not reader.flag():  # uniform_spacing_flag
+            for _ in range(columns + rows):
+                reader.ue()
+        reader.u(1)  # loop_filter_across_tiles_enabled_flag
+    across_slices = reader.flag()
+    override = deblocking_disabled = False
+    if reader.flag():  # deblocking_filter_control_present_flag
+        override, deblocking_disabled = reader.flag(), reader.flag()
+        if not deblocking_disabled:
+            reader.se(), reader.se()
+    if reader.flag():  # pps_scaling_list_data_present_flag
+        _skip_scaling_list_data(reader)
+    lists_modification = reader.flag()
+    reader.ue()  # log2_parallel_merge_level_minus2
+    extension_present = reader.flag()
+    chroma_qp_offset_list = False
+    if reader.flag():  # pps_extension_present_flag
+        range_extension = reader.flag()
+        if reader.u(3):  # multilayer, 3D or SCC extension
+            raise BitstreamError("PPS extensions beyond the range extension are not supported")
+        reader.u(4)
+        if range_extension:
+            if transform_skip:
+                reader.ue()
+            reader.u(1)  # cross_component_prediction_enabled_flag
+            chroma_qp_offset_list = reader.flag()
+    return HevcPps(pps_id, sps_id, dependent, output_flag_present, extra_bits, cabac_init_present,
+                   default_ref_counts, init_qp,
+                   cu_qp_delta, chroma_offsets_present, weighted_pred, weighted_bipred, transquant_bypass, tiles, wpp,
+                   across_slices, override, deblocking_disabled, lists_modification, extension_present,
+                   chroma_qp_offset_list)
 
 
 def hevc_geometry(sps: bytes, pps: bytes | None) -> PictureGeometry:
-    width, height, ctb = parse_hevc_sps(sps)
-    return PictureGeometry(width, height, ctb, parse_hevc_pps(pps) if pps else False)
+    parsed = parse_hevc_sps(sps)
+    return PictureGeometry(parsed.width, parsed.height, parsed.ctb_size,
+                           parse_hevc_pps(pps).dependent_slice_segments_enabled if pps else False)
+
+
+class HevcSliceType(enum.IntEnum):
+    B = 0
+    P = 1
+    I = 2
+
+
+HEVC_IDR_TYPES = (19, 20)  # IDR_W_RADL, IDR_N_LP: no POC or reference picture set in the slice header
+
+
+@dataclass(frozen=True)
+class HevcSliceHeader:
+    """An HEVC slice segment header (H.265 7.3.6.1), with the bit positions a rewrite needs.
+
+    Positions count bits of the unescaped payload after the two-byte NAL header. A rewrite
+    copies the spans between them verbatim, so fields it does not change keep their exact bits.
+    """
+
+    nal_type: int
+    first_in_picture: bool
+    pps_id: int
+    dependent: bool
+    address: int
+    slice_type: HevcSliceType | None  # None for a dependent segment (it inherits the slice's)
+    qp_delta: int
+    cabac_init: bool
+    max_merge_candidates: int
+    deblocking_disabled: bool
+    loop_filter_across_slices: bool | None  # None when not coded
+    after_pps_id: int
+    independent_start: int  # after slice_segment_address
+    sao_span: tuple[int, int]
+    loop_filter_span: tuple[int, int]  # slice_loop_filter_across_slices_enabled_flag, empty when absent
+    entry_point_span: tuple[int, int]
+    header_end: int  # before byte_alignment()
+
+
+class HevcParameterSets:
+    """The SPSs and PPSs seen so far, by id, as a decoder keeps them."""
+
+    def __init__(self) -> None:
+        self.sps: dict[int, HevcSps] = {}
+        self.pps: dict[int, HevcPps] = {}
+
+    def add(self, nal: bytes) -> None:
+        """Parse an SPS or PPS NAL unit (other types are ignored)."""
+        nal_type = nal_type_of(Codec.HEVC, nal[0])
+        if nal_type == 33:
+            sps = parse_hevc_sps(nal)
+            self.sps[sps.sps_id] = sps
+        elif nal_type == 34:
+            pps = parse_hevc_pps(nal)
+            self.pps[pps.pps_id] = pps
+
+    def for_slice(self, pps_id: int) -> tuple[HevcSps, HevcPps]:
+        pps = self.pps.get(pps_id)
+        sps = self.sps.get(pps.sps_id) if pps else None
+        if sps is None:
+            raise BitstreamError(f"slice refers to parameter set {pps_id}, which never arrived")
+        return sps, pps
+
+
+def _skip_pred_weight_table(reader: BitReader, sps: HevcSps, slice_type: HevcSliceType,
+                            ref_counts: tuple[int, int]) -> None:
+    reader.ue()  # luma_log2_weight_denom
+    chroma = sps.chroma_array_type != 0
+    if chroma:
+        reader.se()
+    for count in ref_counts[:2 if slice_type is HevcSliceType.B else 1]:
+        luma_flags = [reader.flag() for _ in range(count)]
+        chroma_flags = [reader.flag() for _ in range(count)] if chroma else [False] * count
+        for luma, has_chroma in zip(luma_flags, chroma_flags):
+            for _ in range(2 * luma + 4 * has_chroma):
+                reader.se()
+
+
+def parse_hevc_slice_header(nal: bytes, parameter_sets: HevcParameterSets) -> tuple[HevcSliceHeader, BitReader]:
+    """Parse a slice segment header in full; return it and the reader over the unescaped payload."""
+    reader = BitReader(remove_emulation_prevention(nal[2:]))
+    nal_type = nal_type_of(Codec.HEVC, nal[0])
+    first = reader.flag()
+    if 16 <= nal_type <= 23:
+        reader.u(1)  # no_output_of_prior_pics_flag
+    pps_id = reader.ue()
+    after_pps_id = reader.position
+    sps, pps = parameter_sets.for_slice(pps_id)
+    dependent, address = False, 0
+    if not first:
+        dependent = pps.dependent_slice_segments_enabled and reader.flag()
+        address = reader.u(max(1, (sps.ctb_count - 1).bit_length()))
+    independent_start = reader.position
+    slice_type, qp_delta, cabac_init, merge, across = None, 0, False, 5, None
+    deblocking_disabled = pps.deblocking_disabled
+    sao_span = loop_filter_span = (independent_start, independent_start)
+    if not dependent:
+        reader.skip(pps.num_extra_slice_header_bits)
+        slice_type = HevcSliceType(reader.ue())
+        if pps.output_flag_present:
+            reader.u(1)
+        if sps.separate_colour_planes:
+            reader.u(2)
+        temporal_mvp, used_pictures = False, 0
+        if nal_type not in HEVC_IDR_TYPES:
+            reader.u(sps.log2_max_poc_lsb)
+            if not reader.flag():  # short_term_ref_pic_set_sps_flag
+                rps = _short_term_rps(reader, len(sps.short_term_rps), len(sps.short_term_rps),
+                                      list(sps.short_term_rps))
+            else:
+                index = reader.u((len(sps.short_term_rps) - 1).bit_length()) if len(sps.short_term_rps) > 1 else 0
+                rps = sps.short_term_rps[index]
+            used_pictures = rps.used_count
+            if sps.long_term_used is not None:
+                from_sps = reader.ue() if sps.long_term_used else 0
+                for i in range(from_sps + reader.ue()):
+                    if i < from_sps:
+                        index = reader.u((len(sps.long_term_used) - 1).bit_length())
+                        used_pictures += sps.long_term_used[index]
+                    else:
+                        reader.u(sps.log2_max_poc_lsb)
+                        used_pictures += reader.u(1)
+                    if reader.flag():  # delta_poc_msb_present_flag
+                        reader.ue()
+            temporal_mvp = sps.temporal_mvp_enabled and reader.flag()
+        sao_start = reader.position
+        sao = False
+        if sps.sao_enabled:
+            sao = reader.flag()
+            if sps.chroma_array_type:
+                sao = reader.flag() or sao
+        sao_span = (sao_start, reader.position)
+        if slice_type is not HevcSliceType.I:
+            ref_counts = (0, 0)
+            ref_counts = pps.default_ref_counts
+            if reader.flag():  # num_ref_idx_active_override_flag
+                ref_counts = (reader.ue() + 1, reader.ue() + 1 if slice_type is HevcSliceType.B else 0)
+            if pps.lists_modification_present and used_pictures > 1:
+                for count in ref_counts[:2 if slice_type is HevcSliceType.B else 1]:
+                    if reader.flag():
+                        reader.skip(count * (used_pictures - 1).bit_length())
+            if slice_type is HevcSliceType.B:
+                reader.u(1)  # mvd_l1_zero_flag
+            cabac_init = pps.cabac_init_present and reader.flag()
+            if temporal_mvp:
+                from_l0 = reader.flag() if slice_type is HevcSliceType.B else True
+                if ref_counts[0 if from_l0 else 1] > 1:
+                    reader.ue()  # collocated_ref_idx
+            if (pps.weighted_pred and slice_type is HevcSliceType.P) or \
+                    (pps.weighted_bipred and slice_type is HevcSliceType.B):
+                _skip_pred_weight_table(reader, sps, slice_type, ref_counts)
+            merge = 5 - reader.ue()
+        qp_delta = reader.se()
+        if pps.slice_chroma_qp_offsets_present:
+            reader.se(), reader.se()
+        if pps.chroma_qp_offset_list_enabled:
+            reader.u(1)
+        if pps.deblocking_override_enabled and reader.flag():
+            deblocking_disabled = reader.flag()
+            if not deblocking_disabled:
+                reader.se(), reader.se()
+        loop_filter_start = reader.position
+        if pps.loop_filter_across_slices_enabled and (sao or not deblocking_disabled):
+            across = reader.flag()
+        loop_filter_span = (loop_filter_start, reader.position)
+    entry_start = reader.position
+    if pps.tiles_enabled or pps.entropy_coding_sync_enabled:
+        count = reader.ue()
+        if count:
+            reader.skip(count * (reader.ue() + 1))
+    entry_point_span = (entry_start, reader.position)
+    if pps.slice_header_extension_present:
+        reader.skip(8 * reader.ue())
+    header = HevcSliceHeader(nal_type, first, pps_id, dependent, address, slice_type, qp_delta, cabac_init, merge,
+                             deblocking_disabled, across, after_pps_id, independent_start, sao_span,
+                             loop_filter_span, entry_point_span, reader.position)
+    return header, reader
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ as placeholders, so that every frame slot of the stream comes out, in order.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
@@ -18,6 +18,7 @@ from typing import Iterator
 import av
 
 from .media import open_video_input
+from .stream_repair import open_stream_repair
 
 import numpy as np
 
@@ -36,6 +37,8 @@ class DecodedFrame:
     picture: av.VideoFrame | None  # None: the frame was lost entirely
     # FFmpeg's exported motion vectors (AVMotionVector records), when asked for.
     motion_vectors: np.ndarray | None = None
+    # 16x16 macroblocks whose lost data the stream repair substituted before decoding (HEVC), if any.
+    substituted: np.ndarray | None = None
 
     @property
     def missing(self) -> bool:
@@ -89,15 +92,20 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
         stream = container.streams.video[0]
         configure_decoder(stream, concealment, threads, motion_vectors)
         slots = _FrameSlots(frame_duration(stream), stream.time_base)
+        repair = open_stream_repair(path, stream)
         for packet in container.demux(stream):
             slots.expect(packet.pts)
+            if repair is not None and packet.size:
+                packet = repair.packet(packet)
             try:
                 frames = packet.decode()
             except av.error.InvalidDataError:
                 continue  # nothing decodable in this packet: its slot comes out as a placeholder
             for picture in frames:
                 vectors = picture.side_data.get("MOTION_VECTORS") if motion_vectors else None
-                yield from slots.fill(picture, vectors.to_ndarray() if vectors is not None else None)
+                for slot in slots.fill(picture, vectors.to_ndarray() if vectors is not None else None):
+                    substituted = repair.substituted(slot.pts) if repair is not None and not slot.missing else None
+                    yield slot if substituted is None else replace(slot, substituted=substituted)
         yield from slots.finish()
 
 
