@@ -1,0 +1,187 @@
+"""HEVC stream repair: substitutes for lost slice segments keep FFmpeg decoding every picture."""
+import av
+import numpy as np
+import pytest
+from conftest import clip, decode_luma
+
+from concealer import LossOptions, PacketisationOptions, simulate_loss
+from concealer.bitstream import (
+    Codec,
+    Framing,
+    HevcParameterSets,
+    nal_type_of,
+    nal_units,
+    parse_decoder_config,
+    parse_hevc_slice_header,
+)
+from concealer.decode import decode_frames
+from concealer.detection import DamageLabel, detect_damage
+from concealer.encode import EncoderSettings
+from concealer.stream_repair import HevcStreamRepair, learn_slice_layout
+from concealer.truth import load_truth
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory):
+    """foreman re-encoded by x265 (6 slices per picture, 32x32 CTUs), 10% of its packets lost."""
+    return simulate_loss(clip("foreman_cif_hevc.mp4"), tmp_path_factory.mktemp("hevc") / "d.mp4",
+                         loss=LossOptions(loss_rate=0.1, burst=2),
+                         packets=PacketisationOptions(encoder=EncoderSettings(codec=Codec.HEVC)))
+
+
+def access_units(path):
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return stream.codec_context.extradata, [bytes(p) for p in container.demux(stream) if p.size]
+
+
+def slices_of(data):
+    """The slice segment NAL units of an access unit (MP4 framing)."""
+    return [data[u.payload_start:u.end] for u in nal_units(data, Codec.HEVC, Framing.LENGTH_PREFIXED)
+            if u.nal_type <= 21]
+
+
+def without_slices(data, drop):
+    """The access unit without the slice segments whose index (in stream order) is in `drop`."""
+    kept, index = [], 0
+    for unit in nal_units(data, Codec.HEVC, Framing.LENGTH_PREFIXED):
+        if unit.nal_type <= 21:
+            index += 1
+            if index - 1 in drop:
+                continue
+        kept.append(data[unit.start:unit.end])
+    return b"".join(kept)
+
+
+def decode_units(extradata, units):
+    """Decode raw access units with FFmpeg (one thread): raw Y, U, V planes, in output order."""
+    context = av.CodecContext.create("hevc", "r")
+    context.extradata = extradata
+    context.thread_count = 1
+    pictures = []
+    for data in [*units, None]:
+        for frame in context.decode(av.Packet(data) if data is not None else None):
+            pictures.append([np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:plane.height, :plane.width]
+                             for plane in frame.planes])
+    return pictures
+
+
+def ctu_addresses(extradata, data):
+    parameter_sets = HevcParameterSets()
+    for nal in parse_decoder_config(Codec.HEVC, extradata).parameter_sets:
+        parameter_sets.add(nal)
+    return [parse_hevc_slice_header(nal, parameter_sets)[0].address for nal in slices_of(data)]
+
+
+def ctu_mask(first, end, shape, ctb=32):
+    mask = np.zeros(shape, bool)
+    cols = -(-shape[1] // ctb)
+    for address in range(first, end):
+        y, x = divmod(address, cols)
+        mask[y * ctb:(y + 1) * ctb, x * ctb:(x + 1) * ctb] = True
+    return mask
+
+
+@pytest.mark.parametrize("name", ["foreman_cif_hevc.mp4", "reference"])
+def test_every_slice_header_parses_to_its_byte_alignment(name, damaged):
+    """The full header parse (SPS/PPS-driven layout, RPS, weights, entry points) lands exactly on byte_alignment()."""
+    extradata, units = access_units(clip(name) if name != "reference" else damaged.reference)
+    parameter_sets = HevcParameterSets()
+    for nal in parse_decoder_config(Codec.HEVC, extradata).parameter_sets:
+        parameter_sets.add(nal)
+    checked = 0
+    for data in units:
+        for unit in nal_units(data, Codec.HEVC, Framing.LENGTH_PREFIXED):
+            nal = data[unit.payload_start:unit.end]
+            if nal_type_of(Codec.HEVC, nal[0]) in (33, 34):
+                parameter_sets.add(nal)
+            if unit.nal_type > 21:
+                continue
+            header, reader = parse_hevc_slice_header(nal, parameter_sets)
+            end = header.header_end
+            bits = [(reader.data[(end + i) >> 3] >> (7 - ((end + i) & 7))) & 1 for i in range(8 - end % 8)]
+            assert bits == [1] + [0] * (len(bits) - 1)
+            checked += 1
+    assert checked >= len(units)
+
+
+def test_intact_stream_is_left_byte_identical(damaged):
+    extradata, units = access_units(damaged.reference)
+    layout = learn_slice_layout(units, extradata)
+    assert layout == tuple(sorted(ctu_addresses(extradata, units[0])))
+    repair = HevcStreamRepair(extradata, layout)
+    assert all(repair.repair(data).data == data and not repair.repair(data).substituted for data in units)
+
+
+def test_layouts_that_change_between_pictures_are_not_trusted(damaged):
+    """No picture has every address of the union: the layout is unknown, and only the gap before
+    the first surviving segment, which is certain, gets a substitute."""
+    extradata, units = access_units(damaged.reference)
+    thinned = [without_slices(data, {1 + index % 5}) for index, data in enumerate(units)]
+    assert learn_slice_layout(thinned, extradata) is None
+    repair = HevcStreamRepair(extradata, None)
+    addresses = ctu_addresses(extradata, units[1])
+    assert repair.repair(without_slices(units[1], {2})).substituted == ()
+    assert repair.repair(without_slices(units[1], {0, 1})).substituted == ((0, addresses[2]),)
+
+
+def test_lost_first_segment_of_a_p_picture_becomes_a_copy_of_its_reference(damaged):
+    """Picture 1 refers to the IDR only, whose blocks are all intra (no co-located motion): every
+    substituted CU takes the zero vector, so the lost CTUs are the IDR's, and the others are exact."""
+    extradata, units = access_units(damaged.reference)
+    clean = decode_units(extradata, units[:3])
+    addresses = ctu_addresses(extradata, units[1])
+    repair = HevcStreamRepair(extradata, learn_slice_layout(units, extradata))
+    repaired = [repair.repair(units[0]), repair.repair(without_slices(units[1], {0, 2})), repair.repair(units[2])]
+    assert repaired[1].substituted == ((0, addresses[1]), (addresses[2], addresses[3]))
+    pictures = decode_units(extradata, [r.data for r in repaired])
+    assert len(pictures) == len(clean)
+    for plane, (ours, truth, previous) in enumerate(zip(pictures[1], clean[1], clean[0])):
+        scale = 1 if plane == 0 else 2
+        lost = ctu_mask(0, addresses[1], ours.shape, 32 // scale) | ctu_mask(addresses[2], addresses[3],
+                                                                             ours.shape, 32 // scale)
+        assert np.array_equal(ours[lost], previous[lost])
+        assert np.array_equal(ours[~lost], truth[~lost])
+
+
+def test_lost_segment_of_an_idr_becomes_flat_grey(damaged):
+    extradata, units = access_units(damaged.reference)
+    clean = decode_units(extradata, units[:1])
+    addresses = ctu_addresses(extradata, units[0])
+    repaired = HevcStreamRepair(extradata, learn_slice_layout(units, extradata)).repair(without_slices(units[0], {2}))
+    assert repaired.substituted == ((addresses[2], addresses[3]),)
+    (picture,) = decode_units(extradata, [repaired.data])
+    for plane, (ours, truth) in enumerate(zip(picture, clean[0])):
+        lost = ctu_mask(addresses[2], addresses[3], ours.shape, 32 if plane == 0 else 16)
+        assert (ours[lost] == 128).all()
+        assert np.array_equal(ours[~lost], truth[~lost])
+
+
+def test_damaged_stream_decodes_every_frame_and_knows_what_it_substituted(damaged):
+    doc, truth_pts, truth_maps = load_truth(damaged.truth)
+    assert doc["summary"]["slices_lost"] and not doc["lost_frames"]
+    clean = decode_luma(damaged.reference)
+    frames = list(decode_frames(damaged.damaged))
+    assert [f.pts for f in frames] == sorted(clean) and not any(f.missing for f in frames)
+    lost = dict(zip(truth_pts.tolist(), truth_maps))
+    for frame in frames:
+        expected = lost.get(frame.pts)
+        assert (frame.substituted is None) == (expected is None or not expected.any())
+        if frame.substituted is not None:
+            assert np.array_equal(frame.substituted, expected)
+    plain = decode_luma(damaged.damaged)  # FFmpeg alone: pictures are dropped, repeat the previous one
+    assert len(plain) < len(clean)
+    previous, repaired_mse, plain_mse = None, [], []
+    for frame in frames:
+        previous = plain.get(frame.pts, previous)
+        reference = clean[frame.pts].astype(float)
+        repaired_mse.append(np.mean((frame.luma() - reference) ** 2))
+        plain_mse.append(np.mean((previous - reference) ** 2) if previous is not None else np.mean(reference ** 2))
+    assert np.mean(repaired_mse) < np.mean(plain_mse)
+
+
+def test_blind_detection_marks_the_substituted_blocks_lost(damaged):
+    _, truth_pts, truth_maps = load_truth(damaged.truth)
+    labels = {f.frame.pts: f.damage.labels for f in detect_damage(damaged.damaged, mode="bitstream")}
+    for pts, lost in zip(truth_pts.tolist(), truth_maps):
+        assert (labels[pts][lost] == DamageLabel.LOST).all()
