@@ -63,6 +63,12 @@ class Warp:
     def apply(self, neighbour: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
         return cv2.remap(neighbour, self.map_x, self.map_y, interpolation, borderMode=cv2.BORDER_REPLICATE)
 
+    def apply_to_planes(self, planes: list[np.ndarray]) -> list[np.ndarray]:
+        """A neighbour's YUV 4:2:0 planes warped onto the current frame (chroma moves half as far)."""
+        height, width = self.map_x.shape
+        ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+        return remap_planes(planes, self.map_x - xs, self.map_y - ys)
+
 
 def estimate_warp(neighbour: np.ndarray, current: np.ndarray, hole: np.ndarray) -> Warp:
     """The motion from `current` (whose `hole` pixels are unknown) to `neighbour` (both HxWx3 or HxW uint8)."""
