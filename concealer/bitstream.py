@@ -542,8 +542,12 @@ class HevcSliceHeader:
     max_merge_candidates: int
     deblocking_disabled: bool
     loop_filter_across_slices: bool | None  # None when not coded
+    poc_lsb: int  # slice_pic_order_cnt_lsb (0 in IDR pictures)
+    short_term_rps: ShortTermRps | None  # None in IDR pictures and dependent segments
+    long_term_pictures: int
     after_pps_id: int
     independent_start: int  # after slice_segment_address
+    rps_span: tuple[int, int]  # slice_pic_order_cnt_lsb and the reference picture sets, empty when absent
     sao_span: tuple[int, int]
     loop_filter_span: tuple[int, int]  # slice_loop_filter_across_slices_enabled_flag, empty when absent
     entry_point_span: tuple[int, int]
@@ -605,6 +609,8 @@ def parse_hevc_slice_header(nal: bytes, parameter_sets: HevcParameterSets) -> tu
         address = reader.u(max(1, (sps.ctb_count - 1).bit_length()))
     independent_start = reader.position
     slice_type, qp_delta, cabac_init, merge, across = None, 0, False, 5, None
+    poc_lsb, rps, long_term = 0, None, 0
+    rps_span = (independent_start, independent_start)
     deblocking_disabled = pps.deblocking_disabled
     sao_span = loop_filter_span = (independent_start, independent_start)
     if not dependent:
@@ -615,8 +621,9 @@ def parse_hevc_slice_header(nal: bytes, parameter_sets: HevcParameterSets) -> tu
         if sps.separate_colour_planes:
             reader.u(2)
         temporal_mvp, used_pictures = False, 0
+        rps_start = reader.position
         if nal_type not in HEVC_IDR_TYPES:
-            reader.u(sps.log2_max_poc_lsb)
+            poc_lsb = reader.u(sps.log2_max_poc_lsb)
             if not reader.flag():  # short_term_ref_pic_set_sps_flag
                 rps = _short_term_rps(reader, len(sps.short_term_rps), len(sps.short_term_rps),
                                       list(sps.short_term_rps))
@@ -626,7 +633,8 @@ def parse_hevc_slice_header(nal: bytes, parameter_sets: HevcParameterSets) -> tu
             used_pictures = rps.used_count
             if sps.long_term_used is not None:
                 from_sps = reader.ue() if sps.long_term_used else 0
-                for i in range(from_sps + reader.ue()):
+                long_term = from_sps + reader.ue()
+                for i in range(long_term):
                     if i < from_sps:
                         index = reader.u((len(sps.long_term_used) - 1).bit_length())
                         used_pictures += sps.long_term_used[index]
@@ -635,6 +643,8 @@ def parse_hevc_slice_header(nal: bytes, parameter_sets: HevcParameterSets) -> tu
                         used_pictures += reader.u(1)
                     if reader.flag():  # delta_poc_msb_present_flag
                         reader.ue()
+        rps_span = (rps_start, reader.position)
+        if nal_type not in HEVC_IDR_TYPES:
             temporal_mvp = sps.temporal_mvp_enabled and reader.flag()
         sao_start = reader.position
         sao = False
@@ -685,8 +695,8 @@ def parse_hevc_slice_header(nal: bytes, parameter_sets: HevcParameterSets) -> tu
     if pps.slice_header_extension_present:
         reader.skip(8 * reader.ue())
     header = HevcSliceHeader(nal_type, first, pps_id, dependent, address, slice_type, qp_delta, cabac_init, merge,
-                             deblocking_disabled, across, after_pps_id, independent_start, sao_span,
-                             loop_filter_span, entry_point_span, reader.position)
+                             deblocking_disabled, across, poc_lsb, rps, long_term, after_pps_id, independent_start,
+                             rps_span, sao_span, loop_filter_span, entry_point_span, reader.position)
     return header, reader
 
 

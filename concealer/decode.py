@@ -18,7 +18,7 @@ from typing import Iterator
 import av
 
 from .media import open_video_input
-from .stream_repair import open_stream_repair
+from .stream_repair import PacketRepair, open_stream_repair
 
 import numpy as np
 
@@ -93,10 +93,8 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
         configure_decoder(stream, concealment, threads, motion_vectors)
         slots = _FrameSlots(frame_duration(stream), stream.time_base)
         repair = open_stream_repair(path, stream)
-        for packet in container.demux(stream):
+        for packet in _repaired(container.demux(stream), repair):
             slots.expect(packet.pts)
-            if repair is not None and packet.size:
-                packet = repair.packet(packet)
             try:
                 frames = packet.decode()
             except av.error.InvalidDataError:
@@ -107,6 +105,12 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
                     substituted = repair.substituted(slot.pts) if repair is not None and not slot.missing else None
                     yield slot if substituted is None else replace(slot, substituted=substituted)
         yield from slots.finish()
+
+
+def _repaired(packets: Iterator[av.Packet], repair: PacketRepair | None) -> Iterator[av.Packet]:
+    """The demuxed packets, HEVC ones repaired and preceded by the pictures they need that were lost whole."""
+    for packet in packets:
+        yield from repair.packets(packet) if repair is not None and packet.size else (packet,)
 
 
 class _FrameSlots:

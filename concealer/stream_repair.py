@@ -19,7 +19,7 @@ is filled.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import av
 import numpy as np
 
 from .bitstream import (
+    HEVC_IDR_TYPES,
     BitReader,
     BitstreamError,
     BitWriter,
@@ -37,6 +38,7 @@ from .bitstream import (
     HevcSliceHeader,
     HevcSliceType,
     HevcSps,
+    ShortTermRps,
     add_emulation_prevention,
     is_parameter_set,
     is_slice,
@@ -271,11 +273,12 @@ class _SubstituteSliceData:
 
 
 def substitute_slice(nal_header: bytes, template: HevcSliceHeader, reader: BitReader, sps: HevcSps, pps: HevcPps,
-                     first: int, end: int) -> bytes:
+                     first: int, end: int, picture: tuple[int, ShortTermRps] | None = None) -> bytes:
     """A slice segment NAL unit covering CTUs [first, end) of one CTU row, its header copied from `template`.
 
     Changed from the template: the address (and first_slice_segment_in_pic_flag when it is 0),
-    SAO off (its per-CTU syntax would be needed), no entry points, independent segment.
+    SAO off (its per-CTU syntax would be needed), no entry points, independent segment; and,
+    for a picture rebuilt whole, `picture`'s POC LSB and short-term reference picture set.
     """
     writer = BitWriter()
     writer.u(1, int(first == 0))
@@ -285,7 +288,13 @@ def substitute_slice(nal_header: bytes, template: HevcSliceHeader, reader: BitRe
             writer.u(1, 0)
         writer.u(max(1, (sps.ctb_count - 1).bit_length()), first)
     sao_start, sao_end = template.sao_span
-    writer.copy(reader, template.independent_start, sao_start)
+    rps_start, rps_end = template.rps_span
+    writer.copy(reader, template.independent_start, rps_start)
+    if picture is None:
+        writer.copy(reader, rps_start, rps_end)
+    else:
+        _write_reference_pictures(writer, sps, *picture)
+    writer.copy(reader, rps_end, sao_start)
     writer.u(sao_end - sao_start, 0)
     lf_start = template.loop_filter_span[0]
     writer.copy(reader, sao_end, lf_start)
@@ -300,12 +309,35 @@ def substitute_slice(nal_header: bytes, template: HevcSliceHeader, reader: BitRe
     return nal_header + add_emulation_prevention(writer.to_bytes() + data)
 
 
+def _write_reference_pictures(writer: BitWriter, sps: HevcSps, poc_lsb: int, rps: ShortTermRps) -> None:
+    """slice_pic_order_cnt_lsb and an explicit st_ref_pic_set (7.3.7) with no long-term pictures."""
+    writer.u(sps.log2_max_poc_lsb, poc_lsb)
+    writer.u(1, 0)  # short_term_ref_pic_set_sps_flag: the set is coded in the header
+    if sps.short_term_rps:
+        writer.u(1, 0)  # inter_ref_pic_set_prediction_flag
+    writer.ue(len(rps.negative))
+    writer.ue(len(rps.positive))
+    for entries in (rps.negative, rps.positive):
+        previous = 0
+        for delta, used in entries:
+            writer.ue(abs(delta - previous) - 1)
+            writer.u(1, int(used))
+            previous = delta
+    if sps.long_term_used is not None:
+        if sps.long_term_used:
+            writer.ue(0)  # num_long_term_sps
+        writer.ue(0)  # num_long_term_pics
+
+
 @dataclass(frozen=True)
 class RepairedAccessUnit:
     data: bytes
     substituted: tuple[tuple[int, int], ...] = ()  # CTU address ranges [first, end) coded as substitutes
     ctb_size: int = 0
     ctbs_wide: int = 0
+    poc: int | None = None  # the picture's order count, when known
+    # Pictures lost whole that this one refers to, rebuilt from substitutes: to decode first, in this order.
+    preceded_by: tuple[RepairedAccessUnit, ...] = ()
 
     def block_mask(self, height: int, width: int, block: int = 16) -> np.ndarray:
         """The substituted CTUs as a (ceil(H/block), ceil(W/block)) bool mask."""
@@ -324,6 +356,51 @@ class _Segment:
     reader: BitReader
 
 
+class _PictureOrder:
+    """Picture order counts (H.265 8.3.1) and the pictures the decoder holds for reference, so that a
+    reference lost whole is noticed where the first picture that names it arrives."""
+
+    # Sub-layer non-reference, RADL and RASL pictures do not become prevTid0Pic.
+    _NOT_TID0_ANCHORS = (0, 2, 4, 6, 7, 8, 9, 10, 12, 14)
+
+    def __init__(self) -> None:
+        self._previous: int | None = None  # POC of prevTid0Pic
+        self._held: set[int] = set()
+
+    def picture_order(self, header: HevcSliceHeader, sps: HevcSps) -> int:
+        if header.nal_type in HEVC_IDR_TYPES:
+            return 0
+        if 16 <= header.nal_type <= 18 or self._previous is None:  # BLA, or a CRA that starts the stream
+            return header.poc_lsb
+        max_lsb = 1 << sps.log2_max_poc_lsb
+        previous_lsb = self._previous & (max_lsb - 1)
+        msb = self._previous - previous_lsb
+        if header.poc_lsb < previous_lsb and previous_lsb - header.poc_lsb >= max_lsb // 2:
+            msb += max_lsb
+        elif header.poc_lsb > previous_lsb and header.poc_lsb - previous_lsb > max_lsb // 2:
+            msb -= max_lsb
+        return msb + header.poc_lsb
+
+    def holds(self, poc: int) -> bool:
+        return poc in self._held
+
+    def held_too(self, poc: int) -> None:
+        self._held.add(poc)
+
+    def decoded(self, poc: int, segment: _Segment) -> None:
+        """The picture `poc` goes to the decoder: it keeps what its reference picture set names."""
+        header = segment.header
+        rps = header.short_term_rps
+        if header.nal_type in HEVC_IDR_TYPES or 16 <= header.nal_type <= 18 or rps is None:
+            self._held = set()
+        else:
+            self._held &= {poc + delta for delta, _ in rps.negative + rps.positive}
+        self._held.add(poc)
+        temporal_id = (segment.nal[1] & 7) - 1
+        if temporal_id == 0 and header.nal_type not in self._NOT_TID0_ANCHORS:
+            self._previous = poc
+
+
 class HevcStreamRepair:
     """Rewrites each access unit of one HEVC stream; `layout` is the slice layout learned from the stream."""
 
@@ -335,9 +412,11 @@ class HevcStreamRepair:
         for nal in config.parameter_sets if config else ():
             self._parameter_sets.add(nal)
         self._layout = layout
+        self._order = _PictureOrder()
 
     def repair(self, data: bytes) -> RepairedAccessUnit:
-        """The access unit with its lost CTUs substituted; unchanged when nothing is missing or it cannot tell."""
+        """The access unit with its lost CTUs substituted, preceded by the pictures it refers to that were
+        lost whole; unchanged when nothing is missing or it cannot tell."""
         parsed = self._parse(data)
         if parsed is None:
             return RepairedAccessUnit(data)
@@ -348,18 +427,45 @@ class HevcStreamRepair:
         # A P or B template lets the substitutes copy from the reference; only an I picture gets grey.
         template = next((s for s in independent if s.header.slice_type is not HevcSliceType.I), independent[0])
         sps, pps = self._parameter_sets.for_slice(template.header.pps_id)
+        poc = self._order.picture_order(template.header, sps)
+        rebuilt = tuple(self._rebuild(template, sps, pps, poc))
+        self._order.decoded(poc, template)
         gaps = _lost_ranges(sorted(s.header.address for s in segments), self._layout, sps.ctb_count)
-        if not gaps:
-            return RepairedAccessUnit(data)
         try:
             substitutes = [(first, substitute_slice(template.nal[:2], template.header, template.reader, sps, pps,
                                                     first, end))
                            for first, end in _row_pieces(gaps, sps.ctbs_wide)]
         except BitstreamError:  # a template header that ends early: leave the picture to the decoder
-            return RepairedAccessUnit(data)
-        vcl = sorted([(s.header.address, s.nal) for s in segments] + substitutes, key=lambda item: item[0])
-        return RepairedAccessUnit(self._frame(before + [nal for _, nal in vcl] + after), tuple(gaps),
-                                  sps.ctb_size, sps.ctbs_wide)
+            substitutes, gaps = [], []
+        if substitutes:
+            vcl = sorted([(s.header.address, s.nal) for s in segments] + substitutes, key=lambda item: item[0])
+            data = self._frame(before + [nal for _, nal in vcl] + after)
+        return RepairedAccessUnit(data, tuple(gaps), sps.ctb_size, sps.ctbs_wide, poc, rebuilt)
+
+    def _rebuild(self, template: _Segment, sps: HevcSps, pps: HevcPps, poc: int) -> Iterator[RepairedAccessUnit]:
+        """The pictures that `template`'s reference picture set names but the decoder never got, each
+        rebuilt as a whole picture of skipped CUs (a trailing reference picture) referring to the
+        pictures the decoder holds that `template` keeps."""
+        header = template.header
+        if header.nal_type not in (0, 1) or header.slice_type is HevcSliceType.I or header.long_term_pictures:
+            return
+        kept = [poc + delta for delta, _ in header.short_term_rps.negative + header.short_term_rps.positive]
+        nal_header = bytes([(1 << 1) | (template.nal[0] & 0x81), template.nal[1]])  # TRAIL_R, same layer and tid
+        for missing in sorted(p for p in kept if not self._order.holds(p)):
+            references = [p for p in kept if p != missing and self._order.holds(p)]
+            if not references:
+                continue
+            rps = ShortTermRps(tuple((p - missing, True) for p in sorted((p for p in references if p < missing),
+                                                                           reverse=True)),
+                               tuple((p - missing, True) for p in sorted(p for p in references if p > missing)))
+            picture = (missing & ((1 << sps.log2_max_poc_lsb) - 1), rps)
+            try:
+                nals = [substitute_slice(nal_header, header, template.reader, sps, pps, first, end, picture)
+                        for first, end in _row_pieces([(0, sps.ctb_count)], sps.ctbs_wide)]
+            except BitstreamError:
+                return
+            self._order.held_too(missing)
+            yield RepairedAccessUnit(self._frame(nals), ((0, sps.ctb_count),), sps.ctb_size, sps.ctbs_wide, missing)
 
     def segment_addresses(self, data: bytes) -> tuple[int, ...]:
         """The first CTU of every readable slice segment of an access unit, in increasing order."""
@@ -449,16 +555,38 @@ class PacketRepair:
         self._repair = repair
         self._shape = (height, width)
         self._substituted: dict[int, np.ndarray] = {}  # by pts, until its picture comes out
+        self._last: tuple[int, int] | None = None  # (POC, pts) of the last picture that arrived
+        self._ticks_per_poc: int | None = None
 
-    def packet(self, packet: av.Packet) -> av.Packet:
+    def packets(self, packet: av.Packet) -> list[av.Packet]:
+        """The packet repaired, preceded by a packet for each picture it refers to that was lost whole.
+
+        A rebuilt picture's timestamp follows from its POC, at the ticks per POC step seen
+        between the pictures that arrived (x265: one frame per step).
+        """
         repaired = self._repair.repair(bytes(packet))
-        if not repaired.substituted:
-            return packet
-        if packet.pts is not None:
-            self._substituted[packet.pts] = repaired.block_mask(*self._shape)
-        out = av.Packet(repaired.data)
-        out.stream, out.pts, out.dts, out.time_base = packet.stream, packet.pts, packet.dts, packet.time_base
-        out.is_keyframe = packet.is_keyframe
+        out = []
+        for unit in repaired.preceded_by:
+            pts = None
+            if packet.pts is not None and self._ticks_per_poc and repaired.poc is not None:
+                pts = packet.pts + (unit.poc - repaired.poc) * self._ticks_per_poc
+            out.append(self._packet(unit, packet, pts, rebuilt=True))
+        out.append(self._packet(repaired, packet, packet.pts, rebuilt=False) if repaired.substituted else packet)
+        if repaired.poc is not None and packet.pts is not None:
+            if self._last is not None and repaired.poc != self._last[0]:
+                ticks, steps = packet.pts - self._last[1], repaired.poc - self._last[0]
+                if ticks % steps == 0 and ticks // steps > 0:
+                    self._ticks_per_poc = ticks // steps
+            self._last = (repaired.poc, packet.pts)
+        return out
+
+    def _packet(self, unit: RepairedAccessUnit, original: av.Packet, pts: int | None, *, rebuilt: bool) -> av.Packet:
+        if pts is not None:
+            self._substituted[pts] = unit.block_mask(*self._shape)
+        out = av.Packet(unit.data)
+        out.stream, out.pts, out.time_base = original.stream, pts, original.time_base
+        out.dts = None if rebuilt else original.dts
+        out.is_keyframe = not rebuilt and original.is_keyframe
         return out
 
     def substituted(self, pts: int | None) -> np.ndarray | None:

@@ -185,3 +185,24 @@ def test_blind_detection_marks_the_substituted_blocks_lost(damaged):
     labels = {f.frame.pts: f.damage.labels for f in detect_damage(damaged.damaged, mode="bitstream")}
     for pts, lost in zip(truth_pts.tolist(), truth_maps):
         assert (labels[pts][lost] == DamageLabel.LOST).all()
+
+
+def test_picture_lost_whole_is_rebuilt_so_the_pictures_after_it_decode(damaged, tmp_path):
+    """Without its rebuild, FFmpeg drops every picture that refers to the lost one until the next IRAP."""
+    target = tmp_path / "gap.mp4"
+    with av.open(str(damaged.reference)) as source, av.open(str(target), "w") as out:
+        stream = source.streams.video[0]
+        copy = out.add_stream_from_template(stream)
+        lost_pts = None
+        for index, packet in enumerate(p for p in source.demux(stream) if p.size):
+            if index == 5:
+                lost_pts = packet.pts
+                continue
+            packet.stream = copy
+            out.mux(packet)
+    clean = decode_luma(damaged.reference)
+    assert len(decode_luma(target)) < len(clean) - 1
+    frames = list(decode_frames(target))
+    assert [f.pts for f in frames] == sorted(clean) and not any(f.missing for f in frames)
+    assert [f.pts for f in frames if f.substituted is not None] == [lost_pts]
+    assert next(f for f in frames if f.pts == lost_pts).substituted.all()
