@@ -26,6 +26,9 @@ import numpy as np
 FFMPEG_CONCEALMENT = "guess_mvs+deblock"
 NO_CONCEALMENT = "0"
 PLANAR_8BIT_YUV = ("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p")
+# A longer gap between timestamps is a jump in them (damaged, or a stream discontinuity), not lost frames:
+# filling it would add hours of rebuilt frames for one garbled timestamp (found by benchmarks.fuzz).
+MAX_LOST_SECONDS = 10
 
 
 @dataclass(frozen=True)
@@ -97,8 +100,10 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
             slots.expect(packet.pts)
             try:
                 frames = packet.decode()
-            except av.error.InvalidDataError:
-                continue  # nothing decodable in this packet: its slot comes out as a placeholder
+            except av.error.FFmpegError:
+                # A damaged packet fails as invalid data, as a feature its garbled header seems to ask for
+                # (PatchWelcomeError), or as EAGAIN once the decoder is stuck: its slot becomes a placeholder.
+                continue
             for picture in frames:
                 vectors = picture.side_data.get("MOTION_VECTORS") if motion_vectors else None
                 for slot in slots.fill(picture, vectors.to_ndarray() if vectors is not None else None):
@@ -149,7 +154,7 @@ class _FrameSlots:
         if self._last is not None:
             if pts <= self._last:
                 return
-            if self._duration:
+            if self._duration and (pts - self._last) * self._time_base <= MAX_LOST_SECONDS:
                 missing = self._last + self._duration
                 while pts - missing >= self._duration // 2 + 1:
                     yield DecodedFrame(missing, self._time_base, None)

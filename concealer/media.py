@@ -4,13 +4,18 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
 import av
 
 from .errors import InputError, OutputError
+
+# Top-level box types an MP4/MOV file starts with (ISO/IEC 14496-12).
+ISO_BMFF_BOXES = (b"ftyp", b"styp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pdin", b"uuid")
+# Demuxers of single pictures: FFmpeg opens a PNG or JPEG as a one-frame "video".
+IMAGE_DEMUXERS = ("image2",)
 
 
 def open_video_input(path: Path) -> av.container.InputContainer:
@@ -23,13 +28,63 @@ def open_video_input(path: Path) -> av.container.InputContainer:
     if path.stat().st_size == 0:
         raise InputError(f"{path}: file is empty")
     try:
-        container = av.open(str(path))
+        # Damaged tags are not worth failing over: undecodable bytes in them become U+FFFD.
+        container = av.open(str(path), metadata_errors="replace")
     except av.error.FFmpegError as exc:
-        raise InputError(f"{path}: not a readable media file ({exc.strerror or exc})") from exc
+        raise InputError(f"{path}: {_unreadable_reason(path, exc)}") from exc
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    if container.format.name in IMAGE_DEMUXERS or container.format.name.endswith("_pipe"):
+        container.close()
+        raise InputError(f"{path}: a still image, not a video")
     if not container.streams.video:
         container.close()
         raise InputError(f"{path}: not a video (no video stream in it)")
+    if container.streams.video[0].codec_context is None:
+        container.close()
+        raise InputError(f"{path}: its video is in a codec FFmpeg does not know (a damaged codec tag?)")
     return container
+
+
+def _unreadable_reason(path: Path, exc: av.error.FFmpegError) -> str:
+    """Why FFmpeg could not open `path`, in words: an MP4 cut short before its index gets its own message."""
+    boxes = _iso_bmff_boxes(path)
+    if boxes and b"moov" not in boxes:
+        if boxes[-1] is None:  # the file ends inside a box
+            return "the container is unreadable: the file was cut short before its index (the MP4 'moov' box)"
+        return "the container is unreadable: its index (the MP4 'moov' box) is missing"
+    return f"not a readable media file ({exc.strerror or exc})"
+
+
+def _iso_bmff_boxes(path: Path) -> list[bytes | None]:
+    """The top-level box types of an MP4/MOV file, None last when a box runs past the end; [] for other files."""
+    boxes: list[bytes | None] = []
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        offset = 0
+        while offset + 8 <= size:
+            fh.seek(offset)
+            header = fh.read(16)
+            length, kind = int.from_bytes(header[:4], "big"), header[4:8]
+            if not boxes and kind not in ISO_BMFF_BOXES:
+                return []
+            if length == 1 and len(header) == 16:
+                length = int.from_bytes(header[8:16], "big")
+            elif length == 0:
+                length = size - offset
+            if length < 8:
+                break
+            boxes.append(kind)
+            offset += length
+        if offset > size:
+            boxes.append(None)
+    return boxes
+
+
+def frame_count(path: Path) -> int | None:
+    """The number of frames the container says its video stream has, or None when it does not say."""
+    with open_video_input(path) as container:
+        return container.streams.video[0].frames or None
 
 
 def nominal_rate(stream: av.video.stream.VideoStream) -> Fraction:
@@ -43,6 +98,13 @@ def rescale(value: int, source: Fraction, target: Fraction) -> int:
     return int(exact + Fraction(1, 2)) if exact >= 0 else -int(-exact + Fraction(1, 2))
 
 
+def require_folder_of(path: Path) -> None:
+    """Raise OutputError unless the folder that `path` would be written in exists."""
+    if not path.parent.is_dir():
+        problem = "is not a folder" if path.parent.exists() else "does not exist"
+        raise OutputError(f"{path}: {path.parent} {problem}")
+
+
 class AtomicOutputs:
     """Write several output files so that all appear together or none does.
 
@@ -51,21 +113,33 @@ class AtomicOutputs:
     (an error, Ctrl-C) deletes the temporaries.
     """
 
-    def __init__(self, paths: list[Path], overwrite: bool):
+    def __init__(self, paths: list[Path], overwrite: bool, inputs: Sequence[Path | None] = ()):
         self.final = [Path(p) for p in paths]
         resolved = [p.resolve() for p in self.final]
         if len(set(resolved)) != len(resolved):
             raise OutputError("two outputs would be written to the same path: " +
                               ", ".join(str(p) for p in self.final))
+        read = {Path(p).resolve() for p in inputs if p is not None}
         for path in self.final:
+            if path.resolve() in read:
+                raise OutputError(f"{path}: is also an input of this run; write the output somewhere else")
+            if path.is_dir():
+                raise OutputError(f"{path}: is a folder; give a file name")
             if path.exists() and not overwrite:
                 raise OutputError(f"{path}: already exists (use --overwrite to replace it)")
-            if not path.parent.is_dir():
-                raise OutputError(f"{path}: folder {path.parent} does not exist")
-            if not os.access(path.parent, os.W_OK):
-                raise OutputError(f"{path}: folder {path.parent} is not writable")
+            require_folder_of(path)
         token = secrets.token_hex(4)
-        self.temporary = {p: p.with_name(f".{p.stem}.partial-{token}{p.suffix}") for p in self.final}
+        self.temporary: dict[Path, Path] = {}
+        for path in self.final:
+            # Creating the temporary now is the only reliable test that the folder takes new files
+            # (permission bits say nothing for root, nor on read-only or special filesystems).
+            temporary = path.with_name(f".{path.stem}.partial-{token}{path.suffix}")
+            try:
+                temporary.touch(exist_ok=False)
+            except OSError as exc:
+                self.discard()
+                raise OutputError(f"{path}: cannot write in {path.parent} ({exc.strerror or exc})") from exc
+            self.temporary[path] = temporary
 
     def __getitem__(self, path: Path) -> Path:
         return self.temporary[Path(path)]
@@ -80,7 +154,7 @@ class AtomicOutputs:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
 
-    def __enter__(self) -> "AtomicOutputs":
+    def __enter__(self) -> AtomicOutputs:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -103,3 +177,4 @@ def open_output(path: Path, format: str | None = None) -> Iterator[av.container.
     finally:
         with contextlib.suppress(Exception):
             container.close()
+

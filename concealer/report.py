@@ -44,7 +44,7 @@ from .concealment import Picture
 from .decode import DecodedFrame, decode_frames, frame_duration
 from .detection import MB
 from .errors import InputError, OutputError, UsageError
-from .media import nominal_rate, open_video_input
+from .media import nominal_rate, open_video_input, require_folder_of
 from .overlay import missing_frame_picture
 from .truth import load_truth
 
@@ -497,8 +497,7 @@ class _AtomicFolder:
             if not all((final / name).is_file() for name in ("index.html", "summary.json")):
                 raise OutputError(f"{final}: not a report folder; --overwrite only replaces an earlier report")
         final = final.absolute()
-        if not final.parent.is_dir():
-            raise OutputError(f"{final}: folder {final.parent} does not exist")
+        require_folder_of(final)
         token = secrets.token_hex(4)
         self.final = final
         self.temporary = final.with_name(f".{final.name}.partial-{token}")

@@ -118,10 +118,9 @@ def simulate_loss(source: Path, damaged: Path, *, reference: Path | None = None,
     truth_json, truth_npz = truth_paths(damaged, truth)
     if packets.transport == "ts" and damaged.suffix.lower() not in TS_SUFFIXES:
         raise UsageError(f"--transport ts writes MPEG-TS: give the output a .ts name, not {damaged.name}")
-    if Path(source).resolve() in {p.resolve() for p in (damaged, reference, truth_json, truth_npz)}:
-        raise UsageError("an output path is the input file")
     loss_rng, error_rng, audio_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(loss.seed).spawn(3))
-    with AtomicOutputs([damaged, reference, truth_json, truth_npz], overwrite) as outputs:
+    with AtomicOutputs([damaged, reference, truth_json, truth_npz], overwrite,
+                       inputs=[source, loss.pattern]) as outputs:
         source_container = open_video_input(source)
         try:
             run = _Simulation(source_container, loss, packets, loss_rng, error_rng, audio_rng)

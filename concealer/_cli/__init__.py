@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import click
 from rich.console import Console
 
-from ..errors import ConcealerError
+from ..errors import ConcealerError, Interrupted
 
 stderr = Console(stderr=True, highlight=False)
 
@@ -23,14 +23,12 @@ def run(command: click.Command, name: str) -> Callable[[], None]:
         except click.ClickException as exc:
             stderr.print(f"{name}: error: {exc.format_message()}", markup=False, soft_wrap=True)
             sys.exit(2)
-        except click.exceptions.Abort:
-            stderr.print(f"{name}: interrupted", markup=False)
-            sys.exit(130)
-        except KeyboardInterrupt:
+        except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
             stderr.print(f"{name}: interrupted, no output written", markup=False)
-            sys.exit(130)
+            sys.exit(Interrupted.exit_code)
         except ConcealerError as exc:
-            stderr.print(f"{name}: error: {exc}", markup=False, soft_wrap=True)
-            sys.exit(1)
+            stderr.print(f"{name}: {'' if isinstance(exc, Interrupted) else 'error: '}{exc}", markup=False,
+                         soft_wrap=True)
+            sys.exit(exc.exit_code)
 
     return main
