@@ -8,7 +8,12 @@ for HEVC, the picture geometry from the SPS/PPS. Nothing here decodes pictures.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
+
+T = TypeVar("T")
+# No picture side exceeds sqrt(8 * MaxLumaPs) of the highest level (A.4.1): a larger one is a damaged SPS.
+MAX_PICTURE_SIDE = 16888
 from dataclasses import dataclass
 
 
@@ -286,7 +291,7 @@ class ShortTermRps:
 def _short_term_rps(reader: BitReader, index: int, count: int, sets: list[ShortTermRps]) -> ShortTermRps:
     """st_ref_pic_set(index) (7.3.7), with inter-RPS prediction resolved as in equations 7-61/7-62."""
     if index and reader.flag():  # inter_ref_pic_set_prediction_flag
-        ref = sets[index - (reader.ue() + 1 if index == count else 1)]
+        ref = _pick(sets, index - (reader.ue() + 1 if index == count else 1), "reference picture set")
         negative_delta = reader.flag()  # delta_rps_sign
         delta_rps = (reader.ue() + 1) * (-1 if negative_delta else 1)
         flags = []  # (used_by_curr_pic_flag, use_delta_flag) for ref's negatives, positives, then delta_rps
@@ -312,6 +317,13 @@ def _short_term_rps(reader: BitReader, index: int, count: int, sets: list[ShortT
             entries.append((poc, reader.flag()))
         lists.append(tuple(entries))
     return ShortTermRps(*lists)
+
+
+def _pick(values: Sequence[T], index: int, what: str) -> T:
+    """values[index], or BitstreamError for an index a damaged header made up."""
+    if not 0 <= index < len(values):
+        raise BitstreamError(f"{what} {index} does not exist")
+    return values[index]
 
 
 def _skip_profile_tier_level(reader: BitReader, max_sub_layers_minus1: int) -> None:
@@ -420,6 +432,10 @@ def parse_hevc_sps(nal: bytes) -> HevcSps:
             reader.u(log2_max_poc_lsb)
             entries.append(reader.flag())
         long_term_used = tuple(entries)
+    if not (3 <= log2_min_cb <= log2_ctb and 4 <= log2_ctb <= 6 and 2 <= log2_min_tb <= log2_max_tb <= 5
+            and 0 < width <= MAX_PICTURE_SIDE and 0 < height <= MAX_PICTURE_SIDE and log2_max_poc_lsb <= 16
+            and chroma_format_idc <= 3):
+        raise BitstreamError("SPS values out of the standard's range")
     return HevcSps(sps_id, chroma_format_idc, separate_planes, width, height, log2_max_poc_lsb, log2_min_cb,
                    log2_ctb, log2_min_tb, log2_max_tb, max_transform_depth_intra, sao_enabled, pcm_cb_sizes,
                    tuple(rps), long_term_used, reader.flag())
@@ -615,7 +631,7 @@ def parse_hevc_slice_header(nal: bytes, parameter_sets: HevcParameterSets) -> tu
     sao_span = loop_filter_span = (independent_start, independent_start)
     if not dependent:
         reader.skip(pps.num_extra_slice_header_bits)
-        slice_type = HevcSliceType(reader.ue())
+        slice_type = HevcSliceType(_pick(range(3), reader.ue(), "slice type"))
         if pps.output_flag_present:
             reader.u(1)
         if sps.separate_colour_planes:
@@ -629,7 +645,7 @@ def parse_hevc_slice_header(nal: bytes, parameter_sets: HevcParameterSets) -> tu
                                       list(sps.short_term_rps))
             else:
                 index = reader.u((len(sps.short_term_rps) - 1).bit_length()) if len(sps.short_term_rps) > 1 else 0
-                rps = sps.short_term_rps[index]
+                rps = _pick(sps.short_term_rps, index, "reference picture set")
             used_pictures = rps.used_count
             if sps.long_term_used is not None:
                 from_sps = reader.ue() if sps.long_term_used else 0
@@ -637,7 +653,7 @@ def parse_hevc_slice_header(nal: bytes, parameter_sets: HevcParameterSets) -> tu
                 for i in range(long_term):
                     if i < from_sps:
                         index = reader.u((len(sps.long_term_used) - 1).bit_length())
-                        used_pictures += sps.long_term_used[index]
+                        used_pictures += _pick(sps.long_term_used, index, "long-term picture")
                     else:
                         reader.u(sps.log2_max_poc_lsb)
                         used_pictures += reader.u(1)

@@ -410,7 +410,7 @@ class HevcStreamRepair:
         self._length_size = 4 if config is None else config.length_size
         self._parameter_sets = HevcParameterSets()
         for nal in config.parameter_sets if config else ():
-            self._parameter_sets.add(nal)
+            self._add_parameter_set(nal)
         self._layout = layout
         self._order = _PictureOrder()
 
@@ -494,12 +494,15 @@ class HevcStreamRepair:
                 segments.append(_Segment(nal, header, reader))
                 continue
             if is_parameter_set(Codec.HEVC, unit.nal_type):
-                try:
-                    self._parameter_sets.add(nal)
-                except BitstreamError:
-                    pass  # the decoder keeps the previous one too
+                self._add_parameter_set(nal)
             (after if segments else before).append(nal)
         return before, segments, after
+
+    def _add_parameter_set(self, nal: bytes) -> None:
+        try:
+            self._parameter_sets.add(nal)
+        except BitstreamError:
+            pass  # a damaged one: the decoder keeps the previous one too
 
     def _frame(self, nals: Iterable[bytes]) -> bytes:
         if self._framing is Framing.ANNEX_B:
@@ -602,7 +605,10 @@ def open_stream_repair(path: Path, stream: av.video.stream.VideoStream) -> Packe
     context = stream.codec_context
     if context.name != "hevc":
         return None
-    with open_video_input(path) as container:
-        layout = learn_slice_layout((bytes(p) for p in container.demux(container.streams.video[0]) if p.size),
-                                    context.extradata)
-    return PacketRepair(HevcStreamRepair(context.extradata, layout), context.height, context.width)
+    try:
+        with open_video_input(path) as container:
+            layout = learn_slice_layout((bytes(p) for p in container.demux(container.streams.video[0]) if p.size),
+                                        context.extradata)
+        return PacketRepair(HevcStreamRepair(context.extradata, layout), context.height, context.width)
+    except BitstreamError:  # an unreadable codec record: the decoder gets the stream as it is
+        return None
