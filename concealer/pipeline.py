@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .concealment import Neighbours, Picture, make_concealer
+from .concealment import Neighbours, Picture, make_concealer, same_scene
 from .decode import decode_frames
 from .detection import (
     DamagedFrame,
@@ -148,7 +148,8 @@ def conceal(source: Path, output: Path, *, model: str = "ffmpeg", detect: str = 
                 picture = corrector.correct(decoded, frame.motion_vectors) if corrector else decoded
                 mask = damage.pixel_mask(height, width, None if drift == "reconceal" else DamageLabel.LOST)
                 if mask.any():
-                    picture = concealer.conceal(picture, mask, Neighbours(previous, following))
+                    earlier = previous if previous is not None and same_scene(previous, picture, mask) else None
+                    picture = concealer.conceal(picture, mask, Neighbours(earlier, following))
                 if corrector:
                     corrector.remember(decoded, picture)
                 last_decoded, last_shown, steps_since_shown = decoded, picture, 0
