@@ -20,7 +20,7 @@ is filled.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import av
@@ -336,8 +336,7 @@ class RepairedAccessUnit:
     ctb_size: int = 0
     ctbs_wide: int = 0
     poc: int | None = None  # the picture's order count, when known
-    # Pictures lost whole that this one refers to, rebuilt from substitutes: to decode first, in this order.
-    preceded_by: tuple[RepairedAccessUnit, ...] = ()
+    rebuilt: bool = False  # a picture lost whole that a later one refers to, rebuilt from substitutes
 
     def block_mask(self, height: int, width: int, block: int = 16) -> np.ndarray:
         """The substituted CTUs as a (ceil(H/block), ceil(W/block)) bool mask."""
@@ -354,6 +353,27 @@ class _Segment:
     nal: bytes
     header: HevcSliceHeader
     reader: BitReader
+
+
+@dataclass(frozen=True)
+class _Picture:
+    """The NAL units of one coded picture: those before its slice segments, the segments, the rest."""
+
+    before: list[bytes]
+    segments: list[_Segment]
+    after: list[bytes]
+
+    def starts_new(self, header: HevcSliceHeader) -> bool:
+        """Whether a slice segment with `header` belongs to a following picture."""
+        if header.first_in_picture or header.address <= self.segments[-1].header.address:
+            return True
+        return not header.dependent and any(not s.header.dependent and s.header.poc_lsb != header.poc_lsb
+                                            for s in self.segments)
+
+    def nals(self, substitutes: Iterable[tuple[int, bytes]] = ()) -> list[bytes]:
+        """The picture's NAL units, substitute segments (address, NAL unit) merged in by address."""
+        vcl = sorted([(s.header.address, s.nal) for s in self.segments] + list(substitutes), key=lambda i: i[0])
+        return self.before + [nal for _, nal in vcl] + self.after
 
 
 class _PictureOrder:
@@ -414,33 +434,42 @@ class HevcStreamRepair:
         self._layout = layout
         self._order = _PictureOrder()
 
-    def repair(self, data: bytes) -> RepairedAccessUnit:
-        """The access unit with its lost CTUs substituted, preceded by the pictures it refers to that were
-        lost whole; unchanged when nothing is missing or it cannot tell."""
-        parsed = self._parse(data)
-        if parsed is None:
-            return RepairedAccessUnit(data)
-        before, segments, after = parsed
-        independent = [s for s in segments if not s.header.dependent]
+    def repair(self, data: bytes) -> list[RepairedAccessUnit]:
+        """The pictures of an access unit with their lost CTUs substituted, each preceded by the pictures
+        it refers to that were lost whole; the access unit unchanged when nothing is missing.
+
+        A packet can hold more than one picture: FFmpeg's HEVC parser (MPEG-TS, Annex B) finds
+        picture boundaries from first_slice_segment_in_pic_flag, so a picture whose first segment
+        was lost is merged into the packet before it. Those come out as separate pictures.
+        """
+        pictures = self._parse(data)
+        if not pictures:
+            return [RepairedAccessUnit(data)]
+        units = [unit for picture in pictures for unit in self._repair_picture(picture)]
+        if len(units) == 1 and not units[0].substituted:
+            return [replace(units[0], data=data)]  # byte for byte, framing included
+        return units
+
+    def _repair_picture(self, picture: _Picture) -> Iterator[RepairedAccessUnit]:
+        independent = [s for s in picture.segments if not s.header.dependent]
         if not independent:
-            return RepairedAccessUnit(data)
+            yield RepairedAccessUnit(self._frame(picture.nals()))
+            return
         # A P or B template lets the substitutes copy from the reference; only an I picture gets grey.
         template = next((s for s in independent if s.header.slice_type is not HevcSliceType.I), independent[0])
         sps, pps = self._parameter_sets.for_slice(template.header.pps_id)
         poc = self._order.picture_order(template.header, sps)
-        rebuilt = tuple(self._rebuild(template, sps, pps, poc))
+        yield from self._rebuild(template, sps, pps, poc)
         self._order.decoded(poc, template)
-        gaps = _lost_ranges(sorted(s.header.address for s in segments), self._layout, sps.ctb_count)
+        gaps = _lost_ranges(sorted(s.header.address for s in picture.segments), self._layout, sps.ctb_count)
         try:
             substitutes = [(first, substitute_slice(template.nal[:2], template.header, template.reader, sps, pps,
                                                     first, end))
                            for first, end in _row_pieces(gaps, sps.ctbs_wide)]
         except BitstreamError:  # a template header that ends early: leave the picture to the decoder
             substitutes, gaps = [], []
-        if substitutes:
-            vcl = sorted([(s.header.address, s.nal) for s in segments] + substitutes, key=lambda item: item[0])
-            data = self._frame(before + [nal for _, nal in vcl] + after)
-        return RepairedAccessUnit(data, tuple(gaps), sps.ctb_size, sps.ctbs_wide, poc, rebuilt)
+        yield RepairedAccessUnit(self._frame(picture.nals(substitutes)), tuple(gaps), sps.ctb_size, sps.ctbs_wide,
+                                 poc)
 
     def _rebuild(self, template: _Segment, sps: HevcSps, pps: HevcPps, poc: int) -> Iterator[RepairedAccessUnit]:
         """The pictures that `template`'s reference picture set names but the decoder never got, each
@@ -465,38 +494,48 @@ class HevcStreamRepair:
             except BitstreamError:
                 return
             self._order.held_too(missing)
-            yield RepairedAccessUnit(self._frame(nals), ((0, sps.ctb_count),), sps.ctb_size, sps.ctbs_wide, missing)
+            yield RepairedAccessUnit(self._frame(nals), ((0, sps.ctb_count),), sps.ctb_size, sps.ctbs_wide, missing,
+                                     rebuilt=True)
 
-    def segment_addresses(self, data: bytes) -> tuple[int, ...]:
-        """The first CTU of every readable slice segment of an access unit, in increasing order."""
-        parsed = self._parse(data)
-        return tuple(sorted(s.header.address for s in parsed[1])) if parsed else ()
+    def segment_addresses(self, data: bytes) -> list[tuple[int, ...]]:
+        """For each picture of an access unit, the first CTU of its readable slice segments, in order."""
+        return [tuple(sorted(s.header.address for s in picture.segments)) for picture in self._parse(data) or ()]
 
-    def _parse(self, data: bytes) -> tuple[list[bytes], list[_Segment], list[bytes]] | None:
-        """Split an access unit into the NAL units before its slices, its readable slice segments, and the rest.
+    def _parse(self, data: bytes) -> list[_Picture] | None:
+        """Split an access unit into pictures (None when its framing is broken).
 
-        Parameter sets are taken in as they come, as the decoder does.
+        A slice segment starts a new picture when it says so, when its address does not follow
+        the previous segment's, or when its POC differs. Parameter sets are taken in as they
+        come, as the decoder does; unreadable slice segments are left out.
         """
         try:
             units = nal_units(data, Codec.HEVC, self._framing, self._length_size)
         except BitstreamError:
             return None
-        before: list[bytes] = []
-        segments: list[_Segment] = []
-        after: list[bytes] = []
+        pictures: list[_Picture] = []
+        pending: list[bytes] = []  # non-VCL NAL units since the last slice segment
         for unit in units:
             nal = data[unit.payload_start:unit.end]
-            if is_slice(Codec.HEVC, unit.nal_type):
-                try:
-                    header, reader = parse_hevc_slice_header(nal, self._parameter_sets)
-                except BitstreamError:
-                    continue  # an unreadable header: the decoder would drop this segment too
-                segments.append(_Segment(nal, header, reader))
+            if not is_slice(Codec.HEVC, unit.nal_type):
+                if is_parameter_set(Codec.HEVC, unit.nal_type):
+                    self._add_parameter_set(nal)
+                pending.append(nal)
                 continue
-            if is_parameter_set(Codec.HEVC, unit.nal_type):
-                self._add_parameter_set(nal)
-            (after if segments else before).append(nal)
-        return before, segments, after
+            try:
+                segment = _Segment(nal, *parse_hevc_slice_header(nal, self._parameter_sets))
+            except BitstreamError:
+                continue  # an unreadable header: the decoder would drop this segment too
+            if not pictures or pictures[-1].starts_new(segment.header):
+                pictures.append(_Picture(pending, [segment], []))
+            else:
+                pictures[-1].after.extend(pending)  # kept, though no longer between these segments
+                pictures[-1].segments.append(segment)
+            pending = []
+        if pictures:
+            pictures[-1].after.extend(pending)
+        elif pending:
+            pictures.append(_Picture(pending, [], []))
+        return pictures
 
     def _add_parameter_set(self, nal: bytes) -> None:
         try:
@@ -546,7 +585,7 @@ def learn_slice_layout(access_units: Iterable[bytes], extradata: bytes | None) -
     picture (slices capped in bytes) no picture does.
     """
     repair = HevcStreamRepair(extradata, None)
-    seen = {repair.segment_addresses(data) for data in access_units}
+    seen = {addresses for data in access_units for addresses in repair.segment_addresses(data)}
     layout = tuple(sorted(set().union(*seen)))
     return layout if layout and layout in seen else None
 
@@ -562,34 +601,45 @@ class PacketRepair:
         self._ticks_per_poc: int | None = None
 
     def packets(self, packet: av.Packet) -> list[av.Packet]:
-        """The packet repaired, preceded by a packet for each picture it refers to that was lost whole.
+        """The packet's pictures repaired, each preceded by the pictures it needs that were lost whole.
 
-        A rebuilt picture's timestamp follows from its POC, at the ticks per POC step seen
-        between the pictures that arrived (x265: one frame per step).
+        The packet's first picture that arrived keeps its timestamps; the others (rebuilt, or
+        merged into this packet by the parser) get one from their POC, at the ticks per POC step
+        seen between pictures that arrived (x265: one frame per step).
         """
-        repaired = self._repair.repair(bytes(packet))
+        units = self._repair.repair(bytes(packet))
+        if len(units) == 1 and not units[0].substituted:
+            self._learn_timing(units[0].poc, packet.pts)
+            return [packet]
+        anchor = next((u for u in units if not u.rebuilt), units[0])
         out = []
-        for unit in repaired.preceded_by:
+        for unit in units:
+            if unit is anchor:
+                out.append(self._packet(unit, packet, packet.pts, packet.dts, packet.is_keyframe))
+                continue
             pts = None
-            if packet.pts is not None and self._ticks_per_poc and repaired.poc is not None:
-                pts = packet.pts + (unit.poc - repaired.poc) * self._ticks_per_poc
-            out.append(self._packet(unit, packet, pts, rebuilt=True))
-        out.append(self._packet(repaired, packet, packet.pts, rebuilt=False) if repaired.substituted else packet)
-        if repaired.poc is not None and packet.pts is not None:
-            if self._last is not None and repaired.poc != self._last[0]:
-                ticks, steps = packet.pts - self._last[1], repaired.poc - self._last[0]
-                if ticks % steps == 0 and ticks // steps > 0:
-                    self._ticks_per_poc = ticks // steps
-            self._last = (repaired.poc, packet.pts)
+            if packet.pts is not None and self._ticks_per_poc and None not in (unit.poc, anchor.poc):
+                pts = packet.pts + (unit.poc - anchor.poc) * self._ticks_per_poc
+            out.append(self._packet(unit, packet, pts, None, False))
+        self._learn_timing(anchor.poc, packet.pts)
         return out
 
-    def _packet(self, unit: RepairedAccessUnit, original: av.Packet, pts: int | None, *, rebuilt: bool) -> av.Packet:
-        if pts is not None:
+    def _learn_timing(self, poc: int | None, pts: int | None) -> None:
+        if poc is None or pts is None:
+            return
+        if self._last is not None and poc != self._last[0]:
+            ticks, steps = pts - self._last[1], poc - self._last[0]
+            if ticks % steps == 0 and ticks // steps > 0:
+                self._ticks_per_poc = ticks // steps
+        self._last = (poc, pts)
+
+    def _packet(self, unit: RepairedAccessUnit, original: av.Packet, pts: int | None, dts: int | None,
+                keyframe: bool) -> av.Packet:
+        if pts is not None and unit.substituted:
             self._substituted[pts] = unit.block_mask(*self._shape)
         out = av.Packet(unit.data)
-        out.stream, out.pts, out.time_base = original.stream, pts, original.time_base
-        out.dts = None if rebuilt else original.dts
-        out.is_keyframe = not rebuilt and original.is_keyframe
+        out.stream, out.pts, out.dts, out.time_base = original.stream, pts, dts, original.time_base
+        out.is_keyframe = keyframe
         return out
 
     def substituted(self, pts: int | None) -> np.ndarray | None:

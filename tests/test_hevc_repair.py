@@ -110,7 +110,9 @@ def test_intact_stream_is_left_byte_identical(damaged):
     layout = learn_slice_layout(units, extradata)
     assert layout == tuple(sorted(ctu_addresses(extradata, units[0])))
     repair = HevcStreamRepair(extradata, layout)
-    assert all(repair.repair(data).data == data and not repair.repair(data).substituted for data in units)
+    for data in units:
+        (unit,) = repair.repair(data)
+        assert unit.data == data and not unit.substituted
 
 
 def test_layouts_that_change_between_pictures_are_not_trusted(damaged):
@@ -121,8 +123,8 @@ def test_layouts_that_change_between_pictures_are_not_trusted(damaged):
     assert learn_slice_layout(thinned, extradata) is None
     repair = HevcStreamRepair(extradata, None)
     addresses = ctu_addresses(extradata, units[1])
-    assert repair.repair(without_slices(units[1], {2})).substituted == ()
-    assert repair.repair(without_slices(units[1], {0, 1})).substituted == ((0, addresses[2]),)
+    assert [u.substituted for u in repair.repair(without_slices(units[1], {2}))] == [()]
+    assert [u.substituted for u in repair.repair(without_slices(units[1], {0, 1}))] == [((0, addresses[2]),)]
 
 
 def test_lost_first_segment_of_a_p_picture_becomes_a_copy_of_its_reference(damaged):
@@ -132,7 +134,7 @@ def test_lost_first_segment_of_a_p_picture_becomes_a_copy_of_its_reference(damag
     clean = decode_units(extradata, units[:3])
     addresses = ctu_addresses(extradata, units[1])
     repair = HevcStreamRepair(extradata, learn_slice_layout(units, extradata))
-    repaired = [repair.repair(units[0]), repair.repair(without_slices(units[1], {0, 2})), repair.repair(units[2])]
+    repaired = [unit for data in (units[0], without_slices(units[1], {0, 2}), units[2]) for unit in repair.repair(data)]
     assert repaired[1].substituted == ((0, addresses[1]), (addresses[2], addresses[3]))
     pictures = decode_units(extradata, [r.data for r in repaired])
     assert len(pictures) == len(clean)
@@ -148,7 +150,7 @@ def test_lost_segment_of_an_idr_becomes_flat_grey(damaged):
     extradata, units = access_units(damaged.reference)
     clean = decode_units(extradata, units[:1])
     addresses = ctu_addresses(extradata, units[0])
-    repaired = HevcStreamRepair(extradata, learn_slice_layout(units, extradata)).repair(without_slices(units[0], {2}))
+    (repaired,) = HevcStreamRepair(extradata, learn_slice_layout(units, extradata)).repair(without_slices(units[0], {2}))
     assert repaired.substituted == ((addresses[2], addresses[3]),)
     (picture,) = decode_units(extradata, [repaired.data])
     for plane, (ours, truth) in enumerate(zip(picture, clean[0])):
@@ -206,3 +208,22 @@ def test_picture_lost_whole_is_rebuilt_so_the_pictures_after_it_decode(damaged, 
     assert [f.pts for f in frames] == sorted(clean) and not any(f.missing for f in frames)
     assert [f.pts for f in frames if f.substituted is not None] == [lost_pts]
     assert next(f for f in frames if f.pts == lost_pts).substituted.all()
+
+
+def test_mpeg_ts_packets_merged_by_the_parser_are_split_into_their_pictures(damaged, tmp_path):
+    """In MPEG-TS, FFmpeg's parser cuts packets at first_slice_segment_in_pic_flag: a picture whose
+    first segment is lost rides in the packet before it. The repair splits it off again."""
+    target = tmp_path / "d.ts"
+    with av.open(str(damaged.damaged)) as source, av.open(str(target), "w", format="mpegts") as out:
+        stream = source.streams.video[0]
+        copy = out.add_stream_from_template(stream)
+        for packet in source.demux(stream):
+            if packet.size:
+                packet.stream = copy
+                out.mux(packet)
+    from_mp4 = list(decode_frames(damaged.damaged))
+    from_ts = list(decode_frames(target))
+    assert len(from_ts) == len(from_mp4) and not any(f.missing for f in from_ts)
+    for mp4, ts in zip(from_mp4, from_ts):
+        assert np.array_equal(mp4.luma(), ts.luma())
+        assert (mp4.substituted is None) == (ts.substituted is None)
