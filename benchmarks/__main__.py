@@ -22,7 +22,7 @@ from pathlib import Path
 from types import ModuleType
 
 from . import conceal_quality, detection_accuracy, lost_pixels, memory, simulate_speed, speed, table1
-from .common import machine, today
+from .common import code_state, machine, today
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = """# Benchmark results
@@ -72,8 +72,8 @@ SECTIONS = [
             "turns in one process (target: at most 1.3x).", ("--rounds", "3")),
     Section("memory", "Peak memory of conceal (issue 5)", memory,
             "Peak RSS of the `conceal` CLI (default options, a fresh process) on inputs of the same content and "
-            "different lengths. Target: the 60 s input's peak at most 100 MB above the 10 s input's.",
-            ("--seconds", "10,60")),
+            "different lengths (--quick: 4 s and 24 s). Target: the 60 s input's peak at most 100 MB above the "
+            "10 s input's.", ("--seconds", "4,24")),
 ]
 
 
@@ -82,15 +82,15 @@ def run_section(section: Section, quick: bool) -> str:
     args = section.quick if quick else section.full
     command = " ".join([f"python -m {section.module.__name__}", *args])
     print(f"\n## {section.title}\n{command}", flush=True)
-    load = os.getloadavg()[0]
+    load, code = os.getloadavg()[0], code_state()
     started = time.perf_counter()
     tables = section.module.run(section.module.parser().parse_args(list(args)))
     minutes = (time.perf_counter() - started) / 60
     run_by = "python -m benchmarks" + (" --quick" if quick else "")
     tables_text = "\n\n".join(t.markdown() for t in tables)
     return (f"## {section.title}\n\n{section.about}\n\n"
-            f"`{command}` (run by `{run_by}` on {today()}, {minutes:.1f} min, load average {load:.1f} at the "
-            f"start). Machine: {machine()}.\n\n{tables_text}\n\n")
+            f"`{command}` (run by `{run_by}` on {today()} at {code}, {minutes:.1f} min, load average {load:.1f} "
+            f"at the start). Machine: {machine()}.\n\n{tables_text}\n\n")
 
 
 def write_section(results: Path, name: str, text: str) -> None:
@@ -109,7 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer images, clips, rates and frames (minutes)")
     parser.add_argument("--sections", default=",".join(s.name for s in SECTIONS),
-                        help="comma-separated: " + ", ".join(s.name for s in SECTIONS))
+                        help="comma-separated, run in this order: " + ", ".join(s.name for s in SECTIONS))
     parser.add_argument("--results", type=Path, default=RESULTS, help="the page to write (default: %(default)s)")
     args = parser.parse_args()
     chosen = args.sections.split(",")
@@ -117,7 +117,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     failed = []
-    for section in (s for s in SECTIONS if s.name in chosen):
+    for section in sorted((s for s in SECTIONS if s.name in chosen), key=lambda s: chosen.index(s.name)):
         try:
             write_section(args.results, section.name, run_section(section, args.quick))
         except Exception:  # noqa: BLE001 (one broken benchmark must not cost the figures of the others)

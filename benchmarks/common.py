@@ -8,6 +8,7 @@ import datetime
 import os
 import platform
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -164,6 +165,17 @@ def machine() -> str:
     return (f"{cpu} ({platform.machine()}), {len(os.sched_getaffinity(0))} cores, no GPU in use; "
             f"Python {platform.python_version()}, PyAV {av.__version__} (FFmpeg {av.ffmpeg_version_info}), "
             f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+
+
+def code_state() -> str:
+    """The commit the figures were measured at, and whether the library had uncommitted changes then."""
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                                text=True, check=False)
+        return result.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "an unknown commit"
+    return commit + (" with uncommitted changes in concealer/" if git("status", "--porcelain", "concealer") else "")
 
 
 def today() -> str:

@@ -27,14 +27,15 @@ GROWTH_BAR_MB = 100.0
 
 def peak_rss(command: list[str]) -> tuple[float, float]:
     """(peak RSS in MB, wall seconds) of a command run to completion in a fresh process."""
+    errors = work_dir() / "stderr.txt"
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
+    with open(errors, "wb") as sink:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=sink)
+        _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage, not all children's
     wall = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
-        raise SystemExit(f"{' '.join(command)} failed ({process.returncode}): {process.stderr.read().decode()}")
-    process.stderr.close()
+        raise SystemExit(f"{' '.join(command)} failed ({process.returncode}): {errors.read_text()}")
     return usage.ru_maxrss / 1024, wall  # Linux reports kilobytes
 
 

@@ -1,0 +1,39 @@
+"""The benchmark helpers that the results page depends on: excerpts, the damage cache and section updates."""
+from __future__ import annotations
+
+import numpy as np
+from conftest import clip, decode_luma
+
+from benchmarks import common
+from benchmarks.__main__ import SECTIONS, write_section
+
+
+def test_excerpt_loops_a_short_clip_from_its_start():
+    source = clip("realshort_320x240_aac.mp4")
+    original = list(decode_luma(source).values())
+    frames = list(decode_luma(common.excerpt(source.name, len(original) + 2)).values())
+    assert len(frames) == len(original) + 2
+    # Near-lossless: each excerpt frame is closer to its own source frame than to the next one.
+    for index, source_index in ((0, 0), (len(original), 0), (len(original) + 1, 1)):
+        own = np.mean((frames[index].astype(float) - original[source_index]) ** 2)
+        other = np.mean((frames[index].astype(float) - original[source_index + 1]) ** 2)
+        assert own < other
+
+
+def test_damage_is_made_once_per_clip_rate_and_frames():
+    name = clip("realshort_320x240_aac.mp4").name
+    first = common.damage(name, 0.1, frames=8)
+    assert common.damage(name, 0.1, frames=8) is first
+    other = common.damage(name, 0.2, frames=8)
+    assert other.damaged != first.damaged and other.summary.frames == first.summary.frames == 8
+
+
+def test_a_section_update_keeps_the_other_sections(tmp_path):
+    page = tmp_path / "RESULTS.md"
+    first, second = SECTIONS[0].name, SECTIONS[-1].name
+    write_section(page, second, "old figures\n")
+    write_section(page, first, "first figures\n")
+    write_section(page, second, "new figures\n")
+    text = page.read_text()
+    assert "first figures" in text and "new figures" in text and "old figures" not in text
+    assert text.index("first figures") < text.index("new figures")
