@@ -34,10 +34,8 @@ class Picture:
     v: np.ndarray
 
     @classmethod
-    def from_frame(cls, frame: av.VideoFrame) -> "Picture":
-        working = _working_format(frame.format.name)
-        if frame.format.name != working:
-            frame = frame.reformat(format=working)
+    def from_frame(cls, frame: av.VideoFrame) -> Picture:
+        frame = _reformat(frame, _working_format(frame.format.name))
         return cls(*(plane_samples(frame, index).copy() for index in range(3)))
 
     def to_frame(self, format: str = "yuv420p", original: tuple[av.VideoFrame, Picture] | None = None
@@ -49,13 +47,11 @@ class Picture:
         frame = av.VideoFrame(width, height, working)
         for index, samples in enumerate((self.y, self.u, self.v)):
             plane_samples(frame, index)[...] = samples
-        if format != working:
-            frame = frame.reformat(format=format)
+        frame = _reformat(frame, format)
         if original is None or original[0].format.name == working:
             return frame  # the working copy was the decoded frame itself: nothing more to keep
         decoded_frame, decoded = original
-        if decoded_frame.format.name != format:
-            decoded_frame = decoded_frame.reformat(format=format)
+        decoded_frame = _reformat(decoded_frame, format)
         changed = self.changed_from(decoded)
         merged = av.VideoFrame(width, height, format)
         for index in range(len(merged.planes)):
@@ -84,7 +80,7 @@ class Picture:
         stacked = np.concatenate([luma.ravel(), self.u.ravel(), self.v.ravel()]).reshape(-1, luma.shape[1])
         return cv2.cvtColor(stacked, cv2.COLOR_YUV2RGB_I420)[:height, :width]
 
-    def with_rgb(self, rgb: np.ndarray, mask: np.ndarray) -> "Picture":
+    def with_rgb(self, rgb: np.ndarray, mask: np.ndarray) -> Picture:
         """This picture with its `mask` pixels taken from an RGB image of the same size."""
         height, width = self.y.shape
         even = np.pad(rgb, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
@@ -111,6 +107,16 @@ def plane_samples(frame: av.VideoFrame, index: int) -> np.ndarray:
 def _working_format(format: str) -> str:
     """8-bit 4:2:0 with the same range convention, so that converting to it never rescales the range."""
     return "yuvj420p" if format.startswith("yuvj") else "yuv420p"
+
+
+def _reformat(frame: av.VideoFrame, format: str) -> av.VideoFrame:
+    """`frame` in pixel `format`, its samples' range kept as it is: a yuvj format and its yuv twin
+    hold the same samples (swscale would otherwise rescale full range to limited)."""
+    if frame.format.name == format:
+        return frame
+    full = frame.format.name.startswith("yuvj") or frame.color_range == 2
+    sample_range = "JPEG" if full else "MPEG"
+    return frame.reformat(format=format, src_color_range=sample_range, dst_color_range=sample_range)
 
 
 def _block_any(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

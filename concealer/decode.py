@@ -73,8 +73,13 @@ def frame_duration(stream: av.video.stream.VideoStream) -> int | None:
     """The nominal frame duration in stream time-base ticks, or None for a stream without a rate.
 
     Uses the base rate (FFmpeg's r_frame_rate), not the average one: lost frames lower the average.
+    But when FFmpeg finds no regular rate (phone clips with variable frame times) it reports the time
+    base itself (fire2_720p_rotated: 90000 fps, 10.5 on average), which would turn every gap into
+    thousands of lost frames: a base rate over twice the average is not a frame rate, the average is.
     """
     rate = stream.base_rate or stream.guessed_rate
+    if rate and stream.average_rate and rate > 2 * stream.average_rate:
+        rate = stream.average_rate
     if not rate or not stream.time_base:
         return None
     ticks = 1 / (rate * stream.time_base)
@@ -134,10 +139,10 @@ class _FrameSlots:
 
     def fill(self, picture: av.VideoFrame, vectors: np.ndarray | None) -> Iterator[DecodedFrame]:
         pts = picture.pts
-        if pts is None:
-            if self._last is None or self._duration is None:
+        if pts is None:  # a raw elementary stream (Annex B) has no timestamps at all
+            if self._duration is None:
                 return
-            pts = self._last + self._duration
+            pts = 0 if self._last is None else self._last + self._duration
         if self._last is not None and pts <= self._last:
             return  # a duplicate or out-of-order frame: its slot is already filled
         while self._expected and self._expected[0] < pts:

@@ -7,7 +7,8 @@ from fractions import Fraction
 import av
 
 from .bitstream import Codec
-from .errors import UsageError
+from .errors import OutputError, UsageError
+from .media import VideoFormat
 
 ENCODERS = {Codec.H264: "libx264", Codec.HEVC: "libx265"}
 
@@ -48,14 +49,15 @@ class EncoderSettings:
 
 
 def add_video_encoder(container: av.container.OutputContainer, settings: EncoderSettings, *,
-                      width: int, height: int, rate: Fraction | None, time_base: Fraction) -> av.VideoStream:
-    """Add a configured 8-bit 4:2:0 encoder stream to `container`."""
+                      width: int, height: int, rate: Fraction | None, time_base: Fraction,
+                      pix_fmt: str = "yuv420p") -> av.VideoStream:
+    """Add a configured encoder stream (8-bit 4:2:0 unless told otherwise) to `container`."""
     if settings.preset not in ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium",
                                "slow", "slower", "veryslow", "placebo"):
         raise UsageError(f"unknown encoder preset {settings.preset!r}")
     stream = container.add_stream(ENCODERS[settings.codec], rate=rate)
     stream.width, stream.height = width, height
-    stream.pix_fmt = "yuv420p"
+    stream.pix_fmt = pix_fmt
     stream.time_base = time_base
     stream.codec_context.time_base = time_base
     stream.thread_count = settings.threads
@@ -72,17 +74,48 @@ def add_video_encoder(container: av.container.OutputContainer, settings: Encoder
 OUTPUT_CODECS = ("h264", "hevc", "ffv1")
 
 
-def add_output_encoder(container: av.container.OutputContainer, codec: str, settings: EncoderSettings, *,
-                       width: int, height: int, rate: Fraction | None, time_base: Fraction) -> av.VideoStream:
-    """The repaired video's encoder: x264/x265 with `settings`, or FFV1 (always lossless)."""
+def add_output_encoder(container: av.container.OutputContainer, codec: str, settings: EncoderSettings,
+                       source: VideoFormat) -> av.VideoStream:
+    """The repaired video's encoder (x264/x265 with `settings`, or FFV1, always lossless), set up to keep
+    the input's size, time base, pixel format where the encoder takes it, colour, rotation and tags."""
     if codec not in OUTPUT_CODECS:
         raise UsageError(f"unknown output codec {codec!r} (use {', '.join(OUTPUT_CODECS)})")
+    pix_fmt = output_pixel_format("ffv1" if codec == "ffv1" else ENCODERS[Codec(codec)], source.pix_fmt)
+    geometry = {"width": source.width, "height": source.height, "rate": source.rate, "time_base": source.time_base}
     if codec != "ffv1":
-        return add_video_encoder(container, EncoderSettings(codec=Codec(codec), crf=settings.crf,
-                                                            preset=settings.preset, lossless=settings.lossless),
-                                 width=width, height=height, rate=rate, time_base=time_base)
-    stream = container.add_stream("ffv1", rate=rate)
-    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-    stream.time_base = time_base
-    stream.codec_context.time_base = time_base
+        stream = add_video_encoder(container, EncoderSettings(codec=Codec(codec), crf=settings.crf,
+                                                              preset=settings.preset, lossless=settings.lossless),
+                                   pix_fmt=pix_fmt, **geometry)
+    else:
+        stream = container.add_stream("ffv1", rate=source.rate)
+        stream.width, stream.height, stream.pix_fmt = source.width, source.height, pix_fmt
+        stream.time_base = stream.codec_context.time_base = source.time_base
+    context = stream.codec_context
+    colour = source.colour
+    context.color_range, context.colorspace = colour.range, colour.matrix
+    context.color_primaries, context.color_trc = colour.primaries, colour.transfer
+    if source.sample_aspect_ratio:
+        context.sample_aspect_ratio = source.sample_aspect_ratio
+    if source.display_matrix:
+        stream.set_display_matrix(source.display_matrix)
+    stream.metadata.update(source.tags)
+    stream.disposition = source.disposition
+    try:
+        context.open()  # now: a size or format the encoder refuses fails before anything is written
+    except av.error.FFmpegError as exc:
+        raise OutputError(f"{codec} cannot encode {source.width}x{source.height} {pix_fmt} video "
+                          f"({exc.strerror or exc}); try --codec ffv1 with a .mkv output") from exc
     return stream
+
+
+def output_pixel_format(encoder: str, pix_fmt: str) -> str:
+    """The input's pixel format where the encoder takes it (a full-range yuvj format may become its yuv
+    twin, the range then being in the colour metadata) and it keeps each component in a plane of its own,
+    so that a repair merges into it sample by sample; otherwise 8-bit 4:2:0."""
+    supported = {f.name for f in av.Codec(encoder, "w").video_formats}
+    for candidate in (pix_fmt, pix_fmt.replace("yuvj", "yuv")):
+        described = av.VideoFormat(candidate)
+        separate_planes = len({c.plane for c in described.components}) == len(described.components)
+        if candidate in supported and separate_planes and not described.has_palette:
+            return candidate
+    return "yuv420p"

@@ -5,10 +5,13 @@ import contextlib
 import os
 import secrets
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
+from av.sidedata.sidedata import Type
 
 from .errors import InputError, OutputError
 
@@ -178,3 +181,83 @@ def open_output(path: Path, format: str | None = None) -> Iterator[av.container.
         with contextlib.suppress(Exception):
             container.close()
 
+
+# Tags about an encoding rather than the content (mkvmerge's statistics among them): a re-encoded
+# stream must not inherit them.
+ENCODING_TAGS = ("encoder", "duration", "bps", "number_of_frames", "number_of_bytes", "major_brand", "minor_version",
+                 "compatible_brands")
+
+
+def content_tags(metadata: dict[str, str]) -> dict[str, str]:
+    """A file's or stream's tags less those about its encoding: language, title, handler and the like."""
+    return {key: value for key, value in metadata.items()
+            if key.lower() not in ENCODING_TAGS and not key.upper().startswith("_STATISTICS")}
+
+
+def copy_stream_description(source: av.stream.Stream, target: av.stream.Stream) -> None:
+    """Give an output stream the tags and disposition (default, forced, ...) of the input stream it carries."""
+    target.metadata.update(content_tags(source.metadata))
+    target.disposition = source.disposition
+
+
+@dataclass(frozen=True)
+class Colour:
+    """How samples map to colours, as the input declares it (FFmpeg's enum values; 2 is unspecified)."""
+
+    range: int
+    matrix: int
+    primaries: int
+    transfer: int
+
+
+@dataclass(frozen=True)
+class VideoFormat:
+    """What a re-encode of a file's first video stream must keep to look and play as the original did."""
+
+    width: int
+    height: int
+    rate: Fraction  # nominal frame rate: the encoder's hint only, every frame keeps its own timestamp
+    time_base: Fraction
+    pix_fmt: str
+    colour: Colour
+    display_matrix: tuple[int, ...] | None  # the 3x3 rotation/flip matrix players apply, as FFmpeg stores it
+    sample_aspect_ratio: Fraction | None
+    tags: dict[str, str]  # the stream's content tags (language, title, handler)
+    disposition: int
+
+
+# Packets read to find the first decodable picture of a damaged stream.
+PROBE_PACKETS = 300
+
+
+def probe_video_format(path: Path) -> VideoFormat:
+    """The format of the first video stream, taken from its first decodable picture where there is one:
+    FFmpeg reports the rotation (a display matrix) on decoded frames only."""
+    with open_video_input(path) as container:
+        stream = container.streams.video[0]
+        context = stream.codec_context
+        first = _first_picture(container, stream)
+        described = first if first is not None else context
+        matrix = first.side_data.get(Type.DISPLAYMATRIX) if first is not None else None
+        return VideoFormat(
+            width=context.width, height=context.height, rate=nominal_rate(stream), time_base=stream.time_base,
+            pix_fmt=first.format.name if first is not None else context.pix_fmt or "yuv420p",
+            colour=Colour(int(described.color_range), int(described.colorspace), int(described.color_primaries),
+                          int(described.color_trc)),
+            display_matrix=tuple(int(v) for v in np.frombuffer(bytes(matrix), "<i4")) if matrix is not None else None,
+            sample_aspect_ratio=stream.sample_aspect_ratio, tags=content_tags(stream.metadata),
+            disposition=int(stream.disposition))
+
+
+def _first_picture(container: av.container.InputContainer, stream: av.video.stream.VideoStream
+                   ) -> av.VideoFrame | None:
+    for number, packet in enumerate(container.demux(stream)):
+        if number == PROBE_PACKETS:
+            break
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError:
+            continue
+        if frames:
+            return frames[0]
+    return None

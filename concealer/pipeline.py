@@ -7,7 +7,6 @@ import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +25,12 @@ from .encode import EncoderSettings, add_output_encoder
 from .errors import InputError, Interrupted, UsageError
 from .media import (
     AtomicOutputs,
+    content_tags,
+    copy_stream_description,
     frame_count,
-    nominal_rate,
     open_output,
     open_video_input,
+    probe_video_format,
 )
 from .overlay import OverlayWriter
 from .rebuild import rebuild_missing
@@ -59,7 +60,7 @@ def detect(source: Path, masks_out: Path, *, overlay: Path | None = None, mode: 
     """Write the damage maps of `source` (and optionally a video with them drawn on)."""
     if Path(masks_out).suffix != ".npz":
         raise UsageError(f"--masks-out must name an .npz file, not {masks_out}")
-    width, height, rate, time_base = _video_format(source)
+    video_format = probe_video_format(source)
     summary = DetectionSummary()
     maps: list[DamageMap] = []
     with _stop_on_interrupt(source, summary), \
@@ -67,7 +68,8 @@ def detect(source: Path, masks_out: Path, *, overlay: Path | None = None, mode: 
             contextlib.ExitStack() as stack:
         writer = None
         if overlay:
-            writer = OverlayWriter(stack.enter_context(open_output(outputs[overlay])), width, height, rate, time_base)
+            writer = OverlayWriter(stack.enter_context(open_output(outputs[overlay])), video_format.width,
+                                   video_format.height, video_format.rate, video_format.time_base)
         for damaged in detect_damage(source, mode=mode, truth=truth):
             maps.append(damaged.damage)
             summary.add(damaged.damage)
@@ -115,7 +117,8 @@ def conceal(source: Path, output: Path, *, model: str = "ffmpeg", detect: str = 
     concealer = make_concealer(model)
     started = time.perf_counter()
     summary = ConcealSummary()
-    width, height, rate, time_base = _video_format(source)
+    source_format = probe_video_format(source)
+    width, height = source_format.width, source_format.height
     clean = _reference_luma(reference) if reference else None
     squared_error = 0.0
     with _stop_on_interrupt(source, summary), \
@@ -123,9 +126,9 @@ def conceal(source: Path, output: Path, *, model: str = "ffmpeg", detect: str = 
             open_output(outputs[output]) as sink, \
             open_video_input(source) as passthrough_source:
         video = add_output_encoder(sink, codec, EncoderSettings(crf=crf, preset=preset, lossless=lossless),
-                                   width=width, height=height, rate=rate, time_base=time_base)
+                                   source_format)
         copies = _PassThrough(passthrough_source, sink)
-        sink.metadata.update(passthrough_source.metadata)
+        sink.metadata.update(content_tags(passthrough_source.metadata))
         corrector = DriftCorrector(height, width) if drift == "carry" else None
         previous = last_decoded = last_shown = None
         steps_since_shown = 0
@@ -157,7 +160,8 @@ def conceal(source: Path, output: Path, *, model: str = "ffmpeg", detect: str = 
             previous = picture
             if clean is not None:
                 squared_error += _squared_error(picture.y, clean, frame.pts)
-            out = picture.to_frame()
+            # Samples the repair left alone go out exactly as decoded, in the input's own pixel format.
+            out = picture.to_frame(video.codec_context.pix_fmt, None if frame.missing else (frame.picture, decoded))
             out.pts, out.time_base = frame.pts, frame.time_base
             copies.mux_until(frame.pts * frame.time_base)
             sink.mux(video.encode(out))
@@ -210,19 +214,14 @@ def _look_ahead(frames: Iterator[DamagedFrame]) -> Iterator[tuple[DamagedFrame, 
         waiting.popleft()
 
 
-def _video_format(source: Path) -> tuple[int, int, Fraction, Fraction]:
-    """(width, height, frame rate, time base) of the first video stream."""
-    with open_video_input(source) as probe:
-        stream = probe.streams.video[0]
-        return stream.codec_context.width, stream.codec_context.height, nominal_rate(stream), stream.time_base
-
-
 class _PassThrough:
     """Copies the input's audio and subtitle packets into the output, in time order with the video."""
 
     def __init__(self, source, sink):
         streams = [s for s in source.streams if s.type in ("audio", "subtitle")]
         self._targets = {s.index: sink.add_stream_from_template(s) for s in streams}
+        for stream in streams:
+            copy_stream_description(stream, self._targets[stream.index])
         self._packets = (p for p in source.demux(*streams) if p.dts is not None) if streams else iter(())
         self._sink = sink
         self._next = next(self._packets, None)

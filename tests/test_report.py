@@ -17,6 +17,7 @@ from conftest import clip, decode_luma
 from concealer import LossOptions, simulate_loss
 from concealer.encode import EncoderSettings, add_output_encoder
 from concealer.errors import InputError, OutputError
+from concealer.media import probe_video_format
 from concealer.pipeline import conceal
 from concealer.report import make_report
 
@@ -100,8 +101,7 @@ def test_alignment_by_time_reports_a_dropped_and_an_extra_frame(tmp_path):
     with av.open(str(source)) as src, av.open(str(copy), "w") as dst:
         stream = src.streams.video[0]
         out = add_output_encoder(dst, "h264", EncoderSettings(lossless=True, preset="ultrafast"),
-                                 width=stream.width, height=stream.height, rate=stream.average_rate,
-                                 time_base=stream.time_base)
+                                 probe_video_format(source))
         frames = sorted(src.decode(stream), key=lambda f: f.pts)
         step = frames[1].pts - frames[0].pts
         for index, frame in enumerate(frames):
