@@ -152,12 +152,6 @@ class Neighbours:
         return self._following.damage.pixel_mask(picture.height, picture.width)
 
 
-class Concealer(Protocol):
-    """Fills the masked pixels of `picture`, perhaps with help from its neighbours."""
-
-    name: str
-
-    def conceal(self, picture: Picture, mask: np.ndarray, neighbours: Neighbours) -> Picture: ...
 # Mean absolute luma difference over a frame's intact pixels above which the previous picture
 # is taken to show another scene (bikes_640x272: consecutive frames differ by at most 18, its
 # scene cuts by 44-72). Across a cut, temporal concealers have nothing to copy from.
@@ -172,6 +166,12 @@ def same_scene(previous: Picture, picture: Picture, mask: np.ndarray) -> bool:
     return float(cv2.absdiff(previous.y, picture.y)[intact].mean()) <= SCENE_CUT_MAD
 
 
+class Concealer(Protocol):
+    """Fills the masked pixels of `picture`, perhaps with help from its neighbours."""
+
+    name: str
+
+    def conceal(self, picture: Picture, mask: np.ndarray, neighbours: Neighbours) -> Picture: ...
 
 
 class FfmpegConcealer:
