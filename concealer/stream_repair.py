@@ -452,12 +452,15 @@ class HevcStreamRepair:
 
     def _repair_picture(self, picture: _Picture) -> Iterator[RepairedAccessUnit]:
         independent = [s for s in picture.segments if not s.header.dependent]
-        if not independent:
+        if independent:
+            # A P or B template lets the substitutes copy from the reference; only an I picture gets grey.
+            template = next((s for s in independent if s.header.slice_type is not HevcSliceType.I), independent[0])
+            sps, pps = self._parameter_sets.for_slice(template.header.pps_id)
+        if not independent or pps.tiles_enabled or sps.separate_colour_planes:
+            # Tiles scan CTUs in another order and separate colour planes code each plane in its own
+            # slices: the substitutes support neither, so such pictures go to the decoder as they are.
             yield RepairedAccessUnit(self._frame(picture.nals()))
             return
-        # A P or B template lets the substitutes copy from the reference; only an I picture gets grey.
-        template = next((s for s in independent if s.header.slice_type is not HevcSliceType.I), independent[0])
-        sps, pps = self._parameter_sets.for_slice(template.header.pps_id)
         poc = self._order.picture_order(template.header, sps)
         yield from self._rebuild(template, sps, pps, poc)
         self._order.decoded(poc, template)
