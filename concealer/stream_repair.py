@@ -331,6 +331,8 @@ def _write_reference_pictures(writer: BitWriter, sps: HevcSps, poc_lsb: int, rps
 
 @dataclass(frozen=True)
 class RepairedAccessUnit:
+    """One picture for the decoder (its NAL units framed as the stream's), and what was substituted in it."""
+
     data: bytes
     substituted: tuple[tuple[int, int], ...] = ()  # CTU address ranges [first, end) coded as substitutes
     ctb_size: int = 0
@@ -350,6 +352,8 @@ class RepairedAccessUnit:
 
 @dataclass(frozen=True)
 class _Segment:
+    """A readable slice segment: its NAL unit, parsed header, and the reader whose bits a rewrite copies."""
+
     nal: bytes
     header: HevcSliceHeader
     reader: BitReader
