@@ -1,12 +1,12 @@
 """concealer: find the macroblocks that transmission errors destroyed in a video and repair them."""
 from .errors import ConcealerError, InputError, OutputError, UsageError
-from .pipeline import conceal, detect
+from .pipeline import ConcealSummary, conceal, detect
 from .simulate import LossOptions, PacketisationOptions, SimulationResult, simulate_loss
 
 __version__ = "0.1.0"
 
 __all__ = ["ConcealerError", "InputError", "OutputError", "UsageError", "LossOptions", "PacketisationOptions",
-           "SimulationResult", "simulate_loss", "conceal", "detect", "inpaint_image", "__version__"]
+           "SimulationResult", "simulate_loss", "conceal", "ConcealSummary", "detect", "inpaint_image", "__version__"]
 
 
 def __getattr__(name: str):

@@ -1,7 +1,7 @@
 """Video encoder set-up shared by every stage that re-encodes (simulation, concealment)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 import av
@@ -83,8 +83,7 @@ def add_output_encoder(container: av.container.OutputContainer, codec: str, sett
     pix_fmt = output_pixel_format("ffv1" if codec == "ffv1" else ENCODERS[Codec(codec)], source.pix_fmt)
     geometry = {"width": source.width, "height": source.height, "rate": source.rate, "time_base": source.time_base}
     if codec != "ffv1":
-        stream = add_video_encoder(container, EncoderSettings(codec=Codec(codec), crf=settings.crf,
-                                                              preset=settings.preset, lossless=settings.lossless),
+        stream = add_video_encoder(container, replace(settings, codec=Codec(codec)),
                                    pix_fmt=pix_fmt, **geometry)
     else:
         stream = container.add_stream("ffv1", rate=source.rate)

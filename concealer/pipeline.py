@@ -4,15 +4,19 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import json
+import os
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TextIO
 
+import cv2
 import numpy as np
 
-from .concealment import Neighbours, Picture, make_concealer, same_scene
-from .decode import decode_frames
+from .concealment import Neighbours, NetworkConcealer, Picture, make_concealer, same_scene
+from .decode import DecodedFrame, decode_frames
 from .detection import (
     DamagedFrame,
     DamageLabel,
@@ -32,8 +36,13 @@ from .media import (
     open_video_input,
     probe_video_format,
 )
+from .metrics import FrameScores, frame_scores, json_safe, psnr
 from .overlay import OverlayWriter
 from .rebuild import rebuild_missing
+
+# The damaged-macroblock counts of summaries and reports, by kind.
+MACROBLOCK_KINDS = {"lost": DamageLabel.LOST, "propagated": DamageLabel.PROPAGATED,
+                    "missing_frame": DamageLabel.MISSING_FRAME}
 
 
 @dataclass
@@ -43,16 +52,20 @@ class DetectionSummary:
     frames: int = 0
     damaged_frames: int = 0
     missing_frames: int = 0
-    macroblocks: dict[str, int] = field(default_factory=lambda: {"lost": 0, "propagated": 0})
+    macroblocks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MACROBLOCK_KINDS, 0))
 
-    def add(self, damage: DamageMap) -> None:
+    def add(self, damage: DamageMap) -> dict[str, int]:
+        """Count one frame slot in; returns its own damaged macroblocks by kind."""
         self.frames += 1
         if damage.labels.size and (damage.labels == DamageLabel.MISSING_FRAME).all():
             self.missing_frames += 1
         elif damage.damaged.any():
             self.damaged_frames += 1
-        self.macroblocks["lost"] += int(np.count_nonzero(damage.labels == DamageLabel.LOST))
-        self.macroblocks["propagated"] += int(np.count_nonzero(damage.labels == DamageLabel.PROPAGATED))
+        counts = np.bincount(damage.labels.ravel(), minlength=len(DamageLabel))
+        frame = {kind: int(counts[label]) for kind, label in MACROBLOCK_KINDS.items()}
+        for kind, count in frame.items():
+            self.macroblocks[kind] += count
+        return frame
 
 
 def detect(source: Path, masks_out: Path, *, overlay: Path | None = None, mode: str = "auto",
@@ -89,11 +102,32 @@ class ConcealSummary(DetectionSummary):
 
     frames_rebuilt: int = 0
     seconds: float = 0.0
-    psnr: float | None = None  # sequence luma PSNR against --reference, from the mean MSE
+    # Against --reference, measured on the repaired pictures before they are re-encoded:
+    psnr: float | None = None  # sequence luma PSNR, from the mean MSE (inf: identical)
+    ssim: float | None = None  # mean luma SSIM
+    worst_psnr: float | None = None  # the lowest frame PSNR, and where that frame is
+    worst_pts: int | None = None
+    worst_time: float | None = None  # seconds
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds else 0.0
+
+    def as_json(self) -> dict:
+        """The summary as JSON values (infinite PSNR as null), frames/s included."""
+        return json_safe({**asdict(self), "fps": self.fps})
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """One frame slot of a repair: a row of the `report` file."""
+
+    pts: int
+    time: float  # seconds
+    macroblocks: dict[str, int]  # damaged macroblocks by kind
+    rebuilt: bool  # the frame never arrived and was rebuilt
+    psnr: float | None  # luma PSNR against the reference (inf: identical; None without a reference)
+    ssim: float | None
 
 
 DRIFT_STRATEGIES = ("carry", "reconceal", "none")
@@ -105,28 +139,39 @@ LOOK_AHEAD = 16
 def conceal(source: Path, output: Path, *, model: str = "ffmpeg", detect: str = "auto", truth: Path | None = None,
             drift: str = "carry",
             codec: str = "h264", crf: float = 18, preset: str = "medium", lossless: bool = False,
-            reference: Path | None = None, overwrite: bool = False) -> ConcealSummary:
+            reference: Path | None = None, report: Path | None = None, threads: int | None = None,
+            progress: Callable[[int], None] | None = None, overwrite: bool = False) -> ConcealSummary:
     """Repair `source` into `output`: detect the damage, fill it, re-encode, copy every other stream.
 
     `drift` says what happens to damage that spread through inter prediction: `carry` moves each
     frame's corrections along the decoder's motion vectors into the frames predicted from it,
     `reconceal` fills the propagated blocks with the model as if they were lost, `none` leaves them.
+    `reference` (the clean stream, same timestamps) is decoded in step and every repaired picture
+    scored against it; `report` is a JSON file of the summary and one row per frame slot, written
+    together with `output` or not at all. `threads` (default: every core the process may use) is for
+    the networks, OpenCV and the encoder; decoders stay single-threaded, which FFmpeg's H.264
+    concealment needs. `progress` is called with the number of frame slots done after each one.
     """
     if drift not in DRIFT_STRATEGIES:
         raise UsageError(f"unknown drift correction {drift!r} (use {', '.join(DRIFT_STRATEGIES)})")
+    threads = len(os.sched_getaffinity(0)) if threads is None else threads
+    if threads < 1:
+        raise UsageError(f"--threads must be 1 or more, not {threads}")
     concealer = make_concealer(model)
     started = time.perf_counter()
     summary = ConcealSummary()
     source_format = probe_video_format(source)
     width, height = source_format.width, source_format.height
-    clean = _reference_luma(reference) if reference else None
-    squared_error = 0.0
     with _stop_on_interrupt(source, summary), \
-            AtomicOutputs([output], overwrite, inputs=[source, truth, reference]) as outputs, \
+            _cpu_threads(threads, network=isinstance(concealer, NetworkConcealer)), \
+            AtomicOutputs([output] + ([report] if report else []), overwrite,
+                          inputs=[source, truth, reference]) as outputs, \
+            (open(outputs[report], "w") if report else contextlib.nullcontext()) as report_file, \
             open_output(outputs[output]) as sink, \
             open_video_input(source) as passthrough_source:
-        video = add_output_encoder(sink, codec, EncoderSettings(crf=crf, preset=preset, lossless=lossless),
-                                   source_format)
+        tally = _Tally(summary, reference, report_file, progress)
+        video = add_output_encoder(sink, codec, EncoderSettings(crf=crf, preset=preset, lossless=lossless,
+                                                                threads=threads), source_format)
         copies = _PassThrough(passthrough_source, sink)
         sink.metadata.update(content_tags(passthrough_source.metadata))
         corrector = DriftCorrector(height, width) if drift == "carry" else None
@@ -143,7 +188,6 @@ def conceal(source: Path, output: Path, *, model: str = "ffmpeg", detect: str = 
                                           steps_since_shown / lost_in_a_row if next_decoded else 1.0)
                 if picture is None:
                     continue  # no picture anywhere near: nothing to rebuild from
-                summary.frames_rebuilt += 1
                 if corrector and last_decoded is not None:
                     corrector.remember(last_decoded, picture)  # FFmpeg stands the last picture in for it
             else:
@@ -156,10 +200,8 @@ def conceal(source: Path, output: Path, *, model: str = "ffmpeg", detect: str = 
                 if corrector:
                     corrector.remember(decoded, picture)
                 last_decoded, last_shown, steps_since_shown = decoded, picture, 0
-            summary.add(damage)
+            tally.add(frame, damage, picture)
             previous = picture
-            if clean is not None:
-                squared_error += _squared_error(picture.y, clean, frame.pts)
             # Samples the repair left alone go out exactly as decoded, in the input's own pixel format.
             out = picture.to_frame(video.codec_context.pix_fmt, None if frame.missing else (frame.picture, decoded))
             out.pts, out.time_base = frame.pts, frame.time_base
@@ -170,11 +212,9 @@ def conceal(source: Path, output: Path, *, model: str = "ffmpeg", detect: str = 
         sink.mux(video.encode(None))
         copies.mux_until(None)
         sink.close()
+        summary.seconds = time.perf_counter() - started
+        tally.finish()
         outputs.commit()
-    summary.seconds = time.perf_counter() - started
-    if clean is not None and summary.frames:
-        mse = squared_error / summary.frames
-        summary.psnr = float("inf") if mse == 0 else 10 * np.log10(255 ** 2 / mse)
     return summary
 
 
@@ -234,15 +274,87 @@ class _PassThrough:
             self._sink.mux(packet)
 
 
-def _reference_luma(reference: Path):
-    """The clean decode's luma planes keyed by pts, read lazily in step with the repair."""
-    return iter((f.pts, f.luma()) for f in decode_frames(reference) if not f.missing)
+@contextlib.contextmanager
+def _cpu_threads(threads: int, network: bool) -> Iterator[None]:
+    """OpenCV (and torch, when a network conceals) use `threads` threads for the run, then what they used before."""
+    saved = cv2.getNumThreads()
+    cv2.setNumThreads(threads)
+    if network:
+        import torch  # already loaded by the network concealer
+        saved_torch = torch.get_num_threads()
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(saved)
+        if network:
+            torch.set_num_threads(saved_torch)
 
 
-def _squared_error(luma: np.ndarray, clean, pts: int) -> float:
-    for clean_pts, clean_luma in clean:
-        if clean_pts == pts:
-            return float(np.mean((luma.astype(np.float32) - clean_luma) ** 2))
-        if clean_pts > pts:
-            break
-    raise InputError(f"the reference has no frame at pts {pts}: is it the clean stream of this video?")
+class _Reference:
+    """The clean decode, read in step with the repair (never held whole): each picture found by its pts."""
+
+    def __init__(self, path: Path):
+        self._path = path
+        self._frames = (f for f in decode_frames(path) if not f.missing)
+
+    def scores(self, picture: Picture, pts: int) -> FrameScores:
+        for frame in self._frames:
+            if frame.pts == pts:
+                clean = Picture.from_frame(frame.picture)
+                if clean.y.shape != picture.y.shape:
+                    raise InputError(f"{self._path}: its frames are {clean.y.shape[1]}x{clean.y.shape[0]}, the "
+                                     f"repaired ones {picture.y.shape[1]}x{picture.y.shape[0]}: not this video's "
+                                     "clean stream")
+                return frame_scores(picture, clean)
+            if frame.pts > pts:
+                break
+        raise InputError(f"{self._path}: no frame at pts {pts}: is it the clean stream of this video?")
+
+
+class _Tally:
+    """Counts each frame slot that goes out into the summary, scores it against the reference, writes
+    its row to the report file (streamed: rows are not kept) and tells `progress`."""
+
+    def __init__(self, summary: ConcealSummary, reference: Path | None, report: TextIO | None,
+                 progress: Callable[[int], None] | None):
+        self._summary = summary
+        self._reference = _Reference(reference) if reference else None
+        self._report = report
+        self._progress = progress
+        self._squared_error = self._ssim = 0.0
+        self._rows = 0
+        if self._report:
+            self._report.write('{"frames": [')
+
+    def add(self, frame: DecodedFrame, damage: DamageMap, picture: Picture) -> None:
+        summary = self._summary
+        macroblocks = summary.add(damage)
+        summary.frames_rebuilt += frame.missing
+        time = round(float(frame.pts * frame.time_base), 6)
+        scores = self._reference.scores(picture, frame.pts) if self._reference else None
+        if scores:
+            self._squared_error += scores.mse_y
+            self._ssim += scores.ssim
+            if summary.worst_psnr is None or scores.psnr_y < summary.worst_psnr:
+                summary.worst_psnr, summary.worst_pts, summary.worst_time = scores.psnr_y, frame.pts, time
+        if self._report:
+            row = FrameRecord(frame.pts, time, macroblocks, frame.missing, scores and scores.psnr_y,
+                              scores and scores.ssim)
+            self._report.write(("," if self._rows else "") + "\n" + json.dumps(json_safe(asdict(row))))
+            self._rows += 1
+        if self._progress:
+            self._progress(summary.frames)
+
+    def finish(self) -> None:
+        """Complete the summary (sequence PSNR from the mean MSE, mean SSIM) and the report file."""
+        summary = self._summary
+        if self._reference and summary.frames:
+            summary.psnr = psnr(self._squared_error / summary.frames)
+            summary.ssim = self._ssim / summary.frames
+        if self._report:
+            note = ("PSNR in dB (luma, raw 8-bit samples) and luma SSIM of the repaired pictures before "
+                    "re-encoding, against the reference; null PSNR: identical (infinite)")
+            self._report.write(f"\n],\n\"summary\": {json.dumps(summary.as_json(), indent=1)},\n"
+                               f"\"note\": {json.dumps(note)}}}\n")
+            self._report.close()  # complete on disk before the outputs are renamed into place

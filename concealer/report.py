@@ -45,6 +45,7 @@ from .decode import DecodedFrame, decode_frames, frame_duration
 from .detection import MB
 from .errors import InputError, OutputError, UsageError
 from .media import nominal_rate, open_video_input, require_folder_of
+from .metrics import frame_scores, json_safe, psnr
 from .overlay import missing_frame_picture
 from .truth import load_truth
 
@@ -277,20 +278,9 @@ def _compare(label: str, index: int, ref: DecodedFrame, clean: Picture, match: D
         height, width = picture.y.shape
         raise InputError(f"{path}: its frames are {width}x{height}, the reference's are "
                          f"{clean.y.shape[1]}x{clean.y.shape[0]}; a report compares the same video")
-    from skimage.metrics import structural_similarity
-
-    errors = [float(np.sum((a.astype(np.float64) - b) ** 2)) for a, b in
-              ((picture.y, clean.y), (picture.u, clean.u), (picture.v, clean.v))]
-    mse_y = errors[0] / clean.y.size
-    mse_yuv = sum(errors) / (clean.y.size + clean.u.size + clean.v.size)
-    ssim = float(structural_similarity(clean.y, picture.y, data_range=255))
-    return FrameRow(label, index, ref.pts, time, match.pts, psnr(mse_y), psnr(mse_yuv), ssim, mse_y, mse_yuv,
-                    fraction)
-
-
-def psnr(mse: float) -> float:
-    """PSNR of 8-bit samples in dB; infinite for identical pictures."""
-    return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
+    scores = frame_scores(picture, clean)
+    return FrameRow(label, index, ref.pts, time, match.pts, scores.psnr_y, scores.psnr_yuv, scores.ssim,
+                    scores.mse_y, scores.mse_yuv, fraction)
 
 
 class _Stats:
@@ -413,24 +403,13 @@ def _csv_value(value) -> str:
     return "" if value is None else str(value)
 
 
-def _json_number(value):
-    """JSON has no infinity: an infinite PSNR (identical pictures) is written as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_number(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_number(v) for v in value]
-    return value
-
-
 def _write_json(path: Path, summary: ReportSummary) -> None:
     doc = {"note": "PSNR in dB on raw 8-bit planes; null PSNR = infinite (identical to the reference); "
                    "sequence PSNR from the mean MSE of the matched frames; mean PSNR counts identical frames "
                    f"as {PSNR_CAP_DB:g} dB; missing_frames are reference frame indices, extra_frames input "
                    "frame times in seconds",
            **asdict(summary)}
-    path.write_text(json.dumps(_json_number(doc), indent=1) + "\n")
+    path.write_text(json.dumps(json_safe(doc), indent=1) + "\n")
 
 
 def format_db(value: float) -> str:

@@ -1,20 +1,23 @@
 """`conceal`: the CLI over the concealer pipeline (repair, `conceal detect`, `conceal report`)."""
 from __future__ import annotations
 
+import contextlib
 import json
-from dataclasses import asdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from ..concealment import CONCEALERS
 from ..detection import DETECTION_MODES
 from ..encode import OUTPUT_CODECS
-from ..pipeline import DRIFT_STRATEGIES
+from ..media import frame_count
+from ..pipeline import DRIFT_STRATEGIES, ConcealSummary, detect
 from ..pipeline import conceal as conceal_video
-from ..pipeline import detect
 from ..report import format_db, make_report
 from . import run
 
@@ -62,25 +65,75 @@ def _table(title: str, rows: list[tuple[str, str]]) -> Table:
 @click.option("--crf", type=float, default=18, show_default=True)
 @click.option("--preset", default="medium", show_default=True)
 @click.option("--lossless", is_flag=True, help="Lossless output for evaluation (x264 qp 0, x265 lossless, FFV1).")
-@click.option("--reference", type=click.Path(path_type=Path), help="Clean decode to measure luma PSNR against.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
+@click.option("--reference", type=click.Path(path_type=Path),
+              help="The clean stream (same timestamps, e.g. simulate-loss --reference): every repaired frame is "
+                   "scored against it (luma PSNR and SSIM, before re-encoding), decoded in step.")
+@click.option("--report", type=click.Path(path_type=Path),
+              help="Also write this JSON file: the summary and one row per frame (pts, time, damaged macroblocks "
+                   "by kind, rebuilt or not, PSNR and SSIM with --reference); it appears with the video or not at all.")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="CPU threads for the networks, OpenCV and the x264/x265 encoder [default: all cores]. Decoding "
+                   "stays single-threaded: FFmpeg's H.264 error concealment needs it.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success (and no progress bar).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def repair_command(source, output, model, mode, truth, drift, codec, crf, preset, lossless, reference, overwrite, quiet,
-                   as_json):
-    """Repair SOURCE into OUTPUT."""
-    summary = conceal_video(source, output, model=model, detect=mode, truth=truth, drift=drift, codec=codec, crf=crf,
-                            preset=preset, lossless=lossless, reference=reference, overwrite=overwrite)
+def repair_command(source, output, model, mode, truth, drift, codec, crf, preset, lossless, reference, report, threads,
+                   overwrite, quiet, as_json):
+    """Repair SOURCE into OUTPUT.
+
+    A progress bar shows on a terminal (on stderr; never in a pipe), then a summary.
+    """
+    with _progress_bar(source, show=not quiet) as progress:
+        summary = conceal_video(source, output, model=model, detect=mode, truth=truth, drift=drift, codec=codec,
+                                crf=crf, preset=preset, lossless=lossless, reference=reference, report=report,
+                                threads=threads, progress=progress, overwrite=overwrite)
     if as_json:
-        click.echo(json.dumps({**asdict(summary), "fps": summary.fps}))
+        click.echo(json.dumps(summary.as_json()))
     elif not quiet:
-        rows = [("frames / damaged / rebuilt", f"{summary.frames} / {summary.damaged_frames} / {summary.frames_rebuilt}"),
-                ("macroblocks lost / propagated",
-                 f"{summary.macroblocks['lost']} / {summary.macroblocks['propagated']}"),
-                ("time / speed", f"{summary.seconds:.1f} s / {summary.fps:.1f} frames/s")]
-        if summary.psnr is not None:
-            rows.append(("luma PSNR vs reference", f"{summary.psnr:.2f} dB"))
-        Console().print(_table(f"conceal: {output}", rows))
+        Console().print(_table(f"conceal: {output}", _summary_rows(summary, report)))
+
+
+def _summary_rows(summary: ConcealSummary, report: Path | None) -> list[tuple[str, str]]:
+    blocks = summary.macroblocks
+    rows = [("frames / damaged / rebuilt", f"{summary.frames} / {summary.damaged_frames} / {summary.frames_rebuilt}"),
+            ("macroblocks lost / propagated / missing",
+             f"{blocks['lost']} / {blocks['propagated']} / {blocks['missing_frame']}"),
+            ("time / speed", f"{summary.seconds:.1f} s / {summary.fps:.1f} frames/s")]
+    if summary.psnr is not None:
+        worst = f"{format_db(summary.worst_psnr)} dB at {summary.worst_time:.3f} s (pts {summary.worst_pts})"
+        rows += [("luma PSNR (sequence) / mean SSIM", f"{format_db(summary.psnr)} dB / {summary.ssim:.4f}"),
+                 ("worst frame", worst)]
+    if report:
+        rows.append(("report", str(report)))
+    return rows
+
+
+class _FramesPerSecond(ProgressColumn):
+    """Frames per second, rich's estimate over the last 30 s."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:.1f} frames/s" if task.speed else "? frames/s", style="progress.data.speed")
+
+
+@contextlib.contextmanager
+def _progress_bar(source: Path, show: bool) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on stderr while the repair runs, when stderr is a terminal; yields the callback that
+    moves it (None: no bar). Its total is the container's frame count, raised when rebuilt frames pass it;
+    without one the bar is indeterminate."""
+    console = Console(stderr=True)
+    if not show or not console.is_terminal:
+        yield None
+        return
+    columns = (TextColumn("conceal"), BarColumn(), MofNCompleteColumn(), _FramesPerSecond(), TextColumn("ETA"),
+               TimeRemainingColumn())
+    total = frame_count(source)
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("conceal", total=total)
+
+        def advance(done: int) -> None:
+            bar.update(task, completed=done, total=None if total is None else max(total, done))
+
+        yield advance
 
 
 @conceal.command("detect")
