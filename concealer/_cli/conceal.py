@@ -109,10 +109,12 @@ def _summary_rows(summary: ConcealSummary, report: Path | None) -> list[tuple[st
 
 
 class _FramesPerSecond(ProgressColumn):
-    """Frames per second, rich's estimate over the last 30 s."""
+    """Frames per second since the start (rich's own estimate restarts when the total is raised)."""
 
     def render(self, task: Task) -> Text:
-        return Text(f"{task.speed:.1f} frames/s" if task.speed else "? frames/s", style="progress.data.speed")
+        elapsed = task.elapsed
+        text = f"{task.completed / elapsed:.1f} frames/s" if elapsed and task.completed else "? frames/s"
+        return Text(text, style="progress.data.speed")
 
 
 @contextlib.contextmanager
