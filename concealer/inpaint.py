@@ -70,11 +70,12 @@ def inpaint_frame(image: np.ndarray, mask: np.ndarray, model: str = "temporal", 
 
 
 def _aligned(neighbour: Neighbour | None, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A neighbour warped onto `image` and where it can be trusted (zeros when there is none)."""
+    """A neighbour warped onto `image` (`motion.align`) and where it can be trusted: everywhere but
+    its own damage (zeros when there is no neighbour)."""
     if neighbour is None:
         return np.zeros_like(image), np.zeros(mask.shape, np.uint8)
     warp = estimate_warp(neighbour.image, image, mask)
-    valid = warp.valid
+    valid = np.ones(mask.shape, bool)
     if neighbour.damaged is not None and neighbour.damaged.any():
         valid &= warp.apply(neighbour.damaged.astype(np.uint8), cv2.INTER_NEAREST) == 0
     return warp.apply(neighbour.image), valid.astype(np.uint8)

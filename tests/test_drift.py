@@ -28,16 +28,16 @@ def test_aligned_previous_frame_fills_a_lost_slice_better_than_a_copy():
     hole[96:128, 64:] = True  # two macroblock rows of a lost slice
     gains = []
     for previous, current in zip(frames[5:], frames[6:]):
-        warped, valid = align(previous, current, hole)
-        assert warped.shape == current.shape and valid.dtype == bool and valid[hole].mean() > 0.9
+        warped = align(previous, current, hole)
+        assert warped.shape == current.shape
         gains.append(hole_psnr(warped, current, hole) - hole_psnr(previous, current, hole))
     assert np.mean(gains) > 2  # measured: about 4.5 dB
 
 
 def test_a_whole_frame_hole_falls_back_to_no_motion():
     previous, current = rgb_frames(clip("carphone_qcif.mp4"), 2)
-    warped, valid = align(previous, current, np.ones(current.shape[:2], bool))
-    assert np.array_equal(warped, previous) and valid.all()
+    warped = align(previous, current, np.ones(current.shape[:2], bool))
+    assert np.array_equal(warped, previous)
 
 
 @pytest.fixture(scope="module")

@@ -94,8 +94,8 @@ def make_examples(clips: list[str], count: int, per_frame: int, part: tuple[floa
             height, width = current.shape[:2]
             blocks = loss_shape(-(-height // MB), -(-width // MB), rng)
             hole = np.kron(blocks, np.ones((MB, MB), bool))[:height, :width]
-            previous_warped, previous_valid = align(previous, current, hole)
-            following_warped, following_valid = align(following, current, hole)
+            previous_warped, following_warped = align(previous, current, hole), align(following, current, hole)
+            previous_valid = following_valid = np.ones(hole.shape, bool)  # the augmentation takes them away
             for top, left in windows_around(hole, min(per_frame, wanted - made), rng):
                 cut = (slice(top, top + WINDOW), slice(left, left + WINDOW))
                 for name, array in zip(ARRAYS, (current, hole, previous_warped, previous_valid,
