@@ -339,8 +339,8 @@ class _Tally:
             if summary.worst_psnr is None or scores.psnr_y < summary.worst_psnr:
                 summary.worst_psnr, summary.worst_pts, summary.worst_time = scores.psnr_y, frame.pts, time
         if self._report:
-            row = FrameRecord(frame.pts, time, macroblocks, frame.missing, scores and scores.psnr_y,
-                              scores and scores.ssim)
+            row = FrameRecord(frame.pts, time, macroblocks, frame.missing, scores.psnr_y if scores else None,
+                              scores.ssim if scores else None)
             self._report.write(("," if self._rows else "") + "\n" + json.dumps(json_safe(asdict(row))))
             self._rows += 1
         if self._progress:
