@@ -15,7 +15,7 @@ from typing import TextIO
 import cv2
 import numpy as np
 
-from .concealment import Neighbours, NetworkConcealer, Picture, make_concealer, same_scene
+from .concealment import DEFAULT_CONCEALER, Neighbours, NetworkConcealer, Picture, make_concealer, same_scene
 from .decode import DecodedFrame, decode_frames
 from .detection import (
     DamagedFrame,
@@ -136,7 +136,8 @@ DRIFT_STRATEGIES = ("carry", "reconceal", "none")
 LOOK_AHEAD = 16
 
 
-def conceal(source: Path, output: Path, *, model: str = "ffmpeg", detect: str = "auto", truth: Path | None = None,
+def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detect: str = "auto",
+            truth: Path | None = None,
             drift: str = "carry",
             codec: str = "h264", crf: float = 18, preset: str = "medium", lossless: bool = False,
             reference: Path | None = None, report: Path | None = None, threads: int | None = None,

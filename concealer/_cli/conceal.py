@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
-from ..concealment import CONCEALERS
+from ..concealment import CONCEALERS, DEFAULT_CONCEALER
 from ..detection import DETECTION_MODES
 from ..encode import OUTPUT_CODECS
 from ..media import frame_count
@@ -54,8 +54,9 @@ def _table(title: str, rows: list[tuple[str, str]]) -> Table:
 @conceal.command("repair")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Repaired video to write.")
-@click.option("--model", type=click.Choice(CONCEALERS), default="ffmpeg", show_default=True,
-              help="How damaged blocks are filled (ffmpeg: FFmpeg's own concealment only).")
+@click.option("--model", type=click.Choice(CONCEALERS), default=DEFAULT_CONCEALER, show_default=True,
+              help="How lost blocks are filled: flow moves the previous repaired picture along the optical flow "
+                   "around them; ffmpeg keeps FFmpeg's own concealment.")
 @click.option("--detect", "mode", type=click.Choice(DETECTION_MODES), default="auto", show_default=True)
 @click.option("--truth", type=click.Path(path_type=Path), help="simulate-loss truth file (.truth.json).")
 @click.option("--drift", type=click.Choice(DRIFT_STRATEGIES), default="carry", show_default=True,
