@@ -9,7 +9,9 @@ as placeholders, so that every frame slot of the stream comes out, in order.
 """
 from __future__ import annotations
 
+import gc
 import heapq
+import itertools
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -111,8 +113,8 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
                 # (PatchWelcomeError), or as EAGAIN once the decoder is stuck: its slot becomes a placeholder.
                 continue
             for picture in frames:
-                vectors = picture.side_data.get("MOTION_VECTORS") if motion_vectors else None
-                for slot in slots.fill(picture, vectors.to_ndarray() if vectors is not None else None):
+                vectors = _motion_vectors(picture) if motion_vectors else None
+                for slot in slots.fill(picture, vectors):
                     substituted = repair.substituted(slot.pts) if repair is not None and not slot.missing else None
                     yield slot if substituted is None else replace(slot, substituted=substituted)
         yield from slots.finish()
@@ -122,6 +124,24 @@ def _repaired(packets: Iterator[av.Packet], repair: PacketRepair | None) -> Iter
     """The demuxed packets, HEVC ones repaired and preceded by the pictures they need that were lost whole."""
     for packet in packets:
         yield from repair.packets(packet) if repair is not None and packet.size else (packet,)
+
+
+# PyAV's side-data container and its frame refer to each other, so a frame whose side data was
+# read, picture buffers and all, is freed only by Python's cycle collector, which let hundreds of
+# 720p frames pile up (decoding bbb 720p with motion vectors: 266 MB after 900 frames, and the
+# whole repair grew by 226 MB from a 10 s to a 60 s input; collecting every 25 frames: 93 MB flat).
+CYCLE_COLLECT_EVERY = 25
+_vector_reads = itertools.count(1)
+
+
+def _motion_vectors(picture: av.VideoFrame) -> np.ndarray | None:
+    """The frame's exported motion vectors (AVMotionVector records), copied out of its side data."""
+    side_data = picture.side_data.get("MOTION_VECTORS")
+    vectors = None if side_data is None else side_data.to_ndarray().copy()
+    del side_data
+    if next(_vector_reads) % CYCLE_COLLECT_EVERY == 0:
+        gc.collect()
+    return vectors
 
 
 class _FrameSlots:
