@@ -360,7 +360,7 @@ class TruthDetector:
         return DamageMap(frame.pts, _label(seeds, mb_error))
 
 
-DETECTION_MODES = ("auto", "truth", "bitstream")
+DETECTION_MODES = ("auto", "truth", "bitstream", "pixels")
 
 
 def default_truth_path(damaged: Path) -> Path:
@@ -370,7 +370,8 @@ def default_truth_path(damaged: Path) -> Path:
 def detect_damage(path: Path, *, mode: str = "auto", truth: Path | None = None) -> Iterator[DamagedFrame]:
     """Decode `path` (FFmpeg's concealment on) and yield every frame slot with its damage map.
 
-    `auto` uses the truth file when one is given, else the bitstream detector.
+    `auto` uses the truth file when one is given, else the bitstream detector. `pixels` reads the decoded
+    pictures alone, for video whose damage was baked in by a decode and re-encode (concealer.pixel_detection).
     """
     if mode not in DETECTION_MODES:
         raise UsageError(f"unknown detection mode {mode!r} (use {', '.join(DETECTION_MODES)})")
@@ -383,8 +384,12 @@ def detect_damage(path: Path, *, mode: str = "auto", truth: Path | None = None) 
         grid = CellGrid(context.height, context.width)
         vectors_exported = context.name in VECTOR_EXPORTING_CODECS
     use_truth = mode == "truth" or (mode == "auto" and truth is not None)
-    detector: DamageDetector = TruthDetector(truth, grid) if use_truth else \
-        BitstreamDetector(path, grid, vectors_exported)
+    detector: DamageDetector
+    if mode == "pixels":
+        from .pixel_detection import PixelDetector  # it builds on this module's types
+        detector = PixelDetector(grid.mb_shape)
+    else:
+        detector = TruthDetector(truth, grid) if use_truth else BitstreamDetector(path, grid, vectors_exported)
     for frame in decode_frames(path, concealment=FFMPEG_CONCEALMENT, motion_vectors=True):
         yield DamagedFrame(frame, detector.process_frame(frame))
 
