@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import heapq
-import itertools
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -130,16 +129,21 @@ def _repaired(packets: Iterator[av.Packet], repair: PacketRepair | None) -> Iter
 # read, picture buffers and all, is freed only by Python's cycle collector, which let hundreds of
 # 720p frames pile up (decoding bbb 720p with motion vectors: 266 MB after 900 frames, and the
 # whole repair grew by 226 MB from a 10 s to a 60 s input; collecting every 25 frames: 93 MB flat).
-CYCLE_COLLECT_EVERY = 25
-_vector_reads = itertools.count(1)
+# A collection costs milliseconds, so it runs once this many pixels have been decoded (35 720p
+# frames, 330 CIF ones): the frames waiting for it stay under about 50 MB.
+CYCLE_COLLECT_PIXELS = 32_000_000
+_pixels_since_collection = 0
 
 
 def _motion_vectors(picture: av.VideoFrame) -> np.ndarray | None:
     """The frame's exported motion vectors (AVMotionVector records), copied out of its side data."""
+    global _pixels_since_collection
     side_data = picture.side_data.get("MOTION_VECTORS")
     vectors = None if side_data is None else side_data.to_ndarray().copy()
     del side_data
-    if next(_vector_reads) % CYCLE_COLLECT_EVERY == 0:
+    _pixels_since_collection += picture.width * picture.height
+    if _pixels_since_collection >= CYCLE_COLLECT_PIXELS:
+        _pixels_since_collection = 0
         gc.collect()
     return vectors
 

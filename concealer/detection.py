@@ -286,7 +286,7 @@ class BitstreamDetector:
         explained = self._difference.inherit(luma, motion)
         self._difference.commit(luma, difference)
         if self._vectors_exported and not other.missing:
-            lost = _concealed_blocks(self._grid, motion, MotionField(self._grid, other.motion_vectors), difference)
+            lost = _concealed_blocks(self._grid, frame.motion_vectors, other.motion_vectors, difference)
             concealed = self._grid.expand_mbs(lost)
         else:
             concealed = (difference > 0) & (explained <= 0)
@@ -311,15 +311,18 @@ class BitstreamDetector:
         return DamageMap(frame.pts, _label(seeds, mb_error))
 
 
-def _concealed_blocks(grid: CellGrid, primary: MotionField, unconcealed: MotionField,
+def _concealed_blocks(grid: CellGrid, primary: np.ndarray | None, unconcealed: np.ndarray | None,
                       difference: np.ndarray) -> np.ndarray:
     """Macroblocks whose motion differs between the two decodes (or, in a picture predicted
     from nothing, whose central pixels differ), with short raster-order gaps between them
     closed: slices are raster runs, and a concealed block whose guessed vector happens to
     equal the stale one sits inside a lost run (closing gaps of up to LOST_RUN_GAP blocks
     raised recall on bikes at 10% loss from 0.930 to 0.995 at precision 1.000)."""
-    first, second = primary.cell_motion, unconcealed.cell_motion
     rows, cols = grid.mb_shape
+    if not difference.any() or (primary is not None and unconcealed is not None and
+                                np.array_equal(primary, unconcealed)):
+        return np.zeros((rows, cols), bool)  # nothing concealed: the decodes agree
+    first, second = MotionField(grid, primary).cell_motion, MotionField(grid, unconcealed).cell_motion
     if first is None and second is None:
         central = difference.reshape(rows, grid.PER_MB, cols, grid.PER_MB)[:, 1:-1, :, 1:-1]
         return (central > 0).any(axis=(1, 3))
