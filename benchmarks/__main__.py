@@ -63,7 +63,7 @@ SECTIONS = [
             "`FFmpeg` at every loss rate, and never below it.",
             ("--clips", "foreman_cif_h264.mp4,foreman_cif_hevc.mp4", "--rates", "0.1", "--frames", "30")),
     Section("lost-pixels", "Concealment quality over the lost pixels alone (issue 4)", lost_pixels,
-            "Luma PSNR over the truth's lost macroblocks only (truth detection, no drift correction, lossless "
+            "Luma PSNR over the truth's lost macroblocks only (truth detection, drift correction on, lossless "
             "FFV1), so that every model fills the same pixels. Target: the temporal model 3 dB above `ffmpeg`.",
             ("--clips", "foreman_cif_h264.mp4", "--rates", "0.1", "--frames", "30")),
     Section("detection", "Damage-map accuracy per detection mode (issue 3)", detection_accuracy,

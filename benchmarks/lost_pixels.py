@@ -1,13 +1,17 @@
 """Concealment quality over the lost pixels alone (the model issue's video benchmark).
 
     python -m benchmarks.lost_pixels [--clips ...] [--rates 0.03,0.1,0.2] [--frames N] [--models copy,ffmpeg,telea,...]
+        [--drift carry|none]
 
 Each clip (or its first N frames) is damaged by the standard damage step (benchmarks/common.py:
 Gilbert loss, mean burst 2, GOP 2 s, seed 1; HEVC clips stay HEVC). Every model repairs it
-from the truth file's lost macroblocks (so that all models fill the same pixels), without drift
-correction, into lossless FFV1. The figure is luma PSNR over the directly lost macroblocks of
-the frames that arrived, against the decode of the clean stream (one MSE pooled over all those
-pixels), plus the damaged macroblocks concealed per second by the last model.
+from the truth file's lost macroblocks (so that all models fill the same pixels) into lossless
+FFV1, with `conceal`'s drift correction (`--drift carry`, the default: the earlier frames a model
+copies from are then its own repairs, as in use) or without it (`--drift none`: every model copies
+from FFmpeg's concealment, which caps them all near FFmpeg's own figure). The figure is luma PSNR
+over the directly lost macroblocks of the frames that arrived, against the decode of the clean
+stream (one MSE pooled over all those pixels), plus the damaged macroblocks concealed per second
+by the last model.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from .common import Table, arguments, damage, loss_label, names, numbers, work_d
 
 CLIPS = "foreman_cif_h264.mp4,carphone_qcif.mp4,foreman_cif_hevc.mp4"
 RATES = "0.03,0.1,0.2"
-MODELS = "copy,ffmpeg,telea,context-encoder,temporal"
+MODELS = "copy,ffmpeg,telea,context-encoder,temporal,flow"
 
 
 def lost_pixel_psnr(repaired: Path, reference: Path, truth: Path) -> float:
@@ -45,7 +49,8 @@ def lost_pixel_psnr(repaired: Path, reference: Path, truth: Path) -> float:
     return 10 * np.log10(255 ** 2 * count / squared) if squared else float("inf")
 
 
-def lost_pixels_table(clips: list[str], rates: list[float], models: list[str], frames: int | None = None) -> Table:
+def lost_pixels_table(clips: list[str], rates: list[float], models: list[str], frames: int | None = None,
+                      drift: str = "carry") -> Table:
     table = Table(["clip", "frames", "loss (effective)", *(f"{m} (dB)" for m in models), "lost MB/s (last model)"])
     out = work_dir() / "repaired.mkv"
     for name in clips:
@@ -54,7 +59,7 @@ def lost_pixels_table(clips: list[str], rates: list[float], models: list[str], f
             scores = []
             for model in models:
                 summary = conceal(damaged.damaged, out, model=model, detect="truth", truth=damaged.truth,
-                                  drift="none", codec="ffv1", lossless=True, overwrite=True)
+                                  drift=drift, codec="ffv1", lossless=True, overwrite=True)
                 scores.append(lost_pixel_psnr(out, damaged.reference, damaged.truth))
             table.add(name, damaged.summary.frames, loss_label(damaged), *(f"{s:.2f}" for s in scores),
                       f"{summary.macroblocks['lost'] / summary.seconds:.0f}")
@@ -67,11 +72,12 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--rates", type=numbers, default=RATES)
     parser.add_argument("--frames", type=int, help="only the first N frames of each clip")
     parser.add_argument("--models", type=names, default=MODELS)
+    parser.add_argument("--drift", choices=("carry", "none"), default="carry")
     return parser
 
 
 def run(args: argparse.Namespace) -> list[Table]:
-    return [lost_pixels_table(args.clips, args.rates, args.models, args.frames)]
+    return [lost_pixels_table(args.clips, args.rates, args.models, args.frames, args.drift)]
 
 
 def main() -> None:
