@@ -39,6 +39,15 @@ def arguments(doc: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+def clip_arguments(doc: str, clips: str, rates: str) -> argparse.ArgumentParser:
+    """The command line of a benchmark over damaged clips: --clips, --rates and --frames."""
+    parser = arguments(doc)
+    parser.add_argument("--clips", type=names, default=clips)
+    parser.add_argument("--rates", type=numbers, default=rates)
+    parser.add_argument("--frames", type=int, help="only the first N frames of each clip")
+    return parser
+
+
 def names(text: str) -> list[str]:
     """A comma-separated list option."""
     return text.split(",")

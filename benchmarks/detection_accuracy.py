@@ -24,7 +24,7 @@ from concealer.decode import decode_frames
 from concealer.detection import detect_damage
 from concealer.pixel_detection import bake_damage, reference_damage_maps
 
-from .common import Table, arguments, damage, loss_label, names, numbers, work_dir
+from .common import Table, clip_arguments, damage, loss_label, names, work_dir
 
 CLIPS = "foreman_cif_h264.mp4,carphone_qcif.mp4,bikes_640x272.mp4,chaplin_640x360_mp3.mp4,foreman_cif_hevc.mp4"
 RATES = "0.03,0.1,0.2"
@@ -70,10 +70,7 @@ def accuracy_table(clips: list[str], rates: list[float], modes: list[str], frame
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = arguments(__doc__)
-    parser.add_argument("--clips", type=names, default=CLIPS)
-    parser.add_argument("--rates", type=numbers, default=RATES)
-    parser.add_argument("--frames", type=int, help="only the first N frames of each clip")
+    parser = clip_arguments(__doc__, CLIPS, RATES)
     parser.add_argument("--modes", type=names, default=MODES)
     return parser
 

@@ -25,7 +25,7 @@ from concealer.detection import MB
 from concealer.pipeline import conceal
 from concealer.truth import load_truth
 
-from .common import Table, arguments, damage, loss_label, names, numbers, work_dir
+from .common import Table, clip_arguments, damage, loss_label, names, work_dir
 
 CLIPS = "foreman_cif_h264.mp4,carphone_qcif.mp4,foreman_cif_hevc.mp4"
 RATES = "0.03,0.1,0.2"
@@ -67,10 +67,7 @@ def lost_pixels_table(clips: list[str], rates: list[float], models: list[str], f
 
 
 def parser() -> argparse.ArgumentParser:
-    parser = arguments(__doc__)
-    parser.add_argument("--clips", type=names, default=CLIPS)
-    parser.add_argument("--rates", type=numbers, default=RATES)
-    parser.add_argument("--frames", type=int, help="only the first N frames of each clip")
+    parser = clip_arguments(__doc__, CLIPS, RATES)
     parser.add_argument("--models", type=names, default=MODELS)
     parser.add_argument("--drift", choices=("carry", "none"), default="carry")
     return parser

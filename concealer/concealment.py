@@ -89,12 +89,16 @@ class Picture:
         planes = (yuv[:luma_size].reshape(even.shape[:2])[:height, :width],
                   yuv[luma_size:luma_size + chroma_size].reshape(self.u.shape),
                   yuv[luma_size + chroma_size:].reshape(self.v.shape))
-        repaired = []
-        for (plane, plane_mask), new in zip(self.planes_with_masks(mask), planes):
-            plane = plane.copy()
-            plane[plane_mask] = new[plane_mask]
-            repaired.append(plane)
-        return Picture(*repaired)
+        return self.pasted(planes, mask)
+
+    def pasted(self, source: list[np.ndarray], mask: np.ndarray) -> Picture:
+        """This picture with its `mask` pixels taken from `source` (Y, U, V planes of the same sizes)."""
+        planes = []
+        for (plane, plane_mask), filler in zip(self.planes_with_masks(mask), source):
+            repaired = plane.copy()
+            repaired[plane_mask] = filler[plane_mask]
+            planes.append(repaired)
+        return Picture(*planes)
 
 
 def plane_samples(frame: av.VideoFrame, index: int) -> np.ndarray:
@@ -183,16 +187,6 @@ class FfmpegConcealer:
         return picture
 
 
-def _paste(picture: Picture, source: list[np.ndarray], mask: np.ndarray) -> Picture:
-    """`picture` with its masked pixels taken from `source` (Y, U, V planes of the same size)."""
-    planes = []
-    for (plane, plane_mask), filler in zip(picture.planes_with_masks(mask), source):
-        repaired = plane.copy()
-        repaired[plane_mask] = filler[plane_mask]
-        planes.append(repaired)
-    return Picture(*planes)
-
-
 class CopyConcealer:
     """Frame copy: damaged blocks take the co-located pixels of the previous repaired picture."""
 
@@ -202,7 +196,7 @@ class CopyConcealer:
         if neighbours.previous is None:
             return picture
         previous = neighbours.previous
-        return _paste(picture, [previous.y, previous.u, previous.v], mask)
+        return picture.pasted([previous.y, previous.u, previous.v], mask)
 
 
 class FlowConcealer:
@@ -218,7 +212,7 @@ class FlowConcealer:
         if previous is None or mask.all():
             return picture  # nothing to move, or no intact picture to measure the motion on
         warp = estimate_warp(previous.y, picture.y, mask)
-        return _paste(picture, warp.apply_to_planes([previous.y, previous.u, previous.v]), mask)
+        return picture.pasted(warp.apply_to_planes([previous.y, previous.u, previous.v]), mask)
 
 
 class InpaintConcealer:
