@@ -4,13 +4,12 @@
 
 The clip is looped (benchmarks/common.py `excerpt`) to each length, damaged by the standard
 damage step, and repaired by the `conceal` CLI with default options in a fresh process; the
-figure is that process's peak resident set size (ru_maxrss from wait4). Memory must stay flat
+figure is that process's peak resident set size (ru_maxrss from wait4, in a small launcher). Memory must stay flat
 in the video's length: the longest input's peak at most 100 MB above the shortest's.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -25,18 +24,27 @@ from .common import Table, arguments, bar_cell, clip_path, damage, loss_label, n
 GROWTH_BAR_MB = 100.0
 
 
+# Runs a command and prints its peak RSS. Linux carries a process's high-water mark across fork and
+# exec, so a command started straight from this (large) benchmark process reported this process's
+# peak (1234 MB for a 10 s and a 60 s input alike); started from this small launcher, it reports
+# its own.
+LAUNCHER = ("import os, subprocess, sys\n"
+            "child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+            "_, status, usage = os.wait4(child.pid, 0)\n"
+            "print(usage.ru_maxrss)\n"
+            "sys.exit(os.waitstatus_to_exitcode(status))\n")
+
+
 def peak_rss(command: list[str]) -> tuple[float, float]:
     """(peak RSS in MB, wall seconds) of a command run to completion in a fresh process."""
     errors = work_dir() / "stderr.txt"
     start = time.perf_counter()
     with open(errors, "wb") as sink:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=sink)
-        _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage, not all children's
+        launched = subprocess.run([sys.executable, "-c", LAUNCHER, *command], stdout=subprocess.PIPE, stderr=sink)
     wall = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise SystemExit(f"{' '.join(command)} failed ({process.returncode}): {errors.read_text()}")
-    return usage.ru_maxrss / 1024, wall  # Linux reports kilobytes
+    if launched.returncode:
+        raise SystemExit(f"{' '.join(command)} failed ({launched.returncode}): {errors.read_text()}")
+    return int(launched.stdout) / 1024, wall  # Linux reports kilobytes
 
 
 def conceal_command(source: Path, output: Path) -> list[str]:

@@ -22,7 +22,7 @@ import numpy as np
 
 from .concealment import Picture
 from .detection import CellGrid, MotionField
-from .motion import remap_planes
+from .motion import PlaneMaps
 
 # Reference pictures tried per cell: x264's default `ref` (preset medium).
 REFERENCES = 3
@@ -40,8 +40,6 @@ class DriftCorrector:
     def __init__(self, height: int, width: int):
         self._grid = CellGrid(height, width)
         self._references: list[_Reference] = []  # newest first
-        ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-        self._pixels = (xs, ys)
 
     def correct(self, picture: Picture, motion_vectors: np.ndarray | None) -> Picture:
         """`picture` as it would have decoded from the repaired references."""
@@ -58,25 +56,23 @@ class DriftCorrector:
         height, width = picture.y.shape
         dx, dy, predicted = (np.repeat(np.repeat(a, CellGrid.CELL, 0), CellGrid.CELL, 1)[:height, :width]
                              for a in motion)
-        xs, ys = self._pixels
-        choice = self._references_used(picture.y, xs + dx, ys + dy)
         planes = (picture.y, picture.u, picture.v)
+        maps = PlaneMaps(dx, dy, [plane.shape for plane in planes])
+        choice = self._references_used(picture.y, maps)
         carried = [np.zeros(plane.shape, np.float32) for plane in planes]
         for number, reference in enumerate(self._references):
             if reference.correction is not None:
-                moved = remap_planes(reference.correction, dx, dy)
+                moved = maps.apply(reference.correction)
                 carried = [np.where(choice[::scale, ::scale] == number, m, c)
                            for scale, m, c in zip((1, 2, 2), moved, carried)]
         return Picture(*(np.clip(plane + np.where(predicted[::scale, ::scale], c, 0), 0, 255).round().astype(np.uint8)
                          for scale, plane, c in zip((1, 2, 2), planes, carried)))
 
-    def _references_used(self, luma: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
+    def _references_used(self, luma: np.ndarray, maps: PlaneMaps) -> np.ndarray:
         """Per pixel, the index of the reference whose motion-compensated luma fits its 4x4 cell best."""
         if len(self._references) == 1:
             return np.zeros(luma.shape, np.int64)
-        current = luma.astype(np.float32)
-        costs = [self._grid.cell_mean(np.abs(cv2.remap(r.decoded.y.astype(np.float32), map_x, map_y,
-                                                       cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) - current))
+        costs = [self._grid.cell_mean(cv2.absdiff(maps.apply([r.decoded.y])[0], luma).astype(np.float32))
                  for r in self._references]
         best = np.argmin(np.stack(costs), axis=0)
         return np.repeat(np.repeat(best, CellGrid.CELL, 0), CellGrid.CELL, 1)[:luma.shape[0], :luma.shape[1]]

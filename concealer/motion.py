@@ -7,6 +7,7 @@ one function, so the network learns on exactly the alignment it will be given.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -60,8 +61,7 @@ class Warp:
 
     def apply_to_planes(self, planes: list[np.ndarray]) -> list[np.ndarray]:
         """A neighbour's YUV 4:2:0 planes warped onto the current frame (chroma moves half as far)."""
-        height, width = self.map_x.shape
-        ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+        xs, ys = _pixel_grid(*self.map_x.shape)
         return remap_planes(planes, self.map_x - xs, self.map_y - ys)
 
 
@@ -80,18 +80,35 @@ def estimate_warp(neighbour: np.ndarray, current: np.ndarray, hole: np.ndarray) 
     return Warp(xs + flow[..., 0], ys + flow[..., 1])
 
 
+@functools.lru_cache(maxsize=4)
+def _pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every pixel's (x, y) as float32 arrays; cached, since building them costs as much as a remap."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    return xs, ys
+
+
+class PlaneMaps:
+    """Where each sample of a YUV 4:2:0 picture comes from under a luma-resolution motion field
+    (dx, dy in pixels; chroma moves half as far), in OpenCV's fixed-point form, built once and
+    applied to any number of pictures or correction planes."""
+
+    def __init__(self, dx: np.ndarray, dy: np.ndarray, shapes: list[tuple[int, int]]):
+        xs, ys = _pixel_grid(*dx.shape)
+        self._maps = []
+        for index, (rows, cols) in enumerate(shapes):
+            scale = 1 if index == 0 else 2
+            map_x = xs[:rows, :cols] + dx[::scale, ::scale][:rows, :cols] / scale
+            map_y = ys[:rows, :cols] + dy[::scale, ::scale][:rows, :cols] / scale
+            self._maps.append(cv2.convertMaps(map_x, map_y, cv2.CV_16SC2))
+
+    def apply(self, planes: list[np.ndarray]) -> list[np.ndarray]:
+        return [cv2.remap(plane, fixed, table, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                for plane, (fixed, table) in zip(planes, self._maps)]
+
+
 def remap_planes(planes: list[np.ndarray], dx: np.ndarray, dy: np.ndarray) -> list[np.ndarray]:
     """Each YUV 4:2:0 plane sampled at (x + dx, y + dy), with luma-resolution motion (halved for chroma)."""
-    height, width = dx.shape
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
-    remapped = []
-    for index, plane in enumerate(planes):
-        rows, cols = plane.shape
-        scale = 1 if index == 0 else 2
-        map_x = xs[:rows, :cols] + dx[::scale, ::scale][:rows, :cols] / scale
-        map_y = ys[:rows, :cols] + dy[::scale, ::scale][:rows, :cols] / scale
-        remapped.append(cv2.remap(plane, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE))
-    return remapped
+    return PlaneMaps(dx, dy, [plane.shape for plane in planes]).apply(planes)
 
 
 def align(neighbour: np.ndarray, current: np.ndarray, hole: np.ndarray) -> np.ndarray:
