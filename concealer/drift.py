@@ -62,11 +62,16 @@ class DriftCorrector:
         carried = [np.zeros(plane.shape, np.float32) for plane in planes]
         for number, reference in enumerate(self._references):
             if reference.correction is not None:
-                moved = maps.apply(reference.correction)
-                carried = [np.where(choice[::scale, ::scale] == number, m, c)
-                           for scale, m, c in zip((1, 2, 2), moved, carried)]
-        return Picture(*(np.clip(plane + np.where(predicted[::scale, ::scale], c, 0), 0, 255).round().astype(np.uint8)
-                         for scale, plane, c in zip((1, 2, 2), planes, carried)))
+                chosen = choice == number
+                for scale, target, moved in zip((1, 2, 2), carried, maps.apply(reference.correction)):
+                    np.copyto(target, moved, where=chosen[::scale, ::scale])
+        corrected = []
+        for scale, plane, correction in zip((1, 2, 2), planes, carried):  # in place: frame-sized arrays
+            correction *= predicted[::scale, ::scale]
+            correction += plane
+            np.clip(correction, 0, 255, out=correction)
+            corrected.append(np.rint(correction, out=correction).astype(np.uint8))
+        return Picture(*corrected)
 
     def _references_used(self, luma: np.ndarray, maps: PlaneMaps) -> np.ndarray:
         """Per pixel, the index of the reference whose motion-compensated luma fits its 4x4 cell best."""
