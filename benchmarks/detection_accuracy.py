@@ -9,6 +9,8 @@ marks the macroblocks whose luma, decoded with FFmpeg's concealment, differs fro
 clean decode by MSE > 4; recall and precision are over all macroblocks of all decoded
 frames. Time is the ratio of detection (decode + maps) to a plain decode of the same
 file, measured side by side (target for bitstream mode: at most 2, i.e. one extra decode).
+The last column scores the `lost` label alone against the truth file's lost macroblocks
+(recall / precision): which blocks lost their data, whatever their error.
 `pixels` runs on a baked copy (the damaged stream decoded with FFmpeg's concealment and re-encoded
 at x264 crf 18, frames keeping their pts), scored against the same reference maps.
 """
@@ -16,13 +18,15 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from concealer.decode import decode_frames
-from concealer.detection import detect_damage
+from concealer.detection import DamageLabel, detect_damage
 from concealer.pixel_detection import bake_damage, reference_damage_maps
+from concealer.truth import load_truth
 
 from .common import Table, clip_arguments, damage, loss_label, names, work_dir
 
@@ -31,41 +35,68 @@ RATES = "0.03,0.1,0.2"
 MODES = "bitstream,truth,pixels"
 
 
-def score(damaged: Path, reference: Path, truth: Path, mode: str) -> tuple[float, float, float, float]:
-    """(recall, precision, detection seconds, plain decode seconds)."""
+@dataclass
+class Counts:
+    true_positive: int = 0
+    false_positive: int = 0
+    false_negative: int = 0
+
+    def add(self, truth: np.ndarray, found: np.ndarray) -> None:
+        self.true_positive += np.count_nonzero(truth & found)
+        self.false_positive += np.count_nonzero(found & ~truth)
+        self.false_negative += np.count_nonzero(truth & ~found)
+
+    def cell(self) -> str:
+        recall = self.true_positive / max(1, self.true_positive + self.false_negative)
+        precision = self.true_positive / max(1, self.true_positive + self.false_positive)
+        return f"{recall:.3f} / {precision:.3f}"
+
+
+@dataclass
+class Score:
+    """One mode on one damaged clip: the damage map against the reference map, the `lost` label
+    against the truth's lost macroblocks, and the time spent."""
+
+    found: Counts = field(default_factory=Counts)
+    lost: Counts = field(default_factory=Counts)
+    seconds: float = 0.0
+    plain_seconds: float = 0.0
+
+
+def score(damaged: Path, reference: Path, truth: Path, mode: str) -> Score:
     reference_maps = reference_damage_maps(damaged, reference)
+    _, truth_pts, truth_maps = load_truth(truth)
+    lost_maps = dict(zip(truth_pts.tolist(), truth_maps))
     if mode == "pixels":
         baked = work_dir() / f"{damaged.stem}-baked.mp4"
         bake_damage(damaged, baked, overwrite=True)
         damaged = baked
+    result = Score()
     start = time.perf_counter()
     for _ in decode_frames(damaged):
         pass
-    plain = time.perf_counter() - start
-    tp = fp = fn = 0
-    spent = 0.0
+    result.plain_seconds = time.perf_counter() - start
     start = time.perf_counter()
     for item in detect_damage(damaged, mode=mode, truth=truth if mode == "truth" else None):
-        spent += time.perf_counter() - start
+        result.seconds += time.perf_counter() - start
         if not item.frame.missing:
-            reference_map = reference_maps[item.frame.pts]
-            found = item.damage.damaged
-            tp += np.count_nonzero(reference_map & found)
-            fp += np.count_nonzero(found & ~reference_map)
-            fn += np.count_nonzero(reference_map & ~found)
+            result.found.add(reference_maps[item.frame.pts], item.damage.damaged)
+            lost = item.damage.labels == DamageLabel.LOST
+            result.lost.add(lost_maps.get(item.frame.pts, np.zeros_like(lost)), lost)
         start = time.perf_counter()
-    return tp / max(1, tp + fn), tp / max(1, tp + fp), spent, plain
+    return result
 
 
 def accuracy_table(clips: list[str], rates: list[float], modes: list[str], frames: int | None = None) -> Table:
-    table = Table(["clip", "frames", "loss (effective)", "mode", "recall", "precision", "time / plain decode"])
+    table = Table(["clip", "frames", "loss (effective)", "mode", "recall / precision", "time / plain decode",
+                   "lost label vs truth"])
     for name in clips:
         for rate in rates:
             result = damage(name, rate, frames=frames)
             for mode in modes:
-                recall, precision, spent, plain = score(result.damaged, result.reference, result.truth, mode)
-                table.add(name, result.summary.frames, loss_label(result), mode, f"{recall:.3f}", f"{precision:.3f}",
-                          f"{spent / plain:.2f}")
+                scored = score(result.damaged, result.reference, result.truth, mode)
+                table.add(name, result.summary.frames, loss_label(result), mode, scored.found.cell(),
+                          f"{scored.seconds / scored.plain_seconds:.2f}", scored.lost.cell())
     return table
 
 
