@@ -249,7 +249,7 @@ class NetworkConcealer:
         return picture.with_rgb(filled, mask)
 
 
-CONCEALERS = ("temporal", "context-encoder", "ffmpeg", "flow", "copy", "telea", "ns")
+CONCEALERS = ("flow", "ffmpeg", "copy", "temporal", "context-encoder", "telea", "ns")
 # What `conceal` fills lost blocks with unless told otherwise: the concealer that measured best with
 # drift correction and blind detection (benchmarks/RESULTS.md). The trained `temporal` network
 # scored below its own starting point, the flow-warped previous picture, so it is not the default.
