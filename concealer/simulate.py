@@ -210,8 +210,9 @@ class _Simulation:
                 raise InputError(f"{self.source.name}: unreadable HEVC parameter sets ({exc})") from exc
 
     # --- streaming ------------------------------------------------------------------------------
-    def write_streams(self, reference_path: Path, damaged_path: Path | None) -> GroundTruth:
-        """Mux the clean stream to `reference_path` and, access unit by access unit, its damaged copy."""
+    def write_streams(self, reference_path: Path, damaged_path: Path | None) -> GroundTruth | None:
+        """Mux the clean stream to `reference_path` and, access unit by access unit, its damaged copy
+        with its ground truth (None without one: MPEG-TS loses packets of the muxed reference later)."""
         fmt = "mpegts" if self.packets.transport == "ts" else None
         with contextlib.ExitStack() as stack:
             reference = stack.enter_context(open_output(reference_path, fmt))
@@ -243,7 +244,7 @@ class _Simulation:
             if not self.packets.as_is:
                 for out in ref_video.encode(None):
                     emit_video(out)
-        return self._ground_truth()
+        return self._ground_truth() if damaged is not None else None
 
     def _add_reference_streams(self, reference: av.container.OutputContainer):
         try:

@@ -314,3 +314,13 @@ def test_every_clip_in_every_mode(tmp_path, source, as_is, transport):
         damaged_audio = stream_packets(result.damaged, "audio")
         assert damaged_audio == stream_packets(result.reference, "audio")
         assert [strip_adts(f) for f in damaged_audio] == stream_packets(path, "audio")
+
+
+def test_mpegts_carries_hevc_too(tmp_path):
+    """The reference pass of MPEG-TS mode has no damaged stream yet, so it makes no ground truth (it crashed
+    asking an HEVC stream's block size before any of its parameter sets had been read)."""
+    packets = PacketisationOptions(transport="ts", encoder=HEVC)
+    result = simulate(clip("foreman_cif_hevc.mp4"), tmp_path / "d.ts", loss_rate=0.05, seed=4, packets=packets)
+    doc, _, _ = load_truth(result.truth)
+    assert doc["video"]["codec"] == "hevc" and doc["video"]["block_size"] == 32
+    assert doc["summary"]["packets_lost"] > 0 and len(decode_luma(result.reference)) == 60
