@@ -2,8 +2,8 @@
 import av
 from hypothesis import given, strategies as st
 
-from concealer.bitstream import (BitReader, Codec, Framing, hevc_geometry, nal_type_of, nal_units,
-                                 parse_decoder_config, parse_slice_header, h264_geometry,
+from concealer.bitstream import (BitReader, Codec, Framing, add_emulation_prevention, h264_geometry, hevc_geometry,
+                                 nal_type_of, nal_units, parse_decoder_config, parse_slice_header,
                                  remove_emulation_prevention)
 
 from conftest import clip
@@ -17,18 +17,6 @@ def write_ue(value: int) -> str:
 def to_bytes(bits: str) -> bytes:
     bits += "1" + "0" * (-(len(bits) + 1) % 8)  # rbsp_stop_one_bit and alignment
     return int(bits, 2).to_bytes(len(bits) // 8, "big")
-
-
-def add_emulation_prevention(rbsp: bytes) -> bytes:
-    out = bytearray()
-    zeros = 0
-    for byte in rbsp:
-        if zeros >= 2 and byte <= 3:
-            out.append(3)
-            zeros = 0
-        out.append(byte)
-        zeros = zeros + 1 if byte == 0 else 0
-    return bytes(out)
 
 
 @given(st.lists(st.integers(0, 2**20), min_size=1, max_size=20))

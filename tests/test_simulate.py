@@ -324,3 +324,21 @@ def test_mpegts_carries_hevc_too(tmp_path):
     doc, _, _ = load_truth(result.truth)
     assert doc["video"]["codec"] == "hevc" and doc["video"]["block_size"] == 32
     assert doc["summary"]["packets_lost"] > 0 and len(decode_luma(result.reference)) == 60
+
+
+def test_stream_tags_survive(tmp_path):
+    """Audio tracks keep their language and title in the damaged and the reference file."""
+    tagged = tmp_path / "tagged.mkv"
+    with av.open(str(clip("realshort_320x240_aac.mp4"))) as source, av.open(str(tagged), "w") as sink:
+        video, audio = source.streams.video[0], source.streams.audio[0]
+        targets = {video.index: sink.add_stream_from_template(video), audio.index: sink.add_stream_from_template(audio)}
+        targets[audio.index].metadata.update(language="fra", title="commentary")
+        for packet in source.demux(video, audio):
+            if packet.dts is not None:
+                packet.stream = targets[packet.stream.index]
+                sink.mux(packet)
+    result = simulate(tagged, tmp_path / "d.mkv", loss_rate=0.1, seed=1)
+    for path in (result.damaged, result.reference):
+        with av.open(str(path)) as container:
+            tags = container.streams.audio[0].metadata
+            assert tags.get("language") == "fra" and tags.get("title") == "commentary", (path, tags)
