@@ -240,7 +240,8 @@ def probe_video_format(path: Path) -> VideoFormat:
         described = first if first is not None else context
         matrix = first.side_data.get(Type.DISPLAYMATRIX) if first is not None else None
         return VideoFormat(
-            width=context.width, height=context.height, rate=nominal_rate(stream), time_base=stream.time_base,
+            # The picture's own size: a damaged container header can claim another (a fuzzed VP9 said 16736x288).
+            width=described.width, height=described.height, rate=nominal_rate(stream), time_base=stream.time_base,
             pix_fmt=first.format.name if first is not None else context.pix_fmt or "yuv420p",
             colour=Colour(int(described.color_range), int(described.colorspace), int(described.color_primaries),
                           int(described.color_trc)),
