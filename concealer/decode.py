@@ -70,8 +70,9 @@ def configure_decoder(stream: av.video.stream.VideoStream, concealment: str, thr
     context.options = options
 
 
-def frame_duration(stream: av.video.stream.VideoStream) -> int | None:
-    """The nominal frame duration in stream time-base ticks, or None for a stream without a rate.
+def frame_duration(stream: av.video.stream.VideoStream) -> Fraction | None:
+    """The nominal frame duration in stream time-base ticks, exactly (29.97 fps in milliseconds is
+    1001/30 ticks: frames sit at 0, 33, 67, 100, ...), or None for a stream without a rate.
 
     Uses the base rate (FFmpeg's r_frame_rate), not the average one: lost frames lower the average.
     But when FFmpeg finds no regular rate (phone clips with variable frame times) it reports the time
@@ -84,7 +85,7 @@ def frame_duration(stream: av.video.stream.VideoStream) -> int | None:
     if not rate or not stream.time_base:
         return None
     ticks = 1 / (rate * stream.time_base)
-    return round(ticks) if ticks >= 1 else None
+    return Fraction(ticks) if ticks >= 1 else None
 
 
 def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads: int = 1,
@@ -149,13 +150,23 @@ def _motion_vectors(picture: av.VideoFrame) -> np.ndarray | None:
 
 
 class _FrameSlots:
-    """Turns decoder output into a gap-free sequence of frame slots, in presentation order."""
+    """Turns decoder output into a gap-free sequence of frame slots, in presentation order.
 
-    def __init__(self, duration: int | None, time_base: Fraction):
+    Lost frames get the timestamps of the frame-rate grid through the first frame's timestamp,
+    rounded as a muxer rounds them (a 29.97 fps WebM loses its frame at 234 ms, not at 200 + 33)."""
+
+    def __init__(self, duration: Fraction | None, time_base: Fraction):
         self._duration = duration
         self._time_base = time_base
         self._expected: list[int] = []  # heap of packet timestamps not yet output
         self._last: int | None = None
+        self._anchor = 0  # the first frame's timestamp: slot n is at anchor + n * duration
+
+    def _slot_pts(self, slot: int) -> int:
+        return self._anchor + round(slot * self._duration)
+
+    def _slot(self, pts: int) -> int:
+        return round((pts - self._anchor) / self._duration)
 
     def expect(self, pts: int | None) -> None:
         if pts is not None and (self._last is None or pts > self._last):
@@ -166,7 +177,7 @@ class _FrameSlots:
         if pts is None:  # a raw elementary stream (Annex B) has no timestamps at all
             if self._duration is None:
                 return
-            pts = 0 if self._last is None else self._last + self._duration
+            pts = 0 if self._last is None else self._slot_pts(self._slot(self._last) + 1)
         if self._last is not None and pts <= self._last:
             return  # a duplicate or out-of-order frame: its slot is already filled
         while self._expected and self._expected[0] < pts:
@@ -181,13 +192,19 @@ class _FrameSlots:
 
     def _advance(self, pts: int, picture: av.VideoFrame | None, vectors: np.ndarray | None) -> Iterator[DecodedFrame]:
         """Emit the slot at `pts`, preceded by placeholders for any gap in the timestamps before it."""
-        if self._last is not None:
+        if self._last is None:
+            self._anchor = pts
+        else:
             if pts <= self._last:
                 return
             if self._duration and (pts - self._last) * self._time_base <= MAX_LOST_SECONDS:
-                missing = self._last + self._duration
-                while pts - missing >= self._duration // 2 + 1:
+                lost = 0
+                while pts - (self._last + (lost + 1) * self._duration) > self._duration / 2:
+                    lost += 1
+                slot = self._slot(self._last)
+                on_grid = abs(self._last - self._slot_pts(slot)) <= 1  # else a variable rate: no grid
+                for step in range(1, lost + 1):
+                    missing = self._slot_pts(slot + step) if on_grid else round(self._last + step * self._duration)
                     yield DecodedFrame(missing, self._time_base, None)
-                    missing += self._duration
         self._last = pts
         yield DecodedFrame(pts, self._time_base, picture, vectors)

@@ -58,3 +58,22 @@ def test_not_a_video_is_a_clear_error(tmp_path):
     text.write_text("not a video\n")
     with pytest.raises(InputError, match="not a video|not a readable"):
         list(decode_frames(text))
+
+
+def test_lost_frames_of_a_millisecond_time_base_get_the_muxers_timestamps(tmp_path):
+    """29.97 fps in WebM's milliseconds puts frames at 0, 33, 67, ..., 234: a lost frame's placeholder
+    must land on the same rounded timestamp (it was placed at 200 + 33, which no reference frame has)."""
+    source = clip("foreman_cif_vp9.webm")
+    damaged = tmp_path / "dropped.webm"
+    with av.open(str(source)) as reader, av.open(str(damaged), "w") as writer:
+        video = reader.streams.video[0]
+        target = writer.add_stream_from_template(video)
+        packets = [p for p in reader.demux(video) if p.dts is not None]
+        expected = sorted(p.pts for p in packets)
+        for number, packet in enumerate(packets):
+            if number not in (7, 8, 20):
+                packet.stream = target
+                writer.mux(packet)
+    slots = list(decode_frames(damaged))
+    assert [s.pts for s in slots] == expected
+    assert {s.pts for s in slots if s.missing} >= {expected[7], expected[8], expected[20]}
