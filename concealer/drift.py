@@ -8,10 +8,12 @@ correction (repaired - decoded) of each frame is warped along the decoder's moti
 and added to the frames predicted from it; intra blocks start clean.
 
 The exported motion vectors do not say which reference picture a block used (x264 uses
-up to three), so each 4x4 cell takes the correction of the recent picture whose decoded
-pixels, moved by the vector, match the cell best. Measured on foreman at 10% loss with
-perfect repairs of the lost blocks (truth mode): luma PSNR 27.8 dB without drift
-correction, 32.1 dB carrying from the previous picture only, 34.7 dB choosing among three.
+up to three), so each 8x8 block (H.264's reference-index granularity) takes the correction
+of the recent picture whose decoded pixels, moved by the vectors, match the block best.
+Measured on foreman at 10% loss with perfect repairs of the lost blocks (truth mode): luma
+PSNR 27.8 dB without drift correction, 32.1 dB carrying from the previous picture only,
+34.7 dB choosing among three per 4x4 cell; choosing per 8x8 block instead then added
+0.00-0.08 dB with blind detection (foreman, carphone, chaplin, bikes at 10%; bbb 720p at 5%).
 """
 from __future__ import annotations
 
@@ -74,13 +76,16 @@ class DriftCorrector:
         return Picture(*corrected)
 
     def _references_used(self, luma: np.ndarray, maps: PlaneMaps) -> np.ndarray:
-        """Per pixel, the index of the reference whose motion-compensated luma fits its 4x4 cell best."""
+        """Per pixel, the index of the reference whose motion-compensated luma fits its 8x8 block best."""
         if len(self._references) == 1:
             return np.zeros(luma.shape, np.int64)
         costs = [self._grid.cell_mean(cv2.absdiff(maps.apply([r.decoded.y])[0], luma).astype(np.float32))
                  for r in self._references]
-        best = np.argmin(np.stack(costs), axis=0)
-        return np.repeat(np.repeat(best, CellGrid.CELL, 0), CellGrid.CELL, 1)[:luma.shape[0], :luma.shape[1]]
+        stacked = np.stack(costs)
+        n, rows, cols = stacked.shape
+        pooled = stacked.reshape(n, rows // 2, 2, cols // 2, 2).sum(axis=(2, 4))
+        best = np.argmin(pooled, axis=0)
+        return np.repeat(np.repeat(best, 2 * CellGrid.CELL, 0), 2 * CellGrid.CELL, 1)[:luma.shape[0], :luma.shape[1]]
 
     def remember(self, decoded: Picture, repaired: Picture) -> None:
         """A new reference picture: what the decoder holds (`decoded`) and what we made of it.
