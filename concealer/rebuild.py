@@ -24,9 +24,8 @@ def rebuild_missing(last: Picture | None, next_decoded: DamagedFrame | None, fra
     arrived): `last` moved `fraction` of one interval's motion; None when there is neither."""
     if next_decoded is None:
         return last
-    following = Picture.from_frame(next_decoded.frame.picture)
     if last is None:
-        return following  # lost at the start: nothing earlier to move
+        return Picture.from_frame(next_decoded.frame.picture)  # lost at the start: nothing earlier to move
     height, width = last.y.shape
     motion = MotionField(CellGrid(height, width), next_decoded.frame.motion_vectors).cell_motion
     if motion is None:
