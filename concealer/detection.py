@@ -264,11 +264,11 @@ class BitstreamDetector:
     """
 
     def __init__(self, path: Path, grid: CellGrid, vectors_exported: bool):
-        self._vectors_exported = vectors_exported
         self._unconcealed = decode_frames(path, concealment=NO_CONCEALMENT, motion_vectors=vectors_exported)
         self._grid = grid
         self._error = ErrorTracer(grid)
-        self._difference = ErrorTracer(grid)
+        # The pixel fallback's record of where the decodes differed, traced like the error.
+        self._difference = None if vectors_exported else ErrorTracer(grid)
         self._recent: list[np.ndarray] = []  # the last two luma planes, newest first
 
     def process_frame(self, frame: DecodedFrame) -> DamageMap:
@@ -277,18 +277,21 @@ class BitstreamDetector:
             raise InputError("the two decodes of the stream disagree on its frames; use --detect truth for this file")
         if frame.missing:
             self._error.skip_missing()
-            self._difference.skip_missing()
+            if self._difference:
+                self._difference.skip_missing()
             return _missing_map(frame, self._grid)
         luma = frame.luma()
         motion = MotionField(self._grid, frame.motion_vectors)
         inherited = self._error.inherit(luma, motion)
-        difference = self._grid.squared_difference(luma, other.luma())
-        explained = self._difference.inherit(luma, motion)
-        self._difference.commit(luma, difference)
-        if self._vectors_exported and not other.missing:
+        # A picture only the concealing decode produced has no second opinion: nothing found in it.
+        difference = np.zeros(self._grid.shape, np.float32) if other.missing else \
+            self._grid.squared_difference(luma, other.luma())
+        if self._difference is None:
             lost = _concealed_blocks(self._grid, frame.motion_vectors, other.motion_vectors, difference)
             concealed = self._grid.expand_mbs(lost)
         else:
+            explained = self._difference.inherit(luma, motion)
+            self._difference.commit(luma, difference)
             concealed = (difference > 0) & (explained <= 0)
         if frame.substituted is not None:  # lost CTUs the HEVC stream repair replaced: known exactly
             concealed |= self._grid.expand_mbs(frame.substituted)
@@ -301,7 +304,7 @@ class BitstreamDetector:
         estimate = np.zeros(self._grid.shape, np.float32) if motion_energy is None else \
             np.where(concealed, motion_energy, 0).astype(np.float32)
         self._recent = [luma] + self._recent[:1]
-        if self._vectors_exported:
+        if self._difference is None:
             seeds = lost
         else:
             seeds = (self._grid.mb_mean(estimate) > DAMAGE_MSE) & (self._grid.mb_mean(inherited) <= DAMAGE_MSE)
