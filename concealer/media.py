@@ -200,6 +200,13 @@ def copy_stream_description(source: av.stream.Stream, target: av.stream.Stream) 
     target.disposition = source.disposition
 
 
+def add_stream_copy(container: av.container.OutputContainer, template: av.stream.Stream) -> av.stream.Stream:
+    """An output stream for `template`'s packets, copied as they are, with its tags and disposition."""
+    stream = container.add_stream_from_template(template)
+    copy_stream_description(template, stream)
+    return stream
+
+
 @dataclass(frozen=True)
 class Colour:
     """How samples map to colours, as the input declares it (FFmpeg's enum values; 2 is unspecified)."""

@@ -33,8 +33,8 @@ from .encode import EncoderSettings, add_output_encoder
 from .errors import InputError, Interrupted, UsageError
 from .media import (
     AtomicOutputs,
+    add_stream_copy,
     content_tags,
-    copy_stream_description,
     frame_count,
     open_output,
     open_video_input,
@@ -224,7 +224,6 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
     return summary
 
 
-
 @contextlib.contextmanager
 def _stop_on_interrupt(source: Path, summary: DetectionSummary) -> Iterator[None]:
     """Ctrl-C ends the run as Interrupted, saying how far it got (its outputs are discarded on the way out)."""
@@ -331,9 +330,7 @@ class _PassThrough:
 
     def __init__(self, source, sink):
         streams = [s for s in source.streams if s.type in ("audio", "subtitle")]
-        self._targets = {s.index: sink.add_stream_from_template(s) for s in streams}
-        for stream in streams:
-            copy_stream_description(stream, self._targets[stream.index])
+        self._targets = {s.index: add_stream_copy(sink, s) for s in streams}
         self._packets = (p for p in source.demux(*streams) if p.dts is not None) if streams else iter(())
         self._sink = sink
         self._next = next(self._packets, None)

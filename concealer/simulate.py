@@ -22,7 +22,8 @@ from .bitstream import (BitstreamError, Codec, Framing, PictureGeometry, h264_ge
 from .channel import BernoulliLoss, BitErrors, ChannelLog, GilbertElliottLoss, LossModel, PatternLoss
 from .encode import EncoderSettings, add_video_encoder
 from .errors import InputError, OutputError, UsageError
-from .media import AtomicOutputs, copy_stream_description, nominal_rate, open_output, open_video_input, rescale
+from .media import (AtomicOutputs, add_stream_copy, copy_stream_description, nominal_rate, open_output,
+                    open_video_input, rescale)
 from .truth import GroundTruth, LossEvent, LossSummary, truth_paths
 
 PASSTHROUGH_TYPES = ("audio", "subtitle")
@@ -223,8 +224,8 @@ class _Simulation:
                                      else ref_video.codec_context.extradata)
             damaged = stack.enter_context(open_output(damaged_path, fmt)) if damaged_path else None
             if damaged is not None:
-                dmg_video = _carried_stream(damaged, ref_video)
-                dmg_others = {i: _carried_stream(damaged, s) for i, s in ref_others.items()}
+                dmg_video = add_stream_copy(damaged, ref_video)
+                dmg_others = {i: add_stream_copy(damaged, s) for i, s in ref_others.items()}
                 damaged.start_encoding()
 
             def emit_video(packet: av.Packet) -> None:
@@ -254,14 +255,14 @@ class _Simulation:
 
     def _add_streams(self, reference: av.container.OutputContainer):
         if self.packets.as_is:
-            video = _carried_stream(reference, self.video_in)
+            video = add_stream_copy(reference, self.video_in)
         else:
             rate = nominal_rate(self.video_in)
             self.encoder_settings = self.packets.reencode_settings(rate)
             video = add_video_encoder(reference, self.encoder_settings, width=self.width, height=self.height,
                                       rate=rate, time_base=self.video_in.time_base)
             copy_stream_description(self.video_in, video)
-        others = {s.index: _carried_stream(reference, s) for s in self._passthrough_streams()}
+        others = {s.index: add_stream_copy(reference, s) for s in self._passthrough_streams()}
         return video, others
 
     def _feed_video(self, packet: av.Packet, encoder_stream, emit) -> None:
@@ -531,13 +532,6 @@ class _Simulation:
             summary=self.summary, events=self.events, lost_frames=self.lost_frames,
             mb_pts=np.array([f.pts for f in self.damaged_frames], dtype=np.int64),
             mb_lost=np.array([f.lost_blocks for f in self.damaged_frames], dtype=bool).reshape(-1, rows, cols))
-
-
-def _carried_stream(container: av.container.OutputContainer, template: av.stream.Stream) -> av.stream.Stream:
-    """A stream copied from `template`, with its tags (language, title) and disposition."""
-    stream = container.add_stream_from_template(template)
-    copy_stream_description(template, stream)
-    return stream
 
 
 def _mux_copy(container, stream, template: av.Packet, data: bytes, time_base: Fraction) -> None:
