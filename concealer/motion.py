@@ -51,24 +51,23 @@ def _fill_flow(flow: np.ndarray, unreliable: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Warp:
-    """Where each pixel of the current frame comes from in a neighbour, and whether that is inside it."""
+    """How far each pixel of the current frame lies from where it comes from in a neighbour (pixels)."""
 
-    map_x: np.ndarray
-    map_y: np.ndarray
+    dx: np.ndarray
+    dy: np.ndarray
 
     def apply(self, neighbour: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
-        return cv2.remap(neighbour, self.map_x, self.map_y, interpolation, borderMode=cv2.BORDER_REPLICATE)
+        xs, ys = _pixel_grid(*self.dx.shape)
+        return cv2.remap(neighbour, xs + self.dx, ys + self.dy, interpolation, borderMode=cv2.BORDER_REPLICATE)
 
     def apply_to_planes(self, planes: list[np.ndarray]) -> list[np.ndarray]:
         """A neighbour's YUV 4:2:0 planes warped onto the current frame (chroma moves half as far)."""
-        xs, ys = _pixel_grid(*self.map_x.shape)
-        return remap_planes(planes, self.map_x - xs, self.map_y - ys)
+        return remap_planes(planes, self.dx, self.dy)
 
 
 def estimate_warp(neighbour: np.ndarray, current: np.ndarray, hole: np.ndarray) -> Warp:
     """The motion from `current` (whose `hole` pixels are unknown) to `neighbour` (both HxWx3 or HxW uint8)."""
     hole = hole.astype(bool)
-    height, width = hole.shape
     target = _gray(current).copy()
     source = _gray(neighbour)
     target[hole] = source[hole]  # no false edges for the flow to lock on to
@@ -76,8 +75,7 @@ def estimate_warp(neighbour: np.ndarray, current: np.ndarray, hole: np.ndarray) 
     if hole.any():
         kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * HOLE_MARGIN + 1, 2 * HOLE_MARGIN + 1))
         flow = _fill_flow(flow, cv2.dilate(hole.astype(np.uint8), kernel).astype(bool))
-    xs, ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-    return Warp(xs + flow[..., 0], ys + flow[..., 1])
+    return Warp(flow[..., 0], flow[..., 1])
 
 
 @functools.lru_cache(maxsize=4)
