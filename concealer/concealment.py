@@ -13,6 +13,7 @@ import av
 import cv2
 import numpy as np
 
+from .decode import plane_samples
 from .detection import DamagedFrame
 from .errors import UsageError
 from .motion import estimate_warp
@@ -99,13 +100,6 @@ class Picture:
             repaired[plane_mask] = filler[plane_mask]
             planes.append(repaired)
         return Picture(*planes)
-
-
-def plane_samples(frame: av.VideoFrame, index: int) -> np.ndarray:
-    """A writable view of plane `index` without its line padding: uint8, or uint16 for deeper formats."""
-    plane = frame.planes[index]
-    dtype = np.dtype(np.uint16 if max(c.bits for c in frame.format.components) > 8 else np.uint8)
-    return np.frombuffer(plane, dtype).reshape(-1, plane.line_size // dtype.itemsize)[:plane.height, :plane.width]
 
 
 def _working_format(format: str) -> str:

@@ -54,8 +54,14 @@ class DecodedFrame:
         picture = self.picture
         if picture.format.name not in PLANAR_8BIT_YUV:
             picture = picture.reformat(format="yuv420p")
-        plane = picture.planes[0]
-        return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:picture.height, :picture.width].copy()
+        return plane_samples(picture, 0).copy()
+
+
+def plane_samples(frame: av.VideoFrame, index: int) -> np.ndarray:
+    """A writable view of plane `index` without its line padding: uint8, or uint16 for deeper formats."""
+    plane = frame.planes[index]
+    dtype = np.dtype(np.uint16 if max(c.bits for c in frame.format.components) > 8 else np.uint8)
+    return np.frombuffer(plane, dtype).reshape(-1, plane.line_size // dtype.itemsize)[:plane.height, :plane.width]
 
 
 def configure_decoder(stream: av.video.stream.VideoStream, concealment: str, threads: int = 0,
