@@ -125,6 +125,10 @@ class CellGrid:
         rows, cols = self.mb_shape
         return cells.reshape(rows, self.PER_MB, cols, self.PER_MB).mean(axis=(1, 3))
 
+    def to_pixels(self, blocks: np.ndarray, size: int = CELL) -> np.ndarray:
+        """Values held per `size`x`size` block (cells by default) at pixel resolution, cropped to the picture."""
+        return np.repeat(np.repeat(blocks, size, 0), size, 1)[:self.height, :self.width]
+
     def expand_mbs(self, blocks: np.ndarray) -> np.ndarray:
         return blocks.repeat(self.PER_MB, axis=0).repeat(self.PER_MB, axis=1)
 

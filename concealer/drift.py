@@ -55,9 +55,7 @@ class DriftCorrector:
             # loss: 25 clean frames after an IDR fell from identical to 49-66 dB).
             self._references = []
             return picture
-        height, width = picture.y.shape
-        dx, dy, predicted = (np.repeat(np.repeat(a, CellGrid.CELL, 0), CellGrid.CELL, 1)[:height, :width]
-                             for a in motion)
+        dx, dy, predicted = (self._grid.to_pixels(a) for a in motion)
         planes = (picture.y, picture.u, picture.v)
         maps = PlaneMaps(dx, dy, [plane.shape for plane in planes])
         choice = self._references_used(picture.y, maps)
@@ -85,7 +83,7 @@ class DriftCorrector:
         n, rows, cols = stacked.shape
         pooled = stacked.reshape(n, rows // 2, 2, cols // 2, 2).sum(axis=(2, 4))
         best = np.argmin(pooled, axis=0)
-        return np.repeat(np.repeat(best, 2 * CellGrid.CELL, 0), 2 * CellGrid.CELL, 1)[:luma.shape[0], :luma.shape[1]]
+        return self._grid.to_pixels(best, 2 * CellGrid.CELL)
 
     def remember(self, decoded: Picture, repaired: Picture) -> None:
         """A new reference picture: what the decoder holds (`decoded`) and what we made of it.

@@ -12,7 +12,6 @@ against repeating the last picture: 35.69 -> 37.16 dB at 3% loss, 29.43 -> 31.88
 from __future__ import annotations
 
 import cv2
-import numpy as np
 
 from .concealment import Picture
 from .detection import CellGrid, DamagedFrame, MotionField
@@ -26,12 +25,11 @@ def rebuild_missing(last: Picture | None, next_decoded: DamagedFrame | None, fra
         return last
     if last is None:
         return Picture.from_frame(next_decoded.frame.picture)  # lost at the start: nothing earlier to move
-    height, width = last.y.shape
-    motion = MotionField(CellGrid(height, width), next_decoded.frame.motion_vectors).cell_motion
+    grid = CellGrid(*last.y.shape)
+    motion = MotionField(grid, next_decoded.frame.motion_vectors).cell_motion
     if motion is None:
         return last  # the next picture is intra: no motion to follow
     # The encoder's vectors are chosen for bits, not truth: a 3x3-cell median keeps the motion and drops
     # the odd vector (carphone at 10% loss: 31.88 -> 32.05 dB; bikes 21.76 -> 21.75).
-    dx, dy = (np.repeat(np.repeat(cv2.medianBlur(a, 3), CellGrid.CELL, 0), CellGrid.CELL, 1)[:height, :width]
-              for a in motion[:2])
+    dx, dy = (grid.to_pixels(cv2.medianBlur(a, 3)) for a in motion[:2])
     return Picture(*remap_planes([last.y, last.u, last.v], dx * fraction, dy * fraction))
