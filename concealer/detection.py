@@ -24,7 +24,7 @@ import numpy as np
 
 from .decode import FFMPEG_CONCEALMENT, NO_CONCEALMENT, DecodedFrame, decode_frames
 from .errors import InputError, UsageError
-from .media import open_video_input, probe_video_format
+from .media import probe_video_format
 from .truth import load_truth, write_npz
 
 MB = 16
@@ -389,10 +389,9 @@ def detect_damage(path: Path, *, mode: str = "auto", truth: Path | None = None) 
         truth = default_truth_path(path)
         if not truth.exists():
             raise UsageError(f"--detect truth needs a truth file: none given and {truth} does not exist")
-    with open_video_input(path) as probe:
-        vectors_exported = probe.streams.video[0].codec_context.name in VECTOR_EXPORTING_CODECS
     video_format = probe_video_format(path)  # the pictures' size, which a damaged header may misstate
     grid = CellGrid(video_format.height, video_format.width)
+    vectors_exported = video_format.codec in VECTOR_EXPORTING_CODECS
     use_truth = mode == "truth" or (mode == "auto" and truth is not None)
     detector: DamageDetector
     if mode == "pixels":

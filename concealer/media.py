@@ -221,6 +221,7 @@ class Colour:
 class VideoFormat:
     """What a re-encode of a file's first video stream must keep to look and play as the original did."""
 
+    codec: str  # FFmpeg's decoder name (h264, hevc, vp9, ...)
     width: int
     height: int
     rate: Fraction  # nominal frame rate: the encoder's hint only, every frame keeps its own timestamp
@@ -248,7 +249,8 @@ def probe_video_format(path: Path) -> VideoFormat:
         matrix = first.side_data.get(Type.DISPLAYMATRIX) if first is not None else None
         return VideoFormat(
             # The picture's own size: a damaged container header can claim another (a fuzzed VP9 said 16736x288).
-            width=described.width, height=described.height, rate=nominal_rate(stream), time_base=stream.time_base,
+            codec=context.name, width=described.width, height=described.height, rate=nominal_rate(stream),
+            time_base=stream.time_base,
             pix_fmt=first.format.name if first is not None else context.pix_fmt or "yuv420p",
             colour=Colour(int(described.color_range), int(described.colorspace), int(described.color_primaries),
                           int(described.color_trc)),
