@@ -47,12 +47,12 @@ def _label(variant: str) -> str:
 
 def plain_ffmpeg_psnr(damaged: Path, reference: Path) -> float:
     """Sequence luma PSNR of a plain FFmpeg decode of `damaged` (concealment on, one thread, frames
-    that never came out repeating the last one that did) against the decode of `reference`."""
+    that never came out or were refused repeating the last one that did) against the decode of `reference`."""
     with av.open(str(damaged)) as container:
         stream = container.streams.video[0]
         stream.thread_count = 1  # FFmpeg's H.264 concealment is off under slice threads
         decoded = {frame.pts: frame.reformat(format="yuv420p").to_ndarray()[:frame.height].astype(np.float32)
-                   for frame in container.decode(stream)}
+                   for frame in _decodable(container.demux(stream))}
     shown = iter(sorted(decoded))
     errors, last, upcoming = [], None, next(shown, None)
     for frame in decode_frames(reference):
@@ -61,6 +61,15 @@ def plain_ffmpeg_psnr(damaged: Path, reference: Path) -> float:
         picture = last if last is not None else decoded[upcoming]  # before the first: the first
         errors.append(float(np.mean((picture - frame.luma()) ** 2)))
     return psnr(float(np.mean(errors)))
+
+
+def _decodable(packets):
+    """The pictures of the packets a player's decoder accepts (dav1d refuses AV1 frames with lost references)."""
+    for packet in packets:
+        try:
+            yield from packet.decode()
+        except av.error.InvalidDataError:
+            continue
 
 
 def quality_table(clips: list[str], rates: list[float], variants: list[str], frames: int | None = None) -> Table:

@@ -20,6 +20,12 @@ from dataclasses import dataclass
 class Codec(str, enum.Enum):
     H264 = "h264"
     HEVC = "hevc"
+    VP9 = "vp9"  # frame codecs: no NAL units; simulate-loss loses their frames whole
+    AV1 = "av1"
+
+    @property
+    def has_nal_units(self) -> bool:
+        return self in (Codec.H264, Codec.HEVC)
 
 
 class BitstreamError(ValueError):

@@ -10,6 +10,7 @@ as placeholders, so that every frame slot of the stream comes out, in order.
 from __future__ import annotations
 
 import gc
+import math
 import heapq
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -20,6 +21,7 @@ import av
 
 from .media import open_video_input
 from .stream_repair import PacketRepair, open_stream_repair
+from .vp9 import ReferenceTracker, Verdict
 
 import numpy as np
 
@@ -43,6 +45,8 @@ class DecodedFrame:
     motion_vectors: np.ndarray | None = None
     # 16x16 macroblocks whose lost data the stream repair substituted before decoding (HEVC), if any.
     substituted: np.ndarray | None = None
+    # Predicted from a reference that a lost frame left stale (VP9): damaged everywhere, to an unknown degree.
+    drifted: bool = False
 
     @property
     def missing(self) -> bool:
@@ -107,23 +111,75 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
     with open_video_input(path) as container:
         stream = container.streams.video[0]
         configure_decoder(stream, concealment, threads, motion_vectors)
-        slots = _FrameSlots(frame_duration(stream), stream.time_base)
+        duration = frame_duration(stream)
+        slots = _FrameSlots(duration, stream.time_base)
         repair = open_stream_repair(path, stream)
+        dependencies = _Vp9Dependencies(duration) if stream.codec_context.name == "vp9" else None
         for packet in _repaired(container.demux(stream), repair):
             if not packet.is_discard:  # before the edit list's start: not shown, so no slot (found by fuzzing)
                 slots.expect(packet.pts)
+            if dependencies is not None:
+                dependencies.arrived(packet)
             try:
                 frames = packet.decode()
             except av.error.FFmpegError:
                 # A damaged packet fails as invalid data, as a feature its garbled header seems to ask for
                 # (PatchWelcomeError), or as EAGAIN once the decoder is stuck: its slot becomes a placeholder.
+                if dependencies is not None:
+                    dependencies.refused()
                 continue
             for picture in frames:
+                verdict = dependencies.verdict(picture.pts) if dependencies is not None else Verdict.CLEAN
+                if verdict is Verdict.UNDECODABLE:
+                    continue  # garbage: its slot becomes a placeholder, rebuilt like a lost frame
                 vectors = _motion_vectors(picture) if motion_vectors else None
                 for slot in slots.fill(picture, vectors):
                     substituted = repair.substituted(slot.pts) if repair is not None and not slot.missing else None
-                    yield slot if substituted is None else replace(slot, substituted=substituted)
+                    if substituted is not None:
+                        slot = replace(slot, substituted=substituted)
+                    yield replace(slot, drifted=True) if slot.pts == picture.pts and verdict is Verdict.DRIFTED \
+                        else slot
         yield from slots.finish()
+
+
+class _Vp9Dependencies:
+    """The verdict of concealer.vp9's reference tracker on each picture of a VP9 stream, by timestamp.
+
+    Frames that never arrived show as gaps between packet timestamps; a packet the decoder refused
+    counts as lost too (its reference slots were never refreshed)."""
+
+    def __init__(self, duration: Fraction | None):
+        self._tracker = ReferenceTracker()
+        self._duration = duration
+        self._last_pts: int | None = None
+        self._verdicts: dict[int, Verdict] = {}
+
+    def arrived(self, packet: av.Packet) -> None:
+        pts = packet.pts
+        if pts is not None and self._last_pts is not None and self._duration and \
+                _frames_lost_between(self._last_pts, pts, self._duration):
+            self._tracker.lost()
+        verdict = self._tracker.packet(bytes(packet))
+        if pts is not None:
+            self._last_pts = pts if self._last_pts is None else max(pts, self._last_pts)
+            self._verdicts[pts] = verdict
+
+    def refused(self) -> None:
+        self._tracker.lost()
+
+    def verdict(self, pts: int | None) -> Verdict:
+        return self._verdicts.pop(pts, Verdict.CLEAN)
+
+
+def _round_half_up(ticks: Fraction) -> int:
+    """Round as FFmpeg's timestamp rescaling does (half away from zero; Python's round() goes to even:
+    frame 75 of a 29.97 fps WebM sits at 2502.5 ms, which the muxer wrote as 2503, not 2502)."""
+    return math.floor(ticks + Fraction(1, 2))
+
+
+def _frames_lost_between(last: int, pts: int, duration: Fraction) -> int:
+    """How many frame slots fit in the gap between two timestamps (more than half a frame's duration left over)."""
+    return max(0, math.ceil((pts - last - duration / 2) / duration) - 1)
 
 
 def _repaired(packets: Iterator[av.Packet], repair: PacketRepair | None) -> Iterator[av.Packet]:
@@ -169,7 +225,7 @@ class _FrameSlots:
         self._anchor = 0  # the first frame's timestamp: slot n is at anchor + n * duration
 
     def _slot_pts(self, slot: int) -> int:
-        return self._anchor + round(slot * self._duration)
+        return self._anchor + _round_half_up(slot * self._duration)
 
     def _slot(self, pts: int) -> int:
         return round((pts - self._anchor) / self._duration)
@@ -204,13 +260,12 @@ class _FrameSlots:
             if pts <= self._last:
                 return
             if self._duration and (pts - self._last) * self._time_base <= MAX_LOST_SECONDS:
-                lost = 0
-                while pts - (self._last + (lost + 1) * self._duration) > self._duration / 2:
-                    lost += 1
+                lost = _frames_lost_between(self._last, pts, self._duration)
                 slot = self._slot(self._last)
                 on_grid = abs(self._last - self._slot_pts(slot)) <= 1  # else a variable rate: no grid
                 for step in range(1, lost + 1):
-                    missing = self._slot_pts(slot + step) if on_grid else round(self._last + step * self._duration)
+                    missing = self._slot_pts(slot + step) if on_grid else \
+                        _round_half_up(self._last + step * self._duration)
                     yield DecodedFrame(missing, self._time_base, None)
         self._last = pts
         yield DecodedFrame(pts, self._time_base, picture, vectors)

@@ -400,7 +400,11 @@ def detect_damage(path: Path, *, mode: str = "auto", truth: Path | None = None) 
     else:
         detector = TruthDetector(truth, grid) if use_truth else BitstreamDetector(path, grid, vectors_exported)
     for frame in decode_frames(path, concealment=FFMPEG_CONCEALMENT, motion_vectors=True):
-        yield DamagedFrame(frame, detector.process_frame(frame))
+        damage = detector.process_frame(frame)
+        if frame.drifted:  # predicted from a stale reference, and no vectors to say where it shows
+            damage = DamageMap(damage.pts, np.where(damage.labels == DamageLabel.CLEAN, DamageLabel.PROPAGATED,
+                                                    damage.labels).astype(np.uint8))
+        yield DamagedFrame(frame, damage)
 
 
 def write_damage_maps(maps: list[DamageMap], path: Path) -> None:

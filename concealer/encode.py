@@ -1,6 +1,7 @@
 """Video encoder set-up shared by every stage that re-encodes (simulation, concealment)."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from fractions import Fraction
 
@@ -10,7 +11,12 @@ from .bitstream import Codec
 from .errors import OutputError, UsageError
 from .media import VideoFormat
 
-ENCODERS = {Codec.H264: "libx264", Codec.HEVC: "libx265"}
+ENCODERS = {Codec.H264: "libx264", Codec.HEVC: "libx265", Codec.VP9: "libvpx-vp9", Codec.AV1: "libsvtav1"}
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
+# x264's preset names as libvpx's real-time speed (cpu-used) and SVT-AV1's preset: faster names, higher numbers.
+VP9_SPEED = dict(zip(X264_PRESETS, (9, 9, 8, 8, 7, 7, 6, 5, 5, 5)))
+AV1_PRESET = dict(zip(X264_PRESETS, (12, 11, 10, 9, 9, 8, 6, 4, 2, 1)))
 
 
 @dataclass(frozen=True)
@@ -52,8 +58,7 @@ def add_video_encoder(container: av.container.OutputContainer, settings: Encoder
                       width: int, height: int, rate: Fraction | None, time_base: Fraction,
                       pix_fmt: str = "yuv420p") -> av.VideoStream:
     """Add a configured encoder stream (8-bit 4:2:0 unless told otherwise) to `container`."""
-    if settings.preset not in ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium",
-                               "slow", "slower", "veryslow", "placebo"):
+    if settings.preset not in X264_PRESETS:
         raise UsageError(f"unknown encoder preset {settings.preset!r}")
     stream = container.add_stream(ENCODERS[settings.codec], rate=rate)
     stream.width, stream.height = width, height
@@ -64,11 +69,29 @@ def add_video_encoder(container: av.container.OutputContainer, settings: Encoder
     # FFmpeg's default lets libx264 use sliced threads, which force one slice per thread and make
     # the bitstream depend on the machine; frame threads keep it deterministic and packet-sized.
     stream.codec_context.thread_type = "FRAME"
+    if not settings.codec.has_nal_units:
+        stream.options = _frame_codec_options(stream, settings)
+        return stream
     key = "x264-params" if settings.codec is Codec.H264 else "x265-params"
     stream.options = {"preset": settings.preset, key: settings.codec_params()}
     if not settings.lossless:
         stream.options["crf"] = f"{settings.crf:g}"
     return stream
+
+
+def _frame_codec_options(stream: av.VideoStream, settings: EncoderSettings) -> dict[str, str]:
+    """libvpx-vp9 / SVT-AV1 set up as a real-time sender would be: constant quality, no look-ahead
+    and no hidden frames (every packet shows a frame), and a fixed keyframe interval."""
+    if settings.lossless or settings.bframes:
+        raise UsageError(f"{settings.codec.value} is encoded without B-frames and never lossless here")
+    # keyint_min = g: no extra keyframes at scene cuts (libvpx); SVT-AV1 is told with scd=0.
+    gop = {"g": str(settings.gop), "keyint_min": str(settings.gop)} if settings.gop else {}
+    crf = f"{settings.crf:g}"
+    if settings.codec is Codec.VP9:
+        return {**gop, "crf": crf, "b": "0", "deadline": "realtime", "cpu-used": str(VP9_SPEED[settings.preset]),
+                "lag-in-frames": "0", "row-mt": "1"}
+    os.environ.setdefault("SVT_LOG", "1")  # errors only: SVT-AV1 prints its whole configuration otherwise
+    return {**gop, "crf": crf, "preset": str(AV1_PRESET[settings.preset]), "svtav1-params": "pred-struct=1:scd=0"}
 
 
 OUTPUT_CODECS = ("h264", "hevc", "ffv1")

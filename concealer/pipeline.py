@@ -191,7 +191,8 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                 next_decoded = ahead[-1] if ahead and not ahead[-1].frame.missing else None
                 lost_in_a_row = steps_since_shown + len(ahead) - 1  # between the last picture and the next
                 picture = rebuild_missing(last_shown, next_decoded,
-                                          steps_since_shown / lost_in_a_row if next_decoded else 1.0)
+                                          steps_since_shown / lost_in_a_row if next_decoded else 1.0,
+                                          steps_since_shown / (lost_in_a_row + 1))
                 if picture is None:
                     continue  # no picture anywhere near: nothing to rebuild from
                 if corrector and last_decoded is not None:

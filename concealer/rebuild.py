@@ -7,7 +7,8 @@ moved k/n of the way (moving it k whole intervals, or chaining one interval per 
 measured worse: 20.98 and 21.64 against 22.62 dB on carphone_qcif at 20% loss). Measured
 on carphone_qcif (every loss there is a whole frame), sequence PSNR with drift correction,
 against repeating the last picture: 35.69 -> 37.16 dB at 3% loss, 29.43 -> 31.88 dB at
-10%, 22.58 -> 22.62 dB at 20%.
+10%, 22.58 -> 22.62 dB at 20%. Decoders that export no vectors (VP9, AV1) leave a blend of
+the pictures on either side of the gap.
 """
 from __future__ import annotations
 
@@ -18,13 +19,18 @@ from .detection import CellGrid, DamagedFrame, MotionField
 from .motion import remap_planes
 
 
-def rebuild_missing(last: Picture | None, next_decoded: DamagedFrame | None, fraction: float) -> Picture | None:
+def rebuild_missing(last: Picture | None, next_decoded: DamagedFrame | None, fraction: float,
+                    position: float) -> Picture | None:
     """A lost frame between `last` (the last picture shown) and `next_decoded` (the next that
-    arrived): `last` moved `fraction` of one interval's motion; None when there is neither."""
+    arrived): `last` moved `fraction` of one interval's motion; None when there is neither.
+    Without the next picture's vectors, the two pictures are blended, `position` of the way from
+    `last` (its place in time between them)."""
     if next_decoded is None:
         return last
     if last is None:
         return Picture.from_frame(next_decoded.frame.picture)  # lost at the start: nothing earlier to move
+    if next_decoded.frame.motion_vectors is None:  # a decoder that exports none (VP9, AV1, HEVC)
+        return _cross_fade(last, Picture.from_frame(next_decoded.frame.picture), position)
     grid = CellGrid(*last.y.shape)
     motion = MotionField(grid, next_decoded.frame.motion_vectors).cell_motion
     if motion is None:
@@ -33,3 +39,13 @@ def rebuild_missing(last: Picture | None, next_decoded: DamagedFrame | None, fra
     # the odd vector (carphone at 10% loss: 31.88 -> 32.05 dB; bikes 21.76 -> 21.75).
     dx, dy = (grid.to_pixels(cv2.medianBlur(a, 3)) for a in motion[:2])
     return Picture(*remap_planes([last.y, last.u, last.v], dx * fraction, dy * fraction))
+
+
+def _cross_fade(last: Picture, upcoming: Picture, position: float) -> Picture:
+    """`last` and `upcoming` blended by where the lost frame sits between them in time.
+
+    Measured on foreman re-encoded by libvpx-vp9 with a keyframe every 15 frames, frames 5 and 33 lost
+    (and with them every frame up to the next keyframe): sequence PSNR 26.93 dB, against 23.50 dB for
+    repeating `last` and 19.82 dB for a plain FFmpeg decode."""
+    return Picture(*(cv2.addWeighted(a, 1 - position, b, position, 0) for a, b in
+                     ((last.y, upcoming.y), (last.u, upcoming.u), (last.v, upcoming.v))))

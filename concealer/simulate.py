@@ -3,6 +3,9 @@
 The stream is cut into network packets (RTP: one slice NAL unit per packet,
 larger NAL units fragmented FU-A style; MPEG-TS: datagrams of 7 TS packets), a
 seeded channel model drops packets, and bit errors corrupt slice payloads.
+VP9 and AV1 have no slices a receiver could decode alone: their frames travel as
+packet-sized fragments, and a frame missing any fragment is lost whole (receivers
+drop incomplete frames).
 Everything streams: one access unit at a time, memory flat in the video's length.
 """
 from __future__ import annotations
@@ -27,6 +30,9 @@ from .media import (AtomicOutputs, add_stream_copy, copy_stream_description, nom
 from .truth import GroundTruth, LossEvent, LossSummary, truth_paths
 
 PASSTHROUGH_TYPES = ("audio", "subtitle")
+# FFmpeg's decoder names for the codecs simulate-loss can damage as they are (--as-is).
+DAMAGEABLE_DECODERS = {"h264": Codec.H264, "hevc": Codec.HEVC, "vp9": Codec.VP9, "libvpx-vp9": Codec.VP9,
+                       "av1": Codec.AV1, "libdav1d": Codec.AV1, "libaom-av1": Codec.AV1}
 TS_SUFFIXES = (".ts", ".m2ts", ".mts")
 
 
@@ -91,7 +97,9 @@ class PacketisationOptions:
         settings = replace(self.encoder, gop=self.encoder.gop or max(1, round(2 * float(rate))))
         if settings.codec is Codec.H264:
             return replace(settings, slice_max_size=self.packet_size)
-        return replace(settings, slices=self.hevc_slices, ctu=settings.ctu or 32)
+        if settings.codec is Codec.HEVC:
+            return replace(settings, slices=self.hevc_slices, ctu=settings.ctu or 32)
+        return settings
 
 
 @dataclass(frozen=True)
@@ -162,6 +170,12 @@ class _Simulation:
         if not self.width or not self.height:
             raise InputError(f"{source.name}: the video stream has no frame size (is it a real video?)")
         self.codec = self._output_codec()
+        if not self.codec.has_nal_units:
+            if packets.transport == "ts":
+                raise UsageError(f"{self.codec.value} is sent over RTP here; --transport ts carries H.264 and HEVC")
+            if loss.bit_error_rate:
+                raise UsageError(f"--bit-error-rate corrupts H.264/HEVC slices; {self.codec.value} frames are "
+                                 "lost whole instead (use --loss-rate)")
         self.summary = LossSummary(model="pattern" if loss.pattern else loss.model,
                                    requested_loss_rate=loss.requested_rate)
         self.events: list[LossEvent] = []
@@ -180,16 +194,18 @@ class _Simulation:
         name = self.video_in.codec_context.name
         if not self.packets.as_is:
             return self.packets.encoder.codec
-        if name not in ("h264", "hevc"):
-            raise InputError(f"{self.source.name}: --as-is can only damage H.264 or HEVC streams, "
+        if name not in DAMAGEABLE_DECODERS:
+            raise InputError(f"{self.source.name}: --as-is can only damage H.264, HEVC, VP9 or AV1 streams, "
                              f"this one is {name}; drop --as-is to re-encode it")
-        return Codec(name)
+        return DAMAGEABLE_DECODERS[name]
 
     def _passthrough_streams(self) -> list[av.stream.Stream]:
         return [s for s in self.source.streams if s.type in PASSTHROUGH_TYPES]
 
     def _read_configuration(self, extradata: bytes | None) -> None:
         """Framing and, for HEVC, geometry from the codec configuration (avcC/hvcC or Annex B)."""
+        if not self.codec.has_nal_units:
+            return
         config = parse_decoder_config(self.codec, extradata)
         if config is not None:
             self.framing, self.length_size = Framing.LENGTH_PREFIXED, config.length_size
@@ -231,7 +247,8 @@ class _Simulation:
             def emit_video(packet: av.Packet) -> None:
                 if damaged is not None:
                     pts = rescale(packet.pts, packet.time_base, ref_video.time_base)
-                    damaged_data = self.damage_access_unit(bytes(packet), pts)
+                    damage = self.damage_access_unit if self.codec.has_nal_units else self.damage_frame
+                    damaged_data = damage(bytes(packet), pts)
                     if damaged_data is not None:
                         _mux_copy(damaged, dmg_video, packet, damaged_data, ref_video.time_base)
                 packet.stream = ref_video
@@ -350,6 +367,26 @@ class _Simulation:
         frame_lost = self._account(pts, nals, ranges, lost, corrupted)
         return None if frame_lost else bytes(arrived)
 
+    def damage_frame(self, data: bytes, pts: int) -> bytes | None:
+        """Send one VP9/AV1 frame through the channel in packet-sized fragments; None if any was lost."""
+        first = self.summary.frames == 0
+        size_limit = self.packets.packet_size
+        lost = []
+        for start in range(0, max(len(data), 1), size_limit):
+            packet = self.packet_index
+            self.packet_index += 1
+            if not (first and self.loss.protect_first_idr) and self._lose():
+                end = min(len(data), start + size_limit)
+                lost.append(LossEvent("lost", "video", packet, pts, byte_range=(start, end)))
+        self.events += lost
+        self.summary.frames += 1
+        if lost:
+            self.summary.frames_hit += 1
+            self.summary.frames_lost += 1
+            self.damaged_frames.append(_FrameDamage(pts, np.ones(self._mb_shape(), dtype=bool)))
+            self.lost_frames.append(pts)
+        return None if lost else data
+
     def _account(self, pts: int, nals, ranges: dict[int, tuple[int, int]],
                  lost: dict[int, list[tuple[int, tuple[int, int]]]],
                  corrupted: dict[int, tuple[int, tuple[int, ...]]]) -> bool:
@@ -415,7 +452,8 @@ class _Simulation:
         return ranges
 
     def _block_size(self) -> int:
-        return self.geometry.block_size
+        """The slice address unit: H.264 macroblocks, HEVC CTUs; 16 for VP9/AV1, which lose whole frames."""
+        return self.geometry.block_size if self.geometry is not None else 16
 
     def _mb_shape(self) -> tuple[int, int]:
         return (-(-self.height // 16), -(-self.width // 16))

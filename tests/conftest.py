@@ -19,13 +19,20 @@ def clip(name: str) -> Path:
 
 
 def decode_luma(path: Path, **codec_options: str) -> dict[int, np.ndarray]:
-    """Decode every frame single-threaded (so H.264 options like ec apply): raw Y planes keyed by pts."""
+    """Decode every frame single-threaded (so H.264 options like ec apply): raw Y planes keyed by pts.
+    Packets the decoder refuses are skipped, as a player skips them."""
+    planes = {}
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_count = 1
         stream.codec_context.options = codec_options
-        return {frame.pts: frame.reformat(format="yuv420p").to_ndarray()[:frame.height]
-                for frame in container.decode(stream)}
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError:
+                continue
+            planes.update((f.pts, f.reformat(format="yuv420p").to_ndarray()[:f.height]) for f in frames)
+    return planes
 
 
 def stream_packets(path: Path, kind: str) -> list[bytes]:
@@ -47,6 +54,20 @@ def decode_order(path: Path) -> list[int]:
     """Frame pts in the order the access units are stored (decode order)."""
     with av.open(str(path)) as container:
         return [p.pts for p in container.demux(video=0) if p.size]
+
+
+def remux_without(source: Path, target: Path, dropped: set[int]) -> list[int]:
+    """Copy the video stream of `source` to `target` without the packets numbered in `dropped`, as
+    frames that never arrived; returns the timestamps of all the source's packets, in order."""
+    with av.open(str(source)) as reader, av.open(str(target), "w") as writer:
+        video = reader.streams.video[0]
+        copy = writer.add_stream_from_template(video)
+        packets = [p for p in reader.demux(video) if p.dts is not None]
+        for number, packet in enumerate(packets):
+            if number not in dropped:
+                packet.stream = copy
+                writer.mux(packet)
+        return [p.pts for p in packets]
 
 
 def strip_adts(frame: bytes) -> bytes:

@@ -262,7 +262,7 @@ def cli(*args):
 @pytest.mark.parametrize("make_args,message", [
     (lambda t: [str(t / "missing.mp4")], "no such file"),
     (lambda t: [str(Path(__file__))], "not"),
-    (lambda t: [str(clip("foreman_cif_vp9.webm")), "--as-is"], "drop --as-is"),
+    (lambda t: [str(clip("bbb_720p_vp8_30s.webm")), "--as-is"], "drop --as-is"),
     (lambda t: [str(clip("foreman_cif_h264.mp4")), "--loss-rate", "1.5"], "[0, 1)"),
     (lambda t: [str(clip("foreman_cif_h264.mp4")), "--loss-rate", "x"], "not a valid float"),
 ])

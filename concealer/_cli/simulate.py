@@ -21,11 +21,12 @@ from . import run
               help="Clean encoded stream to measure against [default: DAMAGED's stem + .reference].")
 @click.option("--truth", type=click.Path(path_type=Path), help="Ground-truth JSON [default: DAMAGED.truth.json].")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
-@click.option("--as-is", is_flag=True, help="Damage the input's own H.264/HEVC stream instead of re-encoding.")
+@click.option("--as-is", is_flag=True,
+              help="Damage the input's own H.264/HEVC/VP9/AV1 stream instead of re-encoding.")
 @click.option("--transport", type=click.Choice(["rtp", "ts"]), default="rtp", show_default=True,
               help="rtp: one NAL unit per packet, FU-A fragments; ts: 188-byte TS packets, 7 per datagram.")
-@click.option("--codec", type=click.Choice(["h264", "hevc"]), default="h264", show_default=True,
-              help="Encoder in re-encode mode (libx264 / libx265).")
+@click.option("--codec", type=click.Choice(["h264", "hevc", "vp9", "av1"]), default="h264", show_default=True,
+              help="Encoder in re-encode mode (libx264, libx265, libvpx-vp9, SVT-AV1).")
 @click.option("--packet-size", type=int, default=1200, show_default=True,
               help="Bytes per network packet (x264 slice-max-size in re-encode mode).")
 @click.option("--gop", type=int, help="Frames between keyframes, fixed [default: 2 seconds].")
