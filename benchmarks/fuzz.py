@@ -1,6 +1,7 @@
-"""Fuzzing `conceal` with seeded random corruptions of short real clips (H.264 MP4, HEVC MP4, VP9 WebM).
+"""Fuzzing `conceal` with seeded random corruptions of short real clips (H.264 MP4, HEVC MP4, VP9 WebM,
+and AV1 MKV encoded here by SVT-AV1 from foreman, as ../shared/data holds no AV1 clip).
 
-    python -m benchmarks.fuzz --cases 200 [--codec h264 hevc vp9] [--frames 10] [--timeout 60] [--keep DIR]
+    python -m benchmarks.fuzz --cases 200 [--codec h264 hevc vp9 av1] [--frames 10] [--timeout 60] [--keep DIR]
     python -m benchmarks.fuzz --codec hevc --seed 17 --keep /tmp/fuzz   # replay one case, keep its files
 
 Each case cuts nothing new: it takes a few-frame excerpt of the clip (stream copy), applies one to three
@@ -29,11 +30,15 @@ import numpy as np
 
 from concealer import conceal
 from concealer.bitstream import BitstreamError, Codec, parse_decoder_config
+from concealer.encode import EncoderSettings, add_video_encoder
 from concealer.errors import ConcealerError
+from concealer.media import add_stream_copy
 from concealer.pipeline import DRIFT_STRATEGIES
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CLIPS = {"h264": "foreman_cif_h264.mp4", "hevc": "foreman_cif_hevc.mp4", "vp9": "foreman_cif_vp9.webm"}
+CLIPS = {"h264": "foreman_cif_h264.mp4", "hevc": "foreman_cif_hevc.mp4", "vp9": "foreman_cif_vp9.webm",
+         "av1": "foreman_cif_h264.mp4"}
+REENCODED = {"av1": Codec.AV1}  # codecs whose excerpt is encoded from the clip rather than cut from it
 EXCERPT_FRAMES = 10
 TIMEOUT_S = 60.0
 MODELS = ("ffmpeg", "copy", "telea")  # the networks are left out: loading torch would dominate every case
@@ -193,11 +198,32 @@ CORRUPTIONS: dict[str, Callable[[Stream, np.random.Generator], None]] = {
 }
 
 
+def make_excerpt(codec: str, folder: Path, frames: int = EXCERPT_FRAMES) -> Path:
+    """The few-frame clip a codec's cases corrupt, in `folder`."""
+    source = DATA / "clips" / CLIPS[codec]
+    if not source.exists():
+        raise SystemExit(f"{source} not found: the fuzzer needs ../shared/data beside the checkout")
+    if codec not in REENCODED:
+        return cut_excerpt(source, folder / f"excerpt-{codec}{source.suffix}", frames)
+    target = folder / f"excerpt-{codec}.mkv"
+    with av.open(str(source)) as inp, av.open(str(target), "w") as out:
+        video = inp.streams.video[0]
+        encoder = add_video_encoder(out, EncoderSettings(codec=REENCODED[codec], gop=frames // 2), width=video.width,
+                                    height=video.height, rate=video.average_rate, time_base=video.time_base)
+        for number, frame in enumerate(inp.decode(video)):
+            if number == frames:
+                break
+            frame.pict_type = av.video.frame.PictureType.NONE
+            out.mux(encoder.encode(frame))
+        out.mux(encoder.encode(None))
+    return target
+
+
 def cut_excerpt(source: Path, target: Path, frames: int = EXCERPT_FRAMES) -> Path:
     """The first `frames` video packets of `source`, stream-copied into `target` (same container)."""
     with av.open(str(source)) as inp, av.open(str(target), "w") as out:
         video = inp.streams.video[0]
-        stream = out.add_stream_from_template(video)
+        stream = add_stream_copy(out, video)
         kept = 0
         for packet in inp.demux(video):
             if kept == frames:
@@ -226,7 +252,7 @@ def corrupt(excerpt: Path, target: Path, seed: int) -> tuple[str, ...]:
         CORRUPTIONS[name](stream, rng)
     options = {"movflags": "faststart"} if stream.index_first and target.suffix == ".mp4" else {}
     with av.open(str(excerpt)) as template, av.open(str(target), "w", options=options) as out:
-        video = out.add_stream_from_template(template.streams.video[0])
+        video = add_stream_copy(out, template.streams.video[0])
         if stream.extradata:
             video.codec_context.extradata = stream.extradata
         for sample in stream.samples:
@@ -234,7 +260,10 @@ def corrupt(excerpt: Path, target: Path, seed: int) -> tuple[str, ...]:
             packet.pts, packet.dts, packet.time_base = sample.pts, sample.dts, video.time_base
             packet.is_keyframe = sample.keyframe
             packet.stream = video
-            out.mux(packet)
+            try:
+                out.mux(packet)
+            except av.error.InvalidDataError:
+                continue  # the muxer parses it and refuses it (a truncated AV1 OBU): it is lost instead
     data = target.read_bytes()
     for _ in range(stream.file_garbles):
         data = _garble(data, rng)
@@ -310,13 +339,10 @@ class CaseResult:
 def fuzz(codec: str, seeds: range, work: Path, frames: int = EXCERPT_FRAMES, timeout: float = TIMEOUT_S,
          keep: Path | None = None) -> list[CaseResult]:
     """Run the cases `seeds` of one codec in `work`; the damaged files of bad cases are copied to `keep`."""
-    source = DATA / "clips" / CLIPS[codec]
-    if not source.exists():
-        raise SystemExit(f"{source} not found: the fuzzer needs ../shared/data beside the checkout")
-    excerpt = cut_excerpt(source, work / f"excerpt-{codec}{source.suffix}", frames)
+    excerpt = make_excerpt(codec, work, frames)
     results = []
     for seed in seeds:
-        damaged = work / f"{codec}-{seed}{source.suffix}"
+        damaged = work / f"{codec}-{seed}{excerpt.suffix}"
         names = corrupt(excerpt, damaged, seed)
         outcome, detail = run_case(damaged, work / f"{codec}-{seed}-fixed.mp4", seed, timeout)
         results.append(CaseResult(codec, seed, names, outcome, detail.replace(str(damaged), "INPUT")))

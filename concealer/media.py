@@ -202,7 +202,12 @@ def copy_stream_description(source: av.stream.Stream, target: av.stream.Stream) 
 
 def add_stream_copy(container: av.container.OutputContainer, template: av.stream.Stream) -> av.stream.Stream:
     """An output stream for `template`'s packets, copied as they are, with its tags and disposition."""
-    stream = container.add_stream_from_template(template)
+    try:
+        stream = container.add_stream_from_template(template)
+    except av.codec.codec.UnknownCodecError:
+        # PyAV looks for an encoder of the decoder's name, and libdav1d (AV1) has none: copy the
+        # codec parameters without one.
+        stream = container.add_stream_from_template(template, opaque=True)
     copy_stream_description(template, stream)
     return stream
 

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
+from concealer.media import add_stream_copy
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -61,7 +63,7 @@ def remux_without(source: Path, target: Path, dropped: set[int]) -> list[int]:
     frames that never arrived; returns the timestamps of all the source's packets, in order."""
     with av.open(str(source)) as reader, av.open(str(target), "w") as writer:
         video = reader.streams.video[0]
-        copy = writer.add_stream_from_template(video)
+        copy = add_stream_copy(writer, video)
         packets = [p for p in reader.demux(video) if p.dts is not None]
         for number, packet in enumerate(packets):
             if number not in dropped:
