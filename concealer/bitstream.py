@@ -722,6 +722,78 @@ def parse_hevc_slice_header(nal: bytes, parameter_sets: HevcParameterSets) -> tu
     return header, reader
 
 
+# H.264 profiles whose SPS carries chroma format, bit depths and scaling lists (7.3.2.1.1).
+H264_HIGH_PROFILES = (100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135)
+
+
+@dataclass(frozen=True)
+class H264Sps:
+    """The fields of an H.264 sequence parameter set that slice headers depend on."""
+
+    sps_id: int
+    separate_colour_planes: bool
+    log2_max_frame_num: int
+    poc_type: int
+    log2_max_poc_lsb: int  # 0 unless poc_type is 0
+    frame_mbs_only: bool
+    mbs_wide: int
+    map_units_high: int
+
+    @property
+    def mb_count(self) -> int:
+        return self.mbs_wide * self.map_units_high * (1 if self.frame_mbs_only else 2)
+
+
+def _skip_h264_scaling_list(reader: BitReader, size: int) -> None:
+    last = following = 8
+    for _ in range(size):
+        if following:
+            following = (last + reader.se() + 256) % 256
+        last = following or last
+
+
+def parse_h264_sps(nal: bytes) -> H264Sps:
+    """Read an H.264 SPS NAL unit (7.3.2.1.1) as far as the frame size."""
+    reader = _header_reader(nal, Codec.H264, max_bytes=len(nal))
+    profile = reader.u(8)
+    reader.skip(16)  # constraint flags, level_idc
+    sps_id = reader.ue()
+    separate = False
+    if profile in H264_HIGH_PROFILES:
+        chroma_format = reader.ue()
+        if chroma_format == 3:
+            separate = reader.flag()
+        reader.ue()  # bit_depth_luma_minus8
+        reader.ue()  # bit_depth_chroma_minus8
+        reader.skip(1)  # qpprime_y_zero_transform_bypass_flag
+        if reader.flag():  # seq_scaling_matrix_present_flag
+            for index in range(8 if chroma_format != 3 else 12):
+                if reader.flag():
+                    _skip_h264_scaling_list(reader, 16 if index < 6 else 64)
+    log2_max_frame_num = reader.ue() + 4
+    poc_type = reader.ue()
+    log2_max_poc_lsb = 0
+    if poc_type == 0:
+        log2_max_poc_lsb = reader.ue() + 4
+    elif poc_type == 1:
+        reader.skip(1)  # delta_pic_order_always_zero_flag
+        reader.se()
+        reader.se()
+        for _ in range(reader.ue()):
+            reader.se()
+    elif poc_type != 2:
+        raise BitstreamError(f"H.264 SPS with pic_order_cnt_type {poc_type}")
+    reader.ue()  # max_num_ref_frames
+    reader.skip(1)  # gaps_in_frame_num_value_allowed_flag
+    mbs_wide = reader.ue() + 1
+    map_units_high = reader.ue() + 1
+    frame_mbs_only = reader.flag()
+    if log2_max_frame_num > 16 or log2_max_poc_lsb > 16:
+        raise BitstreamError("H.264 SPS with out-of-range frame_num or POC sizes")
+    return H264Sps(sps_id, separate, log2_max_frame_num, poc_type, log2_max_poc_lsb, frame_mbs_only, mbs_wide,
+                   map_units_high)
+
+
 @dataclass(frozen=True)
 class DecoderConfig:
     """What the container's codec configuration record (avcC/hvcC) tells about framing and geometry."""

@@ -99,7 +99,7 @@ def frame_duration(stream: av.video.stream.VideoStream) -> Fraction | None:
 
 
 def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads: int = 1,
-                  motion_vectors: bool = False) -> Iterator[DecodedFrame]:
+                  motion_vectors: bool = False, repairs: bool = True) -> Iterator[DecodedFrame]:
     """Yield every frame slot of the first video stream in presentation order, lost frames included.
 
     A slot is lost when the container has a packet for it but the decoder gave no picture
@@ -107,14 +107,16 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
     packet at all: a gap between timestamps wider than 1.5 frame durations. Each lost slot
     is yielded as a placeholder with its expected pts. Frames that come out without a
     timestamp (their container packet header was lost) are given the next expected one.
+    `repairs=False` decodes as a plain player does: no repair below the decoder (HEVC, H.264)
+    and VP9's garbage pictures shown; what a report on the damaged file itself must measure.
     """
     with open_video_input(path) as container:
         stream = container.streams.video[0]
         configure_decoder(stream, concealment, threads, motion_vectors)
         duration = frame_duration(stream)
         slots = _FrameSlots(duration, stream.time_base)
-        repair = open_stream_repair(path, stream)
-        dependencies = _Vp9Dependencies(duration) if stream.codec_context.name == "vp9" else None
+        repair = open_stream_repair(path, stream) if repairs else None
+        dependencies = _Vp9Dependencies(duration) if repairs and stream.codec_context.name == "vp9" else None
         for packet in _repaired(container.demux(stream), repair):
             if not packet.is_discard:  # before the edit list's start: not shown, so no slot (found by fuzzing)
                 slots.expect(packet.pts)
@@ -132,6 +134,8 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
                 verdict = dependencies.verdict(picture.pts) if dependencies is not None else Verdict.CLEAN
                 if verdict is Verdict.UNDECODABLE:
                     continue  # garbage: its slot becomes a placeholder, rebuilt like a lost frame
+                if repair is not None and repair.hidden(picture.pts):
+                    continue  # a lost frame's stand-in (H.264): its slot stays a lost frame
                 vectors = _motion_vectors(picture) if motion_vectors else None
                 for slot in slots.fill(picture, vectors):
                     substituted = repair.substituted(slot.pts) if repair is not None and not slot.missing else None

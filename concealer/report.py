@@ -152,7 +152,7 @@ def _write_frames(reference: Path, inputs: list[tuple[str, Path]], folder: Path,
                   ) -> tuple[int, list[InputSummary], list[WorstFrame], int | None]:
     """Decode everything in step with the reference, writing frames.csv as it goes, then the plot and
     the worst frames: (reference frames, input summaries, worst frames, damaged frames)."""
-    aligners = [_Aligner(decode_frames(path), half_interval) for _, path in inputs]
+    aligners = [_Aligner(decode_frames(path, repairs=False), half_interval) for _, path in inputs]
     stats = [_Stats(label, path) for label, path in inputs]
     kept: list[tuple[float, int, _WorstCandidate]] = []  # min-heap on MSE: the `worst` largest stay
     times: list[float] = []

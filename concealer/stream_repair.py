@@ -46,6 +46,7 @@ from .bitstream import (
     parse_decoder_config,
     parse_hevc_slice_header,
 )
+from .h264_repair import H264GapRepair
 from .media import open_video_input
 
 # CABAC tables (H.265 Tables 9-52 and 9-53, shared with H.264).
@@ -653,13 +654,22 @@ class PacketRepair:
         """The 16x16 macroblocks of the picture at `pts` that were substituted, None when none were."""
         return self._substituted.pop(pts, None)
 
+    def hidden(self, pts: int | None) -> bool:
+        """Every picture this repair makes is shown (rebuilt ones too)."""
+        return False
 
-def open_stream_repair(path: Path, stream: av.video.stream.VideoStream) -> PacketRepair | None:
-    """A repairer for the first video stream of `path` when it is HEVC (None otherwise).
 
-    Learning the slice layout reads the packets once more before decoding (no decode).
+def open_stream_repair(path: Path, stream: av.video.stream.VideoStream) -> PacketRepair | H264GapRepair | None:
+    """A repairer for the first video stream of `path` when it is HEVC or H.264 (None otherwise).
+
+    Learning HEVC's slice layout reads the packets once more before decoding (no decode).
     """
     context = stream.codec_context
+    if context.name == "h264":
+        try:
+            return H264GapRepair(context.extradata)
+        except BitstreamError:
+            return None
     if context.name != "hevc":
         return None
     try:

@@ -1,0 +1,172 @@
+"""Lost H.264 reference frames put back below the decoder, so that FFmpeg shows what follows them.
+
+FFmpeg's H.264 decoder meets a lost reference frame as a gap in frame_num and fills it with
+copies of the previous frame. When the gap crosses the wrap of frame_num (MaxFrameNum: 16 in
+x264's streams) it does not advance the frame-number offset that picture order counts derive
+from, so every later picture of that cycle gets a lower order than the last one shown: each is
+decoded and never output ("no picture ooo"). Measured on bikes_640x272 at 10% loss: 14 decodable
+pictures after one lost frame. Here each lost reference frame is replaced, before decoding, by
+an access unit whose one P slice skips every macroblock (the decoder copies the previous frame,
+as its own gap filling does) under a CAVLC picture parameter set of our own, so frame_num never
+jumps. The substitutes' pictures are hidden: their slots stay lost frames, for the rebuild.
+"""
+from __future__ import annotations
+
+import av
+
+from .bitstream import (BitReader, BitstreamError, BitWriter, Codec, Framing, H264Sps, add_emulation_prevention,
+                        nal_units, parse_decoder_config, parse_h264_sps, remove_emulation_prevention)
+
+SPS, PPS, SLICE, IDR_SLICE = 7, 8, 1, 5
+SUBSTITUTE_PPS_ID = 255  # the last id: streams number theirs from 0
+P_SLICE_ALL = 5  # slice_type: P, and every slice of the picture is P
+MAX_SUBSTITUTES = 32  # a longer gap is a damaged frame_num, not lost frames
+
+
+class H264GapRepair:
+    """Re-inserts the lost reference frames of one H.264 stream as its packets are demuxed."""
+
+    def __init__(self, extradata: bytes | None):
+        self._sps: dict[int, H264Sps] = {}
+        self._pps_sps: dict[int, int] = {}  # PPS id -> SPS id
+        config = parse_decoder_config(Codec.H264, extradata)
+        self._framing = Framing.LENGTH_PREFIXED if config else Framing.ANNEX_B
+        self._length_size = config.length_size if config else 4
+        for unit in config.parameter_sets if config else ():
+            self._learn(unit)
+        self._previous: tuple[int, int, int | None] | None = None  # (frame_num, POC lsb, pts) of the last picture
+        self._hidden: set[int] = set()
+
+    def packets(self, packet: av.Packet) -> list[av.Packet]:
+        """The packet, preceded by a substitute for each reference frame lost just before it."""
+        data = bytes(packet)
+        try:
+            units = nal_units(data, Codec.H264, self._framing, self._length_size)
+            for unit in units:
+                if unit.nal_type in (SPS, PPS):
+                    self._learn(data[unit.payload_start:unit.end])
+            first_slice = next((u for u in units if u.nal_type in (SLICE, IDR_SLICE)), None)
+            if first_slice is None:
+                return [packet]
+            nal = data[first_slice.payload_start:first_slice.end]
+            sps, frame_num, poc_lsb = self._read_slice(nal)
+        except (BitstreamError, KeyError):
+            return [packet]  # unreadable: the decoder copes on its own
+        previous, self._previous = self._previous, (frame_num, poc_lsb, packet.pts)
+        if first_slice.nal_type == IDR_SLICE or previous is None:
+            return [packet]
+        limit = 1 << sps.log2_max_frame_num
+        missing = (frame_num - previous[0] - 1) % limit
+        if frame_num == previous[0] or not 0 < missing <= MAX_SUBSTITUTES or not self._repairable(sps):
+            return [packet]
+        return self._substitutes(packet, sps, previous, (frame_num, poc_lsb), missing, nal[0] >> 5 & 3) + [packet]
+
+    def hidden(self, pts: int | None) -> bool:
+        """Whether the picture at `pts` is a substitute, decoded only to keep the references in step."""
+        if pts in self._hidden:
+            self._hidden.discard(pts)
+            return True
+        return False
+
+    def substituted(self, pts: int | None) -> None:
+        """No macroblocks are substituted inside a picture that arrived (HEVC's repair does that)."""
+        return None
+
+    def _learn(self, unit: bytes) -> None:
+        try:
+            if unit[0] & 0x1F == SPS:
+                sps = parse_h264_sps(unit)
+                self._sps[sps.sps_id] = sps
+            elif unit[0] & 0x1F == PPS:
+                reader = BitReader(remove_emulation_prevention(unit[1:16]))
+                pps_id, sps_id = reader.ue(), reader.ue()
+                self._pps_sps[pps_id] = sps_id
+        except (BitstreamError, IndexError):
+            pass  # a damaged parameter set: the slices that need it are left alone
+
+    def _read_slice(self, nal: bytes) -> tuple[H264Sps, int, int]:
+        """(SPS, frame_num, pic_order_cnt_lsb or 0) of a slice NAL unit (7.3.3)."""
+        reader = BitReader(remove_emulation_prevention(nal[1:32]))
+        reader.ue()  # first_mb_in_slice
+        reader.ue()  # slice_type
+        sps = self._sps[self._pps_sps[reader.ue()]]
+        if sps.separate_colour_planes:
+            reader.skip(2)
+        frame_num = reader.u(sps.log2_max_frame_num)
+        if not sps.frame_mbs_only and reader.flag():  # field_pic_flag: fields are left alone
+            raise BitstreamError("field pictures")
+        if nal[0] & 0x1F == IDR_SLICE:
+            reader.ue()  # idr_pic_id
+        return sps, frame_num, reader.u(sps.log2_max_poc_lsb) if sps.poc_type == 0 else 0
+
+    def _repairable(self, sps: H264Sps) -> bool:
+        return sps.poc_type in (0, 2) and sps.frame_mbs_only and not sps.separate_colour_planes and \
+            SUBSTITUTE_PPS_ID not in self._pps_sps
+
+    def _substitutes(self, packet: av.Packet, sps: H264Sps, previous: tuple[int, int, int | None],
+                     current: tuple[int, int], missing: int, ref_idc: int) -> list[av.Packet]:
+        """One packet per lost frame, its timestamp and POC spread evenly between its neighbours'."""
+        pps = self._nal(0x60 | PPS, _substitute_pps(sps.sps_id))
+        lsb_limit = 1 << sps.log2_max_poc_lsb
+        lsb_step = (current[1] - previous[1]) % lsb_limit if sps.poc_type == 0 else 0
+        out = []
+        for step in range(1, missing + 1):
+            frame_num = (previous[0] + step) % (1 << sps.log2_max_frame_num)
+            poc_lsb = (previous[1] + lsb_step * step // (missing + 1)) % lsb_limit if sps.poc_type == 0 else None
+            slice_nal = self._nal((ref_idc or 2) << 5 | SLICE, _skip_slice(sps, frame_num, poc_lsb))
+            substitute = av.Packet(pps + slice_nal)
+            substitute.stream, substitute.time_base = packet.stream, packet.time_base
+            if packet.pts is not None and previous[2] is not None and packet.pts - previous[2] > missing:
+                substitute.pts = previous[2] + (packet.pts - previous[2]) * step // (missing + 1)
+                self._hidden.add(substitute.pts)
+            out.append(substitute)
+        return out
+
+    def _nal(self, header: int, rbsp: bytes) -> bytes:
+        payload = bytes([header]) + add_emulation_prevention(rbsp)
+        if self._framing is Framing.ANNEX_B:
+            return b"\x00\x00\x00\x01" + payload
+        return len(payload).to_bytes(self._length_size, "big") + payload
+
+
+def _substitute_pps(sps_id: int) -> bytes:
+    """A PPS for the substitutes: CAVLC (a run of skipped macroblocks is one exp-Golomb code), one
+    reference, no weighted prediction, deblocking controllable per slice."""
+    writer = BitWriter()
+    writer.ue(SUBSTITUTE_PPS_ID)
+    writer.ue(sps_id)
+    writer.u(1, 0)  # entropy_coding_mode_flag: CAVLC
+    writer.u(1, 0)  # bottom_field_pic_order_in_frame_present_flag
+    writer.ue(0)  # num_slice_groups_minus1
+    writer.ue(0)  # num_ref_idx_l0_default_active_minus1
+    writer.ue(0)  # num_ref_idx_l1_default_active_minus1
+    writer.u(1, 0)  # weighted_pred_flag
+    writer.u(2, 0)  # weighted_bipred_idc
+    for _ in range(3):
+        writer.ue(0)  # pic_init_qp_minus26, pic_init_qs_minus26, chroma_qp_index_offset (se(0) = ue(0))
+    writer.u(1, 1)  # deblocking_filter_control_present_flag
+    writer.u(1, 0)  # constrained_intra_pred_flag
+    writer.u(1, 0)  # redundant_pic_cnt_present_flag
+    writer.align_with_one()
+    return writer.to_bytes()
+
+
+def _skip_slice(sps: H264Sps, frame_num: int, poc_lsb: int | None) -> bytes:
+    """A P slice of the whole picture in which every macroblock is skipped, deblocking off. P_Skip's
+    vector is zero for the first macroblock (no neighbours) and so for every later one (a still
+    neighbour), so the picture is an exact copy of the last reference frame."""
+    writer = BitWriter()
+    writer.ue(0)  # first_mb_in_slice
+    writer.ue(P_SLICE_ALL)
+    writer.ue(SUBSTITUTE_PPS_ID)
+    writer.u(sps.log2_max_frame_num, frame_num)
+    if poc_lsb is not None:
+        writer.u(sps.log2_max_poc_lsb, poc_lsb)
+    writer.u(1, 0)  # num_ref_idx_active_override_flag
+    writer.u(1, 0)  # ref_pic_list_modification_flag_l0
+    writer.u(1, 0)  # adaptive_ref_pic_marking_mode_flag (a reference picture: sliding window)
+    writer.ue(0)  # slice_qp_delta
+    writer.ue(1)  # disable_deblocking_filter_idc: off
+    writer.ue(sps.mb_count)  # mb_skip_run: the whole picture
+    writer.align_with_one()
+    return writer.to_bytes()
