@@ -24,6 +24,7 @@ from types import ModuleType
 from . import (
     conceal_quality,
     detection_accuracy,
+    frame_codecs,
     hevc_repair,
     lost_pixels,
     memory,
@@ -76,6 +77,12 @@ SECTIONS = [
             "slice segments, rebuilt pictures) of foreman_cif_hevc re-encoded by x265 (6 slices per picture), "
             "against the clean decode, a frame that did not come out repeating the previous one. Target: every "
             "frame out and at least 8 dB above the plain decode.", ("--rates", "0.1")),
+    Section("frame-codecs", "VP9 and AV1 frame loss (issue 7)", frame_codecs,
+            "Sequence luma PSNR of a plain FFmpeg decode (refused and missing frames repeating the last one "
+            "shown) and of `conceal` with its defaults (lossless FFV1), against the clean decode, for clips "
+            "re-encoded by simulate-loss in VP9 (libvpx real-time) and AV1 (SVT-AV1 low delay), GOP 2 s. A lost "
+            "frame costs every frame up to the next keyframe: VP9 decodes them to garbage, dav1d refuses them.",
+            ("--clips", "foreman_cif_h264.mp4", "--rates", "0.1")),
     Section("speed", "Speed of conceal and of the networks (issue 5)", speed,
             "`concealer.conceal` with default options against a plain decode + x264 encode of the same damaged "
             "file with the same settings, taking turns in one process (target: at most 3x), and the damaged "

@@ -109,15 +109,19 @@ def excerpt(name: str, frames: int) -> Path:
     return _excerpts[key]
 
 
-def damage(name: str, rate: float, *, frames: int | None = None, seed: int = SEED) -> SimulationResult:
+def damage(name: str, rate: float, *, frames: int | None = None, seed: int = SEED,
+           codec: Codec | None = None) -> SimulationResult:
     """The standard damage step: simulate-loss (re-encode, GOP 2 s, Gilbert loss with mean burst 2)
-    at `rate` on the clip, or on its first `frames` frames; cached for the process by clip, frames,
-    rate and seed, so that every section of a run repairs the same damaged files."""
-    key = (name, frames, rate, seed)
+    at `rate` on the clip, or on its first `frames` frames, in `codec` (default: the clip's family,
+    see source_codec); cached for the process by clip, frames, rate, seed and codec, so that every
+    section of a run repairs the same damaged files."""
+    codec = codec or source_codec(clip_path(name))
+    key = (name, frames, rate, seed, codec)
     if key not in _damaged:
         source = excerpt(name, frames) if frames else clip_path(name)
-        packets = PacketisationOptions(encoder=EncoderSettings(codec=source_codec(clip_path(name))))
-        output = work_dir() / f"{Path(name).stem}-{frames or 'all'}f-{rate:g}-{seed}.mp4"
+        packets = PacketisationOptions(encoder=EncoderSettings(codec=codec))
+        suffix = ".mp4" if codec.has_nal_units else ".mkv"
+        output = work_dir() / f"{Path(name).stem}-{frames or 'all'}f-{rate:g}-{seed}-{codec.value}{suffix}"
         _damaged[key] = simulate_loss(source, output, loss=LossOptions(model="gilbert", loss_rate=rate, burst=BURST,
                                                                        seed=seed), packets=packets)
     return _damaged[key]

@@ -58,8 +58,12 @@ def plain_ffmpeg_psnr(damaged: Path, reference: Path) -> float:
     for frame in decode_frames(reference):
         while upcoming is not None and upcoming <= frame.pts:
             last, upcoming = decoded[upcoming], next(shown, None)
-        picture = last if last is not None else decoded[upcoming]  # before the first: the first
-        errors.append(float(np.mean((picture - frame.luma()) ** 2)))
+        luma = frame.luma()
+        if last is not None:
+            picture = last
+        else:  # before the first: the first, or mid-grey when the decoder gave nothing at all
+            picture = decoded[upcoming] if upcoming is not None else np.full(luma.shape, 128, np.float32)
+        errors.append(float(np.mean((picture - luma) ** 2)))
     return psnr(float(np.mean(errors)))
 
 

@@ -175,6 +175,17 @@ class _Vp9Dependencies:
         return self._verdicts.pop(pts, Verdict.CLEAN)
 
 
+def _grid_origin(pts: int, duration: Fraction | None) -> Fraction:
+    """Where the frame-rate grid through the first frame that came out starts. Muxers round each
+    frame's exact time n * duration from zero, so when `pts` is such a rounding the grid is the
+    one through zero (found when a stream's first frame was lost: carphone in VP9 at 29.97 fps in
+    milliseconds lost frame 0, and a grid through 33 put frame 45 at 1501 instead of 1502 ms)."""
+    if duration is None or duration.denominator == 1:
+        return Fraction(pts)  # whole ticks per frame: every grid through a timestamp is exact
+    through_zero = math.floor(pts / duration + Fraction(1, 2)) * duration
+    return through_zero if abs(pts - through_zero) <= Fraction(1, 2) else Fraction(pts)
+
+
 def _round_half_up(ticks: Fraction) -> int:
     """Round as FFmpeg's timestamp rescaling does (half away from zero; Python's round() goes to even:
     frame 75 of a 29.97 fps WebM sits at 2502.5 ms, which the muxer wrote as 2503, not 2502)."""
@@ -226,10 +237,10 @@ class _FrameSlots:
         self._time_base = time_base
         self._expected: list[int] = []  # heap of packet timestamps not yet output
         self._last: int | None = None
-        self._anchor = 0  # the first frame's timestamp: slot n is at anchor + n * duration
+        self._anchor: Fraction = Fraction(0)  # slot n is at anchor + n * duration, rounded
 
     def _slot_pts(self, slot: int) -> int:
-        return self._anchor + _round_half_up(slot * self._duration)
+        return _round_half_up(self._anchor + slot * self._duration)
 
     def _slot(self, pts: int) -> int:
         return round((pts - self._anchor) / self._duration)
@@ -259,7 +270,7 @@ class _FrameSlots:
     def _advance(self, pts: int, picture: av.VideoFrame | None, vectors: np.ndarray | None) -> Iterator[DecodedFrame]:
         """Emit the slot at `pts`, preceded by placeholders for any gap in the timestamps before it."""
         if self._last is None:
-            self._anchor = pts
+            self._anchor = _grid_origin(pts, self._duration)
         else:
             if pts <= self._last:
                 return

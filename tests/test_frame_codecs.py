@@ -138,3 +138,16 @@ def test_a_vp9_stream_is_damaged_as_it_is(tmp_path):
         arrived = {p.pts: bytes(p) for p in container.demux(video=0) if p.size}
     assert 0 < len(doc["lost_frames"]) == len(original) - len(arrived)
     assert all(original[pts] == data for pts, data in arrived.items())
+
+
+def test_lost_frames_land_on_the_muxers_timestamps_when_the_first_frame_is_lost(tmp_path):
+    """29.97 fps in WebM's milliseconds: frame 45 is at 1501.5 ms, written 1502. With frames 0-30 gone
+    (the keyframe lost) the first picture out is frame 31 at 1034 ms; the grid must still be the one
+    through zero, not through 1034, which would put the lost frame 45 at 1501."""
+    stream = encode_vp9(tmp_path, "gop31.webm", 50, g="31", keyint_min="31")
+    damaged = tmp_path / "dropped.webm"
+    timestamps = remux_without(stream, damaged, {0, 45})
+    assert timestamps[45] == 1502
+    slots = list(decode_frames(damaged))
+    assert [s.pts for s in slots] == sorted(timestamps)[1:]  # a lost first packet leaves no trace
+    assert [s.missing for s in slots] == [True] * 30 + [False] * 14 + [True] * 5
