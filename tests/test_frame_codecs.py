@@ -8,6 +8,7 @@ from hypothesis import given, strategies as st
 from concealer import LossOptions, PacketisationOptions, conceal, simulate_loss
 from concealer.bitstream import BitstreamError, Codec
 from concealer.decode import decode_frames
+from concealer.detection import DamageLabel, detect_damage
 from concealer.encode import EncoderSettings
 from concealer.truth import load_truth
 from concealer.vp9 import ReferenceTracker, Verdict, parse_frame_header, superframe_frames
@@ -79,6 +80,9 @@ def test_error_resilient_vp9_only_drifts_after_a_loss(tmp_path):
     slots = list(decode_frames(damaged))
     assert [s.missing for s in slots] == [False] * 4 + [True] + [False] * 7
     assert [s.drifted for s in slots] == [False] * 5 + [True] * 7
+    labels = [item.damage.labels for item in detect_damage(damaged)]
+    assert all((m == DamageLabel.PROPAGATED).all() for m in labels[5:])  # damaged, nobody knows where
+    assert not any(m.any() for m in labels[:4]) and (labels[4] == DamageLabel.MISSING_FRAME).all()
 
 
 def test_a_keyframe_ends_the_damage(tmp_path):
