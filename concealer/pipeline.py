@@ -181,7 +181,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
         copies = _PassThrough(passthrough_source, sink)
         sink.metadata.update(content_tags(passthrough_source.metadata))
         corrector = DriftCorrector(height, width) if drift == "carry" else None
-        previous = last_decoded = last_shown = None
+        previous = before_previous = last_decoded = last_shown = None
         steps_since_shown = 0
         for damaged, ahead in _look_ahead(_prefetched(detect_damage(source, mode=detect, truth=truth))):
             frame, damage = damaged.frame, damaged.damage
@@ -203,12 +203,14 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                 mask = damage.pixel_mask(height, width, None if drift == "reconceal" else DamageLabel.LOST)
                 if mask.any():
                     earlier = previous if previous is not None and same_scene(previous, picture, mask) else None
-                    picture = concealer.conceal(picture, mask, Neighbours(earlier, following))
+                    motion_before = before_previous if earlier is not None and before_previous is not None and \
+                        same_scene(before_previous, earlier, np.zeros_like(mask)) else None
+                    picture = concealer.conceal(picture, mask, Neighbours(earlier, following, motion_before))
                 if corrector:
                     corrector.remember(decoded, picture)
                 last_decoded, last_shown, steps_since_shown = decoded, picture, 0
             tally.add(frame, damage, picture)
-            previous = picture
+            before_previous, previous = previous, picture
             # Samples the repair left alone go out exactly as decoded, in the input's own pixel format.
             out = picture.to_frame(video.codec_context.pix_fmt, None if frame.missing else (frame.picture, decoded))
             out.pts, out.time_base = frame.pts, frame.time_base
