@@ -67,8 +67,12 @@ class TrainingRun:
     def maybe_save(self, state: dict) -> None:
         """Checkpoint every few minutes (`state` holds the models' and optimisers' state dicts)."""
         if time.perf_counter() - self._last_checkpoint > CHECKPOINT_SECONDS:
-            torch.save({**state, "step": self.step, "seconds": self.elapsed}, self.checkpoint)
-            self._last_checkpoint = time.perf_counter()
+            self.save(state)
+
+    def save(self, state: dict, path: Path | None = None) -> None:
+        """Checkpoint now, to `path` or to the run's resumable checkpoint."""
+        torch.save({**state, "step": self.step, "seconds": self.elapsed}, path or self.checkpoint)
+        self._last_checkpoint = time.perf_counter()
 
     def log(self, values: dict) -> None:
         """Append one row to loss.csv and print it."""
