@@ -195,6 +195,10 @@ class CopyConcealer:
         return picture.pasted([previous.y, previous.u, previous.v], mask)
 
 
+# Rows of picture above and below the holes over which the earlier flow is estimated.
+EARLIER_FLOW_MARGIN = 32
+
+
 class FlowConcealer:
     """Motion-compensated copy: damaged blocks take the previous repaired picture moved along a motion
     estimate. Two estimates, averaged in the holes: the optical flow of the intact picture around them
@@ -207,7 +211,9 @@ class FlowConcealer:
     37.48 dB on foreman 3% and 30.76 dB on chaplin 3%. In `conceal` (blind detection, drift carried):
     foreman 35.14 -> 37.21 / 29.06 -> 30.16 / 18.37 -> 18.47 dB at 3 / 10 / 20% loss, chaplin
     31.91 -> 32.08 / 25.99 -> 26.33 / 21.14 -> 21.18, bikes 30.86 -> 30.81 / 23.70 -> 24.15 /
-    20.44 -> 20.69, carphone unchanged."""
+    20.44 -> 20.69, carphone unchanged. The earlier flow is estimated over the rows the holes span
+    (with a margin) rather than the whole picture: bbb 720p at 5% loss took 3.70 times a plain
+    decode + encode with it on whole pictures, 3.34 times on the rows (foreman 3%: 37.21 / 37.22 dB)."""
 
     name = "flow"
 
@@ -217,9 +223,16 @@ class FlowConcealer:
             return picture  # nothing to move, or no intact picture to measure the motion on
         warp = estimate_warp(previous.y, picture.y, mask)
         if neighbours.before_previous is not None:
-            earlier = estimate_warp(neighbours.before_previous.y, previous.y, np.zeros_like(mask))
-            warp = Warp(np.where(mask, (warp.dx + earlier.dx) / 2, warp.dx),
-                        np.where(mask, (warp.dy + earlier.dy) / 2, warp.dy))
+            # Only the rows the holes span (and a margin for DIS's patches) need the earlier flow.
+            rows = np.flatnonzero(mask.any(axis=1))
+            top, bottom = max(0, rows[0] - EARLIER_FLOW_MARGIN), rows[-1] + 1 + EARLIER_FLOW_MARGIN
+            band = slice(top, bottom)
+            earlier = estimate_warp(neighbours.before_previous.y[band], previous.y[band], np.zeros_like(mask[band]))
+            dx, dy = warp.dx.copy(), warp.dy.copy()
+            hole = mask[band]
+            dx[band][hole] = (dx[band][hole] + earlier.dx[hole]) / 2
+            dy[band][hole] = (dy[band][hole] + earlier.dy[hole]) / 2
+            warp = Warp(dx, dy)
         return picture.pasted(warp.apply_to_planes([previous.y, previous.u, previous.v]), mask)
 
 
