@@ -333,6 +333,18 @@ class _Simulation:
         self.channel_log.record(lost)
         return lost
 
+    def _send_fragments(self, size: int, protected: bool) -> list[tuple[int, tuple[int, int]]]:
+        """Send `size` bytes as packets of at most --packet-size bytes; the (packet index, byte range)
+        of each the channel lost (none when `protected`: it never sees them)."""
+        size_limit = self.packets.packet_size
+        lost = []
+        for start in range(0, max(size, 1), size_limit):
+            packet = self.packet_index
+            self.packet_index += 1
+            if not protected and self._lose():
+                lost.append((packet, (start, min(size, start + size_limit))))
+        return lost
+
     def _corrupt(self, buffer: bytearray, nal_start: int, nal_end: int) -> tuple[int, ...]:
         """Bit errors in a NAL unit's payload (never its header); offsets in bits from the NAL start."""
         header = nal_header_size(self.codec)
@@ -347,16 +359,11 @@ class _Simulation:
         lost: dict[int, list[tuple[int, tuple[int, int]]]] = {}
         corrupted: dict[int, tuple[int, tuple[int, ...]]] = {}
         arrived = bytearray()
-        size_limit = self.packets.packet_size
         for index, nal in enumerate(nals):
-            size = nal.end - nal.payload_start
             protected = self._protected(nal, first)
-            for start in range(0, max(size, 1), size_limit):
-                packet = self.packet_index
-                self.packet_index += 1
-                if not protected and self._lose():
-                    lost.setdefault(index, []).append((packet, (start, min(size, start + size_limit))))
-            if index in lost:
+            fragments_lost = self._send_fragments(nal.end - nal.payload_start, protected)
+            if fragments_lost:
+                lost[index] = fragments_lost
                 continue
             nal_bytes = bytearray(data[nal.start:nal.end])
             if index in ranges and not protected:
@@ -369,15 +376,9 @@ class _Simulation:
 
     def damage_frame(self, data: bytes, pts: int) -> bytes | None:
         """Send one VP9/AV1 frame through the channel in packet-sized fragments; None if any was lost."""
-        first = self.summary.frames == 0
-        size_limit = self.packets.packet_size
-        lost = []
-        for start in range(0, max(len(data), 1), size_limit):
-            packet = self.packet_index
-            self.packet_index += 1
-            if not (first and self.loss.protect_first_idr) and self._lose():
-                end = min(len(data), start + size_limit)
-                lost.append(LossEvent("lost", "video", packet, pts, byte_range=(start, end)))
+        protected = self.summary.frames == 0 and self.loss.protect_first_idr
+        lost = [LossEvent("lost", "video", packet, pts, byte_range=byte_range)
+                for packet, byte_range in self._send_fragments(len(data), protected)]
         self.events += lost
         self.summary.frames += 1
         if lost:
