@@ -221,7 +221,7 @@ class BitWriter:
         return bytes(self._bytes)
 
 
-def _header_reader(nal: bytes, codec: Codec, max_bytes: int = 64) -> BitReader:
+def header_reader(nal: bytes, codec: Codec, max_bytes: int = 64) -> BitReader:
     """Reader positioned after the NAL header; only the first bytes are unescaped (headers are short)."""
     return BitReader(remove_emulation_prevention(nal[nal_header_size(codec):max_bytes]))
 
@@ -257,7 +257,7 @@ class SliceHeader:
 
 def parse_slice_header(nal: bytes, codec: Codec, geometry: PictureGeometry) -> SliceHeader:
     """Read the slice address, the first field(s) of every slice header."""
-    reader = _header_reader(nal, codec)
+    reader = header_reader(nal, codec)
     if codec is Codec.H264:
         return SliceHeader(reader.ue(), False)
     nal_type = nal_type_of(codec, nal[0])
@@ -754,7 +754,7 @@ def _skip_h264_scaling_list(reader: BitReader, size: int) -> None:
 
 def parse_h264_sps(nal: bytes) -> H264Sps:
     """Read an H.264 SPS NAL unit (7.3.2.1.1) as far as the frame size."""
-    reader = _header_reader(nal, Codec.H264, max_bytes=len(nal))
+    reader = header_reader(nal, Codec.H264, max_bytes=len(nal))
     profile = reader.u(8)
     reader.skip(16)  # constraint flags, level_idc
     sps_id = reader.ue()

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import av
 
-from .bitstream import (BitReader, BitstreamError, BitWriter, Codec, Framing, H264Sps, add_emulation_prevention,
-                        nal_units, parse_decoder_config, parse_h264_sps, remove_emulation_prevention)
+from .bitstream import (BitstreamError, BitWriter, Codec, Framing, H264Sps, add_emulation_prevention, header_reader,
+                        nal_units, parse_decoder_config, parse_h264_sps)
 
 SPS, PPS, SLICE, IDR_SLICE = 7, 8, 1, 5
 SUBSTITUTE_PPS_ID = 255  # the last id: streams number theirs from 0
@@ -78,7 +78,7 @@ class H264GapRepair:
                 sps = parse_h264_sps(unit)
                 self._sps[sps.sps_id] = sps
             elif unit[0] & 0x1F == PPS:
-                reader = BitReader(remove_emulation_prevention(unit[1:16]))
+                reader = header_reader(unit, Codec.H264, max_bytes=16)
                 pps_id, sps_id = reader.ue(), reader.ue()
                 self._pps_sps[pps_id] = sps_id
         except (BitstreamError, IndexError):
@@ -86,7 +86,7 @@ class H264GapRepair:
 
     def _read_slice(self, nal: bytes) -> tuple[H264Sps, int, int]:
         """(SPS, frame_num, pic_order_cnt_lsb or 0) of a slice NAL unit (7.3.3)."""
-        reader = BitReader(remove_emulation_prevention(nal[1:32]))
+        reader = header_reader(nal, Codec.H264, max_bytes=32)
         reader.ue()  # first_mb_in_slice
         reader.ue()  # slice_type
         sps = self._sps[self._pps_sps[reader.ue()]]
