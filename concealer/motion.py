@@ -85,19 +85,25 @@ def _pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     return xs, ys
 
 
+def source_coordinates(dx: np.ndarray, dy: np.ndarray, index: int, shape: tuple[int, int]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) float32 maps of where each sample of plane `index` (0: luma, else 4:2:0 chroma) of size
+    `shape` comes from, under the luma-resolution motion (dx, dy); new arrays, free to change."""
+    rows, cols = shape
+    scale = 1 if index == 0 else 2
+    xs, ys = _pixel_grid(*dx.shape)
+    return (xs[:rows, :cols] + dx[::scale, ::scale][:rows, :cols] / scale,
+            ys[:rows, :cols] + dy[::scale, ::scale][:rows, :cols] / scale)
+
+
 class PlaneMaps:
     """Where each sample of a YUV 4:2:0 picture comes from under a luma-resolution motion field
     (dx, dy in pixels; chroma moves half as far), in OpenCV's fixed-point form, built once and
     applied to any number of pictures or correction planes."""
 
     def __init__(self, dx: np.ndarray, dy: np.ndarray, shapes: list[tuple[int, int]]):
-        xs, ys = _pixel_grid(*dx.shape)
-        self._maps = []
-        for index, (rows, cols) in enumerate(shapes):
-            scale = 1 if index == 0 else 2
-            map_x = xs[:rows, :cols] + dx[::scale, ::scale][:rows, :cols] / scale
-            map_y = ys[:rows, :cols] + dy[::scale, ::scale][:rows, :cols] / scale
-            self._maps.append(cv2.convertMaps(map_x, map_y, cv2.CV_16SC2))
+        self._maps = [cv2.convertMaps(*source_coordinates(dx, dy, index, shape), cv2.CV_16SC2)
+                      for index, shape in enumerate(shapes)]
 
     def apply(self, planes: list[np.ndarray]) -> list[np.ndarray]:
         return [cv2.remap(plane, fixed, table, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
