@@ -10,8 +10,8 @@ as placeholders, so that every frame slot of the stream comes out, in order.
 from __future__ import annotations
 
 import gc
-import math
 import heapq
+import math
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Iterator
 
 import av
 
+from .h264_repair import H264GapRepair
 from .media import open_video_input
 from .stream_repair import PacketRepair, open_stream_repair
 from .vp9 import ReferenceTracker, Verdict
@@ -197,8 +198,9 @@ def _frames_lost_between(last: int, pts: int, duration: Fraction) -> int:
     return max(0, math.ceil((pts - last - duration / 2) / duration) - 1)
 
 
-def _repaired(packets: Iterator[av.Packet], repair: PacketRepair | None) -> Iterator[av.Packet]:
-    """The demuxed packets, HEVC ones repaired and preceded by the pictures they need that were lost whole."""
+def _repaired(packets: Iterator[av.Packet], repair: PacketRepair | H264GapRepair | None) -> Iterator[av.Packet]:
+    """The demuxed packets, repaired below the decoder (HEVC) and preceded by stand-ins for the pictures
+    they need that were lost whole (HEVC, H.264)."""
     for packet in packets:
         yield from repair.packets(packet) if repair is not None and packet.size else (packet,)
 
