@@ -200,6 +200,9 @@ class BitWriter:
         self.u(code.bit_length() - 1, 0)
         self.u(code.bit_length(), code)
 
+    def se(self, value: int) -> None:
+        self.ue(2 * value - 1 if value > 0 else -2 * value)
+
     def copy(self, reader: BitReader, start: int, end: int) -> None:
         """Append bits [start, end) of what `reader` reads, unchanged."""
         data = reader.data

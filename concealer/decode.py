@@ -100,7 +100,8 @@ def frame_duration(stream: av.video.stream.VideoStream) -> Fraction | None:
 
 
 def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads: int = 1,
-                  motion_vectors: bool = False, repairs: bool = True) -> Iterator[DecodedFrame]:
+                  motion_vectors: bool = False, repairs: bool = True, marked_substitutes: bool = False
+                  ) -> Iterator[DecodedFrame]:
     """Yield every frame slot of the first video stream in presentation order, lost frames included.
 
     A slot is lost when the container has a packet for it but the decoder gave no picture
@@ -110,13 +111,14 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
     timestamp (their container packet header was lost) are given the next expected one.
     `repairs=False` decodes as a plain player does: no repair below the decoder (HEVC, H.264)
     and VP9's garbage pictures shown; what a report on the damaged file itself must measure.
+    `marked_substitutes` moves H.264's stand-ins for lost reference frames (see concealer.h264_repair).
     """
     with open_video_input(path) as container:
         stream = container.streams.video[0]
         configure_decoder(stream, concealment, threads, motion_vectors)
         duration = frame_duration(stream)
         slots = _FrameSlots(duration, stream.time_base)
-        repair = open_stream_repair(path, stream) if repairs else None
+        repair = open_stream_repair(path, stream, marked_substitutes) if repairs else None
         dependencies = _Vp9Dependencies(duration) if repairs and stream.codec_context.name == "vp9" else None
         for packet in _repaired(container.demux(stream), repair):
             if not packet.is_discard:  # before the edit list's start: not shown, so no slot (found by fuzzing)

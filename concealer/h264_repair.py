@@ -9,6 +9,13 @@ pictures after one lost frame. Here each lost reference frame is replaced, befor
 an access unit whose one P slice skips every macroblock (the decoder copies the previous frame,
 as its own gap filling does) under a CAVLC picture parameter set of our own, so frame_num never
 jumps. The substitutes' pictures are hidden: their slots stay lost frames, for the rebuild.
+
+A substitute can also be marked: the previous frame moved by MARK_SHIFT instead of copied. A
+decode with marked substitutes then differs from one without exactly where later pictures were
+predicted from a substitute, through every reference index, intra block and deblocking filter the
+decoder applied, which the exported motion vectors alone do not tell; and the difference is
+texture, which fades through sub-pixel interpolation as a wrong reference's error does, where a
+constant offset would not (damage detection uses this; measured in concealer.detection).
 """
 from __future__ import annotations
 
@@ -21,12 +28,14 @@ SPS, PPS, SLICE, IDR_SLICE = 7, 8, 1, 5
 SUBSTITUTE_PPS_ID = 255  # the last id: streams number theirs from 0
 P_SLICE_ALL = 5  # slice_type: P, and every slice of the picture is P
 MAX_SUBSTITUTES = 32  # a longer gap is a damaged frame_num, not lost frames
+MARK_SHIFT = (8, 0)  # quarter pixels: two pixels to the right
 
 
 class H264GapRepair:
     """Re-inserts the lost reference frames of one H.264 stream as its packets are demuxed."""
 
-    def __init__(self, extradata: bytes | None):
+    def __init__(self, extradata: bytes | None, mark: bool = False):
+        self._mark = mark
         self._sps: dict[int, H264Sps] = {}
         self._pps_sps: dict[int, int] = {}  # PPS id -> SPS id
         config = parse_decoder_config(Codec.H264, extradata)
@@ -113,7 +122,7 @@ class H264GapRepair:
         for step in range(1, missing + 1):
             frame_num = (previous[0] + step) % (1 << sps.log2_max_frame_num)
             poc_lsb = (previous[1] + lsb_step * step // (missing + 1)) % lsb_limit if sps.poc_type == 0 else None
-            slice_nal = self._nal((ref_idc or 2) << 5 | SLICE, _skip_slice(sps, frame_num, poc_lsb))
+            slice_nal = self._nal((ref_idc or 2) << 5 | SLICE, _skip_slice(sps, frame_num, poc_lsb, self._mark))
             substitute = av.Packet(pps + slice_nal)
             substitute.stream, substitute.time_base = packet.stream, packet.time_base
             if packet.pts is not None and previous[2] is not None and packet.pts - previous[2] > missing:
@@ -131,7 +140,7 @@ class H264GapRepair:
 
 def _substitute_pps(sps_id: int) -> bytes:
     """A PPS for the substitutes: CAVLC (a run of skipped macroblocks is one exp-Golomb code), one
-    reference, no weighted prediction, deblocking controllable per slice."""
+    reference, no weighted prediction, no 8x8 transform, deblocking controllable per slice."""
     writer = BitWriter()
     writer.ue(SUBSTITUTE_PPS_ID)
     writer.ue(sps_id)
@@ -151,10 +160,12 @@ def _substitute_pps(sps_id: int) -> bytes:
     return writer.to_bytes()
 
 
-def _skip_slice(sps: H264Sps, frame_num: int, poc_lsb: int | None) -> bytes:
-    """A P slice of the whole picture in which every macroblock is skipped, deblocking off. P_Skip's
+def _skip_slice(sps: H264Sps, frame_num: int, poc_lsb: int | None, mark: bool) -> bytes:
+    """A P slice of the whole picture, deblocking off, in which every macroblock is skipped: P_Skip's
     vector is zero for the first macroblock (no neighbours) and so for every later one (a still
-    neighbour), so the picture is an exact copy of the last reference frame."""
+    neighbour), so the picture is an exact copy of the last reference frame. Marked, every
+    macroblock is instead P_L0_16x16 with MARK_SHIFT as its vector and no residual: only the first
+    codes a vector difference, the others' predicted vector (their neighbours') being the same."""
     writer = BitWriter()
     writer.ue(0)  # first_mb_in_slice
     writer.ue(P_SLICE_ALL)
@@ -167,6 +178,13 @@ def _skip_slice(sps: H264Sps, frame_num: int, poc_lsb: int | None) -> bytes:
     writer.u(1, 0)  # adaptive_ref_pic_marking_mode_flag (a reference picture: sliding window)
     writer.ue(0)  # slice_qp_delta
     writer.ue(1)  # disable_deblocking_filter_idc: off
-    writer.ue(sps.mb_count)  # mb_skip_run: the whole picture
+    if not mark:
+        writer.ue(sps.mb_count)  # mb_skip_run: the whole picture
+    for index in range(sps.mb_count if mark else 0):
+        writer.ue(0)  # mb_skip_run
+        writer.ue(0)  # mb_type: P_L0_16x16 (one reference: no ref_idx)
+        for component in MARK_SHIFT:
+            writer.se(component if index == 0 else 0)  # mvd_l0
+        writer.ue(0)  # coded_block_pattern: codeNum 0 is no residual for inter macroblocks
     writer.align_with_one()
     return writer.to_bytes()

@@ -659,15 +659,17 @@ class PacketRepair:
         return False
 
 
-def open_stream_repair(path: Path, stream: av.video.stream.VideoStream) -> PacketRepair | H264GapRepair | None:
-    """A repairer for the first video stream of `path` when it is HEVC or H.264 (None otherwise).
+def open_stream_repair(path: Path, stream: av.video.stream.VideoStream, marked_substitutes: bool = False
+                       ) -> PacketRepair | H264GapRepair | None:
+    """A repairer for the first video stream of `path` when it is HEVC or H.264 (None otherwise);
+    `marked_substitutes` is H264GapRepair's `mark`.
 
     Learning HEVC's slice layout reads the packets once more before decoding (no decode).
     """
     context = stream.codec_context
     if context.name == "h264":
         try:
-            return H264GapRepair(context.extradata)
+            return H264GapRepair(context.extradata, marked_substitutes)
         except BitstreamError:
             return None
     if context.name != "hevc":

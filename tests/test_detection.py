@@ -1,6 +1,7 @@
 """Damage maps on real damaged clips: accuracy against the clean decode, missing frames, codecs, CLI."""
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -12,7 +13,7 @@ from concealer.detection import DamageLabel, detect_damage, macroblock_mean
 from concealer.errors import InputError
 from concealer.truth import load_truth
 
-from conftest import clip
+from conftest import clip, remux_without
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,18 @@ def test_bitstream_map_matches_the_reference_map(foreman):
     recall, precision = accuracy(foreman, "bitstream")
     # Measured 1.000 and 0.758 (benchmarks.detection_accuracy); the issue asks for 0.95 and 0.90.
     assert recall > 0.97 and precision > 0.70, (recall, precision)
+
+
+def test_bitstream_map_follows_a_lost_frame(tmp_path):
+    """Everything predicted from a lost frame's stand-in is off by the motion across the gap: the
+    second decode's moved stand-in shows where that spread (measured: recall 0.887, precision 0.901
+    over the 39 pictures after one lost frame of foreman, against 0.960 / 0.778 for the error traced
+    along the motion vectors alone)."""
+    clean = simulate_loss(clip("foreman_cif_h264.mp4"), tmp_path / "clean.mp4", loss=LossOptions(loss_rate=0))
+    damaged = tmp_path / "dropped.mp4"
+    remux_without(clean.reference, damaged, {20})
+    recall, precision = accuracy(SimpleNamespace(reference=clean.reference, damaged=damaged), "bitstream")
+    assert recall > 0.85 and precision > 0.85, (recall, precision)
 
 
 def test_bitstream_lost_label_matches_the_truth(foreman):

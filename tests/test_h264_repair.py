@@ -5,7 +5,7 @@ from hypothesis import given, strategies as st
 
 from concealer import LossOptions, simulate_loss
 from concealer.bitstream import Codec, parse_decoder_config, parse_h264_sps
-from concealer.decode import decode_frames
+from concealer.decode import NO_CONCEALMENT, decode_frames
 from concealer.h264_repair import H264GapRepair
 
 from conftest import clip, decode_luma, remux_without
@@ -49,3 +49,19 @@ def test_gap_repair_never_fails_on_garbage(packets):
             packet = av.Packet(data)
             packet.stream = stream
             assert repair.packets(packet)[-1] is packet
+
+
+def test_marked_stand_ins_show_where_later_pictures_were_predicted_from_them(tmp_path):
+    """Moved instead of copied, a lost frame's stand-in changes only what was predicted from it: the
+    pictures before the gap are the same sample for sample, every later one differs over most of its
+    area (foreman pans: about 80% of the pixels, measured), and the slots are the same."""
+    clean = simulate_loss(clip("foreman_cif_h264.mp4"), tmp_path / "clean.mp4", loss=LossOptions(loss_rate=0)).reference
+    damaged = tmp_path / "dropped.mp4"
+    remux_without(clean, damaged, {20})
+    plain = list(decode_frames(damaged, concealment=NO_CONCEALMENT))
+    marked = list(decode_frames(damaged, concealment=NO_CONCEALMENT, marked_substitutes=True))
+    assert [s.pts for s in plain] == [s.pts for s in marked]
+    assert [s.missing for s in marked] == [False] * 20 + [True] + [False] * 39
+    changed = [np.mean(a.luma() != b.luma()) for a, b in zip(plain, marked) if not a.missing]
+    assert changed[:20] == [0] * 20
+    assert min(changed[20:]) > 0.5, changed
