@@ -188,12 +188,16 @@ class BitWriter:
         self._count = 0  # bits in _partial
 
     def u(self, bits: int, value: int) -> None:
-        for shift in range(bits - 1, -1, -1):
-            self._partial = (self._partial << 1) | ((value >> shift) & 1)
-            self._count += 1
-            if self._count == 8:
-                self._bytes.append(self._partial)
-                self._partial = self._count = 0
+        """The low `bits` bits of `value`, whole bytes flushed at once (the repairs write thousands of bits)."""
+        if bits <= 0:
+            return
+        self._partial = (self._partial << bits) | (value & ((1 << bits) - 1))
+        self._count += bits
+        if self._count >= 8:
+            left = self._count % 8
+            self._bytes += (self._partial >> left).to_bytes(self._count // 8, "big")
+            self._partial &= (1 << left) - 1
+            self._count = left
 
     def ue(self, value: int) -> None:
         code = value + 1
@@ -205,9 +209,10 @@ class BitWriter:
 
     def copy(self, reader: BitReader, start: int, end: int) -> None:
         """Append bits [start, end) of what `reader` reads, unchanged."""
-        data = reader.data
-        for pos in range(start, end):
-            self.u(1, data[pos >> 3] >> (7 - (pos & 7)))
+        if end <= start:
+            return
+        first, last = start >> 3, (end + 7) >> 3
+        self.u(end - start, int.from_bytes(reader.data[first:last], "big") >> (last * 8 - end))
 
     def align_with_one(self) -> None:
         """byte_alignment() / rbsp_trailing_bits(): a one bit, then zero bits to the byte boundary."""

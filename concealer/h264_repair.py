@@ -180,11 +180,13 @@ def _skip_slice(sps: H264Sps, frame_num: int, poc_lsb: int | None, mark: bool) -
     writer.ue(1)  # disable_deblocking_filter_idc: off
     if not mark:
         writer.ue(sps.mb_count)  # mb_skip_run: the whole picture
-    for index in range(sps.mb_count if mark else 0):
+    else:
         writer.ue(0)  # mb_skip_run
         writer.ue(0)  # mb_type: P_L0_16x16 (one reference: no ref_idx)
         for component in MARK_SHIFT:
-            writer.se(component if index == 0 else 0)  # mvd_l0
+            writer.se(component)  # mvd_l0
         writer.ue(0)  # coded_block_pattern: codeNum 0 is no residual for inter macroblocks
+        # Every later macroblock: the same five codes with zero vector differences, each a single 1 bit.
+        writer.u(5 * (sps.mb_count - 1), -1)
     writer.align_with_one()
     return writer.to_bytes()
