@@ -22,7 +22,7 @@ from typing import Iterator, Protocol
 import cv2
 import numpy as np
 
-from .decode import FFMPEG_CONCEALMENT, NO_CONCEALMENT, DecodedFrame, decode_frames
+from .decode import FFMPEG_CONCEALMENT, NO_CONCEALMENT, DecodedFrame, decode_frames, decoded_ahead
 from .errors import InputError, UsageError
 from .media import probe_video_format
 from .truth import load_truth, write_npz
@@ -155,7 +155,7 @@ class MotionField:
 
     Worked out once per frame, on first use (clean stretches never need it), and applied to
     every error map traced along it. A source block straddles up to four cells; each is
-    weighted by the area it covers.
+    weighted by the area it covers (OpenCV's bilinear remap, whose weights come in 32nds).
     """
 
     def __init__(self, grid: CellGrid, motion_vectors: np.ndarray | None):
@@ -192,32 +192,23 @@ class MotionField:
         return dx, dy, predicted
 
     @functools.cached_property
-    def _mapping(self) -> tuple | None:
-        """(target cells, four source cells, four weights), or None for an intra picture."""
+    def _sampling(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Where each cell was predicted from, in cells, as OpenCV sampling maps (x, y), and which
+        cells were predicted (1.0) at all; None for an intra picture."""
         if self.cell_motion is None:
             return None
         dx, dy, predicted = self.cell_motion
         rows, cols = self.grid.shape
-        cell_row, cell_col = np.nonzero(predicted)
-        source_row = cell_row + dy[cell_row, cell_col] / CellGrid.CELL
-        source_col = cell_col + dx[cell_row, cell_col] / CellGrid.CELL
-        top, left = np.floor(source_row), np.floor(source_col)
-        down, right = (source_row - top).astype(np.float32), (source_col - left).astype(np.float32)
-        top, left = top.astype(np.int64), left.astype(np.int64)
-        sources = [np.clip(r, 0, rows - 1) * cols + np.clip(c, 0, cols - 1)
-                   for r, c in ((top, left), (top, left + 1), (top + 1, left), (top + 1, left + 1))]
-        weights = [(1 - down) * (1 - right), (1 - down) * right, down * (1 - right), down * right]
-        return cell_row * cols + cell_col, sources, weights
+        return (np.arange(cols, dtype=np.float32)[None, :] + dx / CellGrid.CELL,
+                np.arange(rows, dtype=np.float32)[:, None] + dy / CellGrid.CELL, predicted.astype(np.float32))
 
     def warp(self, error: np.ndarray) -> np.ndarray:
-        """The error each cell inherits from the cells it was predicted from (0 for intra cells)."""
-        inherited = np.zeros(self.grid.shape, np.float32)
-        if not error.any() or (mapping := self._mapping) is None:
-            return inherited
-        targets, sources, weights = mapping
-        flat = error.ravel()
-        inherited.ravel()[targets] = sum(w * flat[s] for w, s in zip(weights, sources))
-        return inherited
+        """The error each cell inherits from the cells it was predicted from (0 for intra cells): the
+        source position's bilinear mix of its four neighbouring cells, the grid's edge repeated outside."""
+        if not error.any() or (sampling := self._sampling) is None:
+            return np.zeros(self.grid.shape, np.float32)
+        x, y, predicted = sampling
+        return cv2.remap(error, x, y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) * predicted
 
 
 class ErrorTracer:
@@ -323,8 +314,9 @@ class BitstreamDetector:
 
     def __init__(self, path: Path, grid: CellGrid, vectors_exported: bool):
         # Codecs without vectors have no FFmpeg concealment to choose: their second decode is plain.
-        self._second = decode_frames(path, concealment=SECOND_OPINION if vectors_exported else NO_CONCEALMENT,
-                                     motion_vectors=vectors_exported, marked_substitutes=vectors_exported)
+        self._second = decoded_ahead(decode_frames(
+            path, concealment=SECOND_OPINION if vectors_exported else NO_CONCEALMENT, motion_vectors=vectors_exported,
+            marked_substitutes=vectors_exported))
         self._grid = grid
         self._vectors_exported = vectors_exported
         self._ratio = RatioTracer(grid)
