@@ -1,10 +1,12 @@
 """The decoder: FFmpeg's concealment really applies, lost frames come out as placeholders, streams stay whole."""
+import threading
+
 import av
 import numpy as np
 import pytest
 
 from concealer import LossOptions, PacketisationOptions, simulate_loss
-from concealer.decode import NO_CONCEALMENT, decode_frames
+from concealer.decode import NO_CONCEALMENT, decode_frames, decoded_ahead
 from concealer.errors import InputError
 from concealer.truth import load_truth
 
@@ -68,3 +70,16 @@ def test_lost_frames_of_a_millisecond_time_base_get_the_muxers_timestamps(tmp_pa
     slots = list(decode_frames(damaged))
     assert [s.pts for s in slots] == expected
     assert {s.pts for s in slots if s.missing} >= {expected[7], expected[8], expected[20]}
+
+
+def test_decoding_ahead_gives_the_same_frames_raises_their_errors_and_stops_when_closed(damaged, tmp_path):
+    direct = [(f.pts, f.missing) for f in decode_frames(damaged.damaged)]
+    assert [(f.pts, f.missing) for f in decoded_ahead(decode_frames(damaged.damaged))] == direct
+    ahead = decoded_ahead(decode_frames(damaged.damaged), depth=2)
+    next(ahead)
+    ahead.close()  # the worker is told to stop and joined
+    assert not any(thread.name == "decoded-ahead" for thread in threading.enumerate())
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    with pytest.raises(InputError):
+        next(decoded_ahead(decode_frames(text)))
