@@ -156,10 +156,11 @@ _END = object()
 
 
 def decoded_ahead(items: Iterator[Item], depth: int = 4) -> Iterator[Item]:
-    """`items` produced by a worker thread, at most `depth` ahead of the consumer: FFmpeg decodes
-    without holding Python's lock, so a second decode overlaps the consumer's own work (the
-    bitstream detector's). An error in the worker is raised in the consumer; closing the consumer
-    stops the worker, which closes `items` in its own thread."""
+    """`items` produced by a worker thread, at most `depth` ahead of the consumer: FFmpeg (and NumPy
+    and OpenCV) work without holding Python's lock, so a decode overlaps the consumer's own work (the
+    bitstream detector's second decode, the pipeline's decode and detection). An error in the worker
+    is raised in the consumer; closing the consumer stops the worker, which closes `items` in its
+    own thread."""
     handoff: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 

@@ -8,8 +8,6 @@ import functools
 import itertools
 import json
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -20,7 +18,7 @@ import cv2
 import numpy as np
 
 from .concealment import DEFAULT_CONCEALER, Neighbours, NetworkConcealer, Picture, make_concealer, same_scene
-from .decode import DecodedFrame, decode_frames
+from .decode import DecodedFrame, decode_frames, decoded_ahead
 from .detection import (
     DamagedFrame,
     DamageLabel,
@@ -183,7 +181,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
         corrector = DriftCorrector(height, width) if drift == "carry" else None
         previous = before_previous = last_decoded = last_shown = None
         steps_since_shown = 0
-        for damaged, ahead in _look_ahead(_prefetched(detect_damage(source, mode=detect, truth=truth))):
+        for damaged, ahead in _look_ahead(decoded_ahead(detect_damage(source, mode=detect, truth=truth), PREFETCH)):
             frame, damage = damaged.frame, damaged.damage
             following = ahead[0] if ahead else None
             if frame.missing:
@@ -257,51 +255,9 @@ def _keep_large_blocks() -> None:
         pass
 
 
-# Frame slots decoded and mapped ahead of the repair by a background thread.
+# Frame slots decoded and mapped ahead of the repair by a worker thread: decoding and damage detection
+# (FFmpeg, NumPy and OpenCV all release the GIL) overlap the repair of earlier frames on another core.
 PREFETCH = 4
-
-
-def _prefetched(items: Iterator[DamagedFrame], depth: int = PREFETCH) -> Iterator[DamagedFrame]:
-    """`items` produced by a background thread up to `depth` ahead, so that decoding and damage
-    detection (FFmpeg, NumPy and OpenCV all release the GIL) overlap the repair of earlier frames
-    on another core. An error in the thread is raised here; leaving early stops the thread."""
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    finished = object()
-
-    def offer(entry: tuple[bool, object]) -> bool:
-        while not stop.is_set():
-            try:
-                slots.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not offer((True, item)):
-                    return
-            offer((True, finished))
-        except BaseException as exc:  # handed to the consumer, which raises it
-            offer((False, exc))
-        finally:
-            items.close()
-
-    worker = threading.Thread(target=produce, name="concealer-decode", daemon=True)
-    worker.start()
-    try:
-        while True:
-            ok, item = slots.get()
-            if not ok:
-                raise item
-            if item is finished:
-                return
-            yield item
-    finally:
-        stop.set()
-        worker.join()
 
 
 def _look_ahead(frames: Iterator[DamagedFrame]) -> Iterator[tuple[DamagedFrame, tuple[DamagedFrame, ...]]]:
