@@ -17,14 +17,16 @@ PSNR 27.8 dB without drift correction, 32.1 dB carrying from the previous pictur
 """
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from .concealment import Picture
-from .detection import CellGrid, MotionField
-from .motion import PlaneMaps, source_coordinates
+from .decode import DecodedFrame
+from .detection import CellGrid, DamageMap, MotionField
+from .motion import PlaneMaps, estimate_warp, remap_planes, source_coordinates
 
 # Reference pictures tried per cell: x264's default `ref` (preset medium).
 REFERENCES = 3
@@ -119,3 +121,116 @@ class DriftCorrector:
             np.subtract(r, d, out=correction, dtype=np.float32)
             corrected = corrected or bool(correction.any())
         self._references = [_Reference(decoded, slot, corrected)] + self._references[:REFERENCES - 1]
+
+
+# Frames held back for the next keyframe: their errors are read from it (memory: this many repaired
+# pictures with their decoded originals, about 130 MB at 720p).
+BACKWARD_WINDOW = 32
+# How fast trust in the keyframe's estimate fades going back from it, in frames (chosen among 8 and 16
+# on bikes, chaplin and carphone at 3-20% loss, both never below the forward repair alone).
+BACKWARD_FADE = 16.0
+# Pixels around the damage in which the keyframe's estimate is checked against undamaged pixels.
+NOISE_BAND = 16
+# The size of the blocks over which the estimate is weighed against that noise.
+WIENER_BLOCK = 16
+
+
+@dataclass
+class HeldFrame:
+    """A repaired frame slot waiting to go out: its decoder output, damage map and repair."""
+
+    frame: DecodedFrame
+    damage: DamageMap
+    picture: Picture
+    decoded: Picture | None  # the decoder's own picture (None for a rebuilt lost frame)
+
+
+class KeyframeBackfill:
+    """Repairs what forward correction left in the frames before a clean keyframe, from the keyframe.
+
+    Forward repair guesses what was lost and carries its guess on; the keyframe that ends the
+    damage is coded without reference to anything before it and shows what those frames should
+    have become. Moved back onto the last damaged frame (optical flow, carried into the damage from
+    around it), it gives that frame's remaining error inside the damage; each earlier frame's error
+    is then the later one moved back along the decoder's motion vectors of the later frame (the
+    error travelled forward along them). The estimate is shrunk where it does not stand out from
+    the flow's own misfit on undamaged pixels nearby (a Wiener gain per block) and fades with the
+    distance from the keyframe. Measured on the standard damaged clips, sequence luma PSNR before
+    -> after (prototype of this class, same figures): bikes 30.82 -> 32.18 (3%), 24.15 -> 24.41 (10%),
+    20.67 -> 21.02 (20%); chaplin 32.08 -> 32.63 (3%); carphone 32.08 -> 32.46 (10%); unchanged
+    where no clean keyframe follows the damage (chaplin at 10%).
+
+    Frames are held only while damage is about, at most BACKWARD_WINDOW of them: the oldest goes out
+    uncorrected when the window is full.
+    """
+
+    def __init__(self, height: int, width: int, window: int = BACKWARD_WINDOW):
+        self._grid = CellGrid(height, width)
+        self._window = window
+        self._held: collections.deque[HeldFrame] = collections.deque()
+
+    def hold(self, slot: HeldFrame) -> list[HeldFrame]:
+        """Take a frame slot; return those that can go out now, in order."""
+        if _is_clean_keyframe(slot):
+            return self._correct_from(slot.picture) + [slot]
+        if not self._held and not (slot.frame.missing or slot.damage.damaged.any()):
+            return [slot]
+        self._held.append(slot)
+        return [self._held.popleft()] if len(self._held) > self._window else []
+
+    def release(self) -> list[HeldFrame]:
+        """The frames still held, uncorrected: the stream ended before a clean keyframe."""
+        released, self._held = list(self._held), collections.deque()
+        return released
+
+    def _correct_from(self, keyframe: Picture) -> list[HeldFrame]:
+        held = list(self._held)
+        self._held.clear()
+        if not held or held[-1].frame.missing or not held[-1].damage.damaged.any():
+            return held
+        last = held[-1]
+        height, width = last.picture.y.shape
+        hole = last.damage.pixel_mask(height, width)
+        warp = estimate_warp(keyframe.y, last.picture.y, hole)
+        planes = _planes(last.picture)
+        error = [_wiener(plane.astype(np.float32) - estimate, _scaled(hole, plane.shape))
+                 for plane, estimate in zip(planes, warp.apply_to_planes(_planes(keyframe)))]
+        for index in range(len(held) - 1, -1, -1):
+            slot = held[index]
+            weight = np.float32(np.exp(-(len(held) - 1 - index) / BACKWARD_FADE))
+            corrected = [np.clip(np.rint(plane - weight * e), 0, 255).astype(np.uint8)
+                         for plane, e in zip(_planes(slot.picture), error)]
+            held[index] = HeldFrame(slot.frame, slot.damage, Picture(*corrected), slot.decoded)
+            earlier = held[index - 1] if index else None
+            motion = MotionField(self._grid, slot.frame.motion_vectors).cell_motion
+            if earlier is None or earlier.frame.missing or motion is None or not earlier.damage.damaged.any():
+                break
+            dx, dy = (self._grid.to_pixels(a) for a in motion[:2])
+            mask = earlier.damage.pixel_mask(height, width)
+            # The error at q in the earlier frame went to q - v(q): moved back by minus the vectors.
+            error = [moved * _scaled(mask, moved.shape) for moved in remap_planes(error, -dx, -dy)]
+        return held
+
+
+def _is_clean_keyframe(slot: HeldFrame) -> bool:
+    frame = slot.frame
+    return not frame.missing and frame.picture.key_frame and not slot.damage.damaged.any()
+
+
+def _planes(picture: Picture) -> list[np.ndarray]:
+    return [picture.y, picture.u, picture.v]
+
+
+def _scaled(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A luma-resolution mask at the resolution of a plane of `shape` (chroma: every other sample)."""
+    return mask if shape == mask.shape else mask[::2, ::2]
+
+
+def _wiener(difference: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """The difference inside `hole`, shrunk per block by how little it stands out from the difference
+    on the undamaged pixels around the hole (what the flow gets wrong where nothing was damaged)."""
+    band = cv2.dilate(hole.astype(np.uint8), np.ones((2 * NOISE_BAND + 1,) * 2, np.uint8)).astype(bool) & ~hole
+    noise = float(np.mean(difference[band] ** 2)) if band.any() else 0.0
+    error = difference * hole
+    power = cv2.blur(error * error, (WIENER_BLOCK, WIENER_BLOCK))
+    return error * np.clip(1 - noise / np.maximum(power, 1e-6), 0, 1) * hole

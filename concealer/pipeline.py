@@ -26,7 +26,7 @@ from .detection import (
     detect_damage,
     write_damage_maps,
 )
-from .drift import DriftCorrector
+from .drift import DriftCorrector, HeldFrame, KeyframeBackfill
 from .encode import EncoderSettings, add_output_encoder
 from .errors import InputError, Interrupted, UsageError
 from .media import (
@@ -147,8 +147,10 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
     """Repair `source` into `output`: detect the damage, fill it, re-encode, copy every other stream.
 
     `drift` says what happens to damage that spread through inter prediction: `carry` moves each
-    frame's corrections along the decoder's motion vectors into the frames predicted from it,
-    `reconceal` fills the propagated blocks with the model as if they were lost, `none` leaves them.
+    frame's corrections along the decoder's motion vectors into the frames predicted from it, and
+    then corrects the frames before the next clean keyframe from it (drift.KeyframeBackfill, which
+    holds up to BACKWARD_WINDOW frames back), `reconceal` fills the propagated blocks with the model
+    as if they were lost, `none` leaves them.
     `reference` (the clean stream, same timestamps) is decoded in step and every repaired picture
     scored against it; `report` is a JSON file of the summary and one row per frame slot, written
     together with `output` or not at all. `threads` (default: every core the process may use) is for
@@ -179,6 +181,17 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
         copies = _PassThrough(passthrough_source, sink)
         sink.metadata.update(content_tags(passthrough_source.metadata))
         corrector = DriftCorrector(height, width) if drift == "carry" else None
+        backfill = KeyframeBackfill(height, width) if drift == "carry" else None
+
+        def emit(slot: HeldFrame) -> None:
+            tally.add(slot.frame, slot.damage, slot.picture)
+            # Samples the repair left alone go out exactly as decoded, in the input's own pixel format.
+            out = slot.picture.to_frame(video.codec_context.pix_fmt,
+                                        None if slot.decoded is None else (slot.frame.picture, slot.decoded))
+            out.pts, out.time_base = slot.frame.pts, slot.frame.time_base
+            copies.mux_until(slot.frame.pts * slot.frame.time_base)
+            sink.mux(video.encode(out))
+
         previous = before_previous = last_decoded = last_shown = None
         steps_since_shown = 0
         for damaged, ahead in _look_ahead(decoded_ahead(detect_damage(source, mode=detect, truth=truth), PREFETCH)):
@@ -207,13 +220,12 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                 if corrector:
                     corrector.remember(decoded, picture)
                 last_decoded, last_shown, steps_since_shown = decoded, picture, 0
-            tally.add(frame, damage, picture)
             before_previous, previous = previous, picture
-            # Samples the repair left alone go out exactly as decoded, in the input's own pixel format.
-            out = picture.to_frame(video.codec_context.pix_fmt, None if frame.missing else (frame.picture, decoded))
-            out.pts, out.time_base = frame.pts, frame.time_base
-            copies.mux_until(frame.pts * frame.time_base)
-            sink.mux(video.encode(out))
+            held = HeldFrame(frame, damage, picture, None if frame.missing else decoded)
+            for slot in backfill.hold(held) if backfill else [held]:
+                emit(slot)
+        for slot in backfill.release() if backfill else []:
+            emit(slot)
         if not summary.frames:
             raise InputError(f"{source}: not one picture in it could be decoded, so there is nothing to repair")
         sink.mux(video.encode(None))

@@ -7,8 +7,10 @@ from concealer import LossOptions, simulate_loss
 from concealer.concealment import Picture
 from concealer.decode import decode_frames
 from concealer.detection import DamageLabel, detect_damage
-from concealer.drift import DriftCorrector
+from concealer import pipeline
+from concealer.drift import DriftCorrector, KeyframeBackfill
 from concealer.motion import align
+from concealer.pipeline import conceal
 
 from conftest import clip
 
@@ -74,3 +76,30 @@ def test_carried_corrections_remove_most_of_the_propagated_damage(damaged_forema
         frames += 1
     psnr = {k: 10 * np.log10(255 ** 2 / (v / frames)) for k, v in errors.items()}
     assert psnr["carried"] > psnr["left"] + 3, psnr  # measured: 27.8 -> 32.4 dB (the missing frames stay)
+
+
+def test_the_next_clean_keyframe_repairs_the_frames_before_it(tmp_path, monkeypatch):
+    """bikes at 3% loss (the benchmark's channel): slices of frame 40 are lost and the damage grows
+    until the keyframe at frame 50. Corrected back from that keyframe, frames 40-49 measured 4.65 dB
+    (luma, over those frames: 24.92 against 20.26) closer to the clean stream than with forward
+    correction alone; the clean frames from the keyframe on are untouched, and every slot still goes
+    out in order."""
+    damaged = simulate_loss(clip("bikes_640x272.mp4"), tmp_path / "d.mp4",
+                            loss=LossOptions(model="gilbert", loss_rate=0.03, burst=2, seed=1))
+    clean = [f.luma().astype(np.float32) for f in decode_frames(damaged.reference)]
+
+    def repaired(name):
+        out = tmp_path / name
+        conceal(damaged.damaged, out, codec="ffv1", lossless=True)
+        return [(f.pts, f.luma().astype(np.float32)) for f in decode_frames(out)]
+
+    both = repaired("both.mkv")
+    monkeypatch.setattr(pipeline, "KeyframeBackfill", lambda height, width: KeyframeBackfill(height, width, window=0))
+    forward = repaired("forward.mkv")
+    assert [p for p, _ in both] == [p for p, _ in forward] and len(both) == len(clean)
+
+    def psnr(frames, span):
+        return 10 * np.log10(255 ** 2 / np.mean([np.mean((frames[i][1] - clean[i]) ** 2) for i in span]))
+
+    assert psnr(both, range(40, 50)) > psnr(forward, range(40, 50)) + 3.0
+    assert all(np.array_equal(both[i][1], forward[i][1]) for i in range(50, 78))  # frame 78 is lost next
