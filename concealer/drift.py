@@ -133,6 +133,8 @@ BACKWARD_FADE = 16.0
 NOISE_BAND = 16
 # The size of the blocks over which the estimate is weighed against that noise.
 WIENER_BLOCK = 16
+# A keyframe with more of its macroblocks damaged than this is no guide to the frames before it.
+MOSTLY_INTACT = 0.5
 
 
 @dataclass
@@ -171,8 +173,8 @@ class KeyframeBackfill:
 
     def hold(self, slot: HeldFrame) -> list[HeldFrame]:
         """Take a frame slot; return those that can go out now, in order."""
-        if _is_clean_keyframe(slot):
-            return self._correct_from(slot.picture) + [slot]
+        if _is_keyframe(slot):
+            return self._correct_from(slot) + [slot]
         if not self._held and not (slot.frame.missing or slot.damage.damaged.any()):
             return [slot]
         self._held.append(slot)
@@ -183,7 +185,7 @@ class KeyframeBackfill:
         released, self._held = list(self._held), collections.deque()
         return released
 
-    def _correct_from(self, keyframe: Picture) -> list[HeldFrame]:
+    def _correct_from(self, keyframe: HeldFrame) -> list[HeldFrame]:
         held = list(self._held)
         self._held.clear()
         if not held or held[-1].frame.missing or not held[-1].damage.damaged.any():
@@ -191,10 +193,13 @@ class KeyframeBackfill:
         last = held[-1]
         height, width = last.picture.y.shape
         hole = last.damage.pixel_mask(height, width)
-        warp = estimate_warp(keyframe.y, last.picture.y, hole)
+        warp = estimate_warp(keyframe.picture.y, last.picture.y, hole)
+        # What comes from the keyframe's own damage says nothing: neither error nor noise is read there.
+        guessed = warp.apply(keyframe.damage.pixel_mask(height, width).astype(np.float32)) > 0
         planes = _planes(last.picture)
-        error = [_wiener(plane.astype(np.float32) - estimate, _scaled(hole, plane.shape))
-                 for plane, estimate in zip(planes, warp.apply_to_planes(_planes(keyframe)))]
+        error = [_wiener(plane.astype(np.float32) - estimate, _scaled(hole, plane.shape),
+                         _scaled(guessed, plane.shape))
+                 for plane, estimate in zip(planes, warp.apply_to_planes(_planes(keyframe.picture)))]
         for index in range(len(held) - 1, -1, -1):
             slot = held[index]
             weight = np.float32(np.exp(-(len(held) - 1 - index) / BACKWARD_FADE))
@@ -212,9 +217,10 @@ class KeyframeBackfill:
         return held
 
 
-def _is_clean_keyframe(slot: HeldFrame) -> bool:
+def _is_keyframe(slot: HeldFrame) -> bool:
+    """A picture coded without reference to those before it, mostly intact."""
     frame = slot.frame
-    return not frame.missing and frame.picture.key_frame and not slot.damage.damaged.any()
+    return not frame.missing and frame.picture.key_frame and slot.damage.damaged.mean() < MOSTLY_INTACT
 
 
 def _planes(picture: Picture) -> list[np.ndarray]:
@@ -226,11 +232,14 @@ def _scaled(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return mask if shape == mask.shape else mask[::2, ::2]
 
 
-def _wiener(difference: np.ndarray, hole: np.ndarray) -> np.ndarray:
-    """The difference inside `hole`, shrunk per block by how little it stands out from the difference
-    on the undamaged pixels around the hole (what the flow gets wrong where nothing was damaged)."""
-    band = cv2.dilate(hole.astype(np.uint8), np.ones((2 * NOISE_BAND + 1,) * 2, np.uint8)).astype(bool) & ~hole
+def _wiener(difference: np.ndarray, hole: np.ndarray, guessed: np.ndarray) -> np.ndarray:
+    """The difference inside `hole` and outside `guessed`, shrunk per block by how little it stands out
+    from the difference on the undamaged pixels around the hole (what the flow gets wrong where nothing
+    was damaged)."""
+    band = cv2.dilate(hole.astype(np.uint8), np.ones((2 * NOISE_BAND + 1,) * 2, np.uint8)).astype(bool)
+    band &= ~hole & ~guessed
     noise = float(np.mean(difference[band] ** 2)) if band.any() else 0.0
+    hole = hole & ~guessed
     error = difference * hole
     power = cv2.blur(error * error, (WIENER_BLOCK, WIENER_BLOCK))
     return error * np.clip(1 - noise / np.maximum(power, 1e-6), 0, 1) * hole
