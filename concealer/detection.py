@@ -83,12 +83,13 @@ class DamagedFrame:
 
     frame: DecodedFrame
     damage: DamageMap
+    motion: MotionField  # its motion vectors per cell, worked out once for every stage that follows them
 
 
 class DamageDetector(Protocol):
     """Labels the macroblocks of each frame slot, in presentation order."""
 
-    def process_frame(self, frame: DecodedFrame) -> DamageMap: ...
+    def process_frame(self, frame: DecodedFrame, motion: MotionField) -> DamageMap: ...
 
 
 def macroblock_mean(values: np.ndarray) -> np.ndarray:
@@ -326,7 +327,7 @@ class BitstreamDetector:
         self._recent: list[np.ndarray] = []  # the last two luma planes, newest first
         self._after_gap = False
 
-    def process_frame(self, frame: DecodedFrame) -> DamageMap:
+    def process_frame(self, frame: DecodedFrame, motion: MotionField) -> DamageMap:
         other = next(self._second, None)
         if other is None or other.pts != frame.pts:
             raise InputError("the two decodes of the stream disagree on its frames; use --detect truth for this file")
@@ -336,7 +337,6 @@ class BitstreamDetector:
             self._difference.skip_missing()
             return _missing_map(frame, self._grid)
         luma = frame.luma()
-        motion = MotionField(self._grid, frame.motion_vectors)
         # A picture only the concealing decode produced has no second opinion: nothing found in it.
         difference = np.zeros(self._grid.shape, np.float32) if other.missing else \
             self._grid.squared_difference(luma, other.luma())
@@ -425,12 +425,12 @@ class TruthDetector:
         self._grid = grid
         self._tracer = ErrorTracer(grid)
 
-    def process_frame(self, frame: DecodedFrame) -> DamageMap:
+    def process_frame(self, frame: DecodedFrame, motion: MotionField) -> DamageMap:
         if frame.missing:
             self._tracer.skip_missing()
             return _missing_map(frame, self._grid)
         luma = frame.luma()
-        inherited = self._tracer.inherit(luma, MotionField(self._grid, frame.motion_vectors))
+        inherited = self._tracer.inherit(luma, motion)
         seeds = self._lost.get(frame.pts, np.zeros(self._grid.mb_shape, dtype=bool))
         mb_error = self._tracer.commit(luma, np.maximum(inherited, TRUTH_SEED_ERROR * self._grid.expand_mbs(seeds)))
         return DamageMap(frame.pts, _label(seeds, mb_error))
@@ -466,11 +466,12 @@ def detect_damage(path: Path, *, mode: str = "auto", truth: Path | None = None) 
     else:
         detector = TruthDetector(truth, grid) if use_truth else BitstreamDetector(path, grid, vectors_exported)
     for frame in decode_frames(path, concealment=FFMPEG_CONCEALMENT, motion_vectors=True):
-        damage = detector.process_frame(frame)
+        motion = MotionField(grid, frame.motion_vectors)
+        damage = detector.process_frame(frame, motion)
         if frame.drifted:  # predicted from a stale reference, and no vectors to say where it shows
             damage = DamageMap(damage.pts, np.where(damage.labels == DamageLabel.CLEAN, DamageLabel.PROPAGATED,
                                                     damage.labels).astype(np.uint8))
-        yield DamagedFrame(frame, damage)
+        yield DamagedFrame(frame, damage, motion)
 
 
 def write_damage_maps(maps: list[DamageMap], path: Path) -> None:

@@ -24,9 +24,8 @@ import cv2
 import numpy as np
 
 from .concealment import Picture
-from .decode import DecodedFrame
-from .detection import CellGrid, DamageMap, MotionField
-from .motion import PlaneMaps, estimate_warp, remap_planes, source_coordinates
+from .detection import MB, CellGrid, DamagedFrame, DamageMap, MotionField
+from .motion import estimate_warp, source_coordinates
 
 # Reference pictures tried per cell: x264's default `ref` (preset medium).
 REFERENCES = 3
@@ -34,7 +33,7 @@ REFERENCES = 3
 
 @dataclass(frozen=True)
 class _Reference:
-    decoded: Picture  # what the decoder holds as the reference picture
+    halved: np.ndarray  # the luma of what the decoder holds as the reference picture, at half resolution
     slot: int  # where its correction (repaired - decoded) lies in the stacked correction planes
     corrected: bool  # whether that correction is anything but zero
 
@@ -52,11 +51,11 @@ class DriftCorrector:
         self._stacked: list[np.ndarray] | None = None  # per plane: REFERENCES slots of corrections
         self._next_slot = 0
 
-    def correct(self, picture: Picture, motion_vectors: np.ndarray | None) -> Picture:
+    def correct(self, picture: Picture, motion_field: MotionField) -> Picture:
         """`picture` as it would have decoded from the repaired references."""
         if not any(r.corrected for r in self._references):
             return picture
-        motion = MotionField(self._grid, motion_vectors).cell_motion
+        motion = motion_field.cell_motion
         if motion is None:
             # An intra picture (in a fixed GOP, an IDR): later pictures cannot predict from the
             # ones before it, so their corrections must not be carried past it. Carried on, the
@@ -66,8 +65,11 @@ class DriftCorrector:
             return picture
         dx, dy, predicted = (self._grid.to_pixels(a) for a in motion)
         planes = (picture.y, picture.u, picture.v)
-        slots = self._slots_used(picture.y, PlaneMaps(dx, dy, [picture.y.shape]))
-        carried = [self._carried(index, plane.shape, dx, dy, slots) for index, plane in enumerate(planes)]
+        # Clamping a source position to the picture is what BORDER_REPLICATE does to a single picture.
+        luma_from = _clamped(source_coordinates(dx, dy, 0, picture.y.shape), picture.y.shape)
+        chroma_from = _clamped(source_coordinates(dx, dy, 1, picture.u.shape), picture.u.shape)
+        slots = self._slots_used(picture.y, chroma_from)
+        carried = self._carried([0], luma_from, slots) + self._carried([1, 2], chroma_from, slots[::2, ::2])
         corrected = []
         for scale, plane, correction in zip((1, 2, 2), planes, carried):  # in place: frame-sized arrays
             correction *= predicted[::scale, ::scale]
@@ -76,35 +78,44 @@ class DriftCorrector:
             corrected.append(np.rint(correction, out=correction).astype(np.uint8))
         return Picture(*corrected)
 
-    def _carried(self, index: int, shape: tuple[int, int], dx: np.ndarray, dy: np.ndarray,
-                 slots: np.ndarray) -> np.ndarray:
-        """Plane `index` of the corrections moved along the vectors, each sample from its chosen reference.
+    def _carried(self, indices: list[int], source: tuple[np.ndarray, np.ndarray], slots: np.ndarray
+                 ) -> list[np.ndarray]:
+        """Planes `indices` (all of one size) of the corrections moved along the vectors, each sample from
+        its chosen reference; `source` (changed here) says where each sample comes from in a picture.
 
-        Each sample's source row is offset into its reference's slot of the stacked corrections.
-        Clamping the source to the picture first is what BORDER_REPLICATE does to a single picture,
-        so the result is the same, sample for sample, as moving every reference's correction and
-        picking (three remaps per plane instead of one: at 720p the drift correction spent most of
-        its time in them; bbb 720p at 5% loss went from 3.34 to 2.86 times a plain decode + encode)."""
-        rows, cols = shape
-        scale = 1 if index == 0 else 2
-        map_x, map_y = source_coordinates(dx, dy, index, shape)
-        np.clip(map_x, 0, cols - 1, out=map_x)
-        np.clip(map_y, 0, rows - 1, out=map_y)
-        map_y += slots[::scale, ::scale][:rows, :cols] * rows
+        Each sample's source row is offset into its reference's slot of the stacked corrections; the
+        source having been clamped to the picture, the result is the same, sample for sample, as moving
+        every reference's correction and picking (three remaps per plane instead of one: at 720p the
+        drift correction spent most of its time in them; bbb 720p at 5% loss went from 3.34 to 2.86
+        times a plain decode + encode)."""
+        map_x, map_y = source
+        rows, cols = map_x.shape
+        map_y += slots[:rows, :cols] * rows
         fixed, table = cv2.convertMaps(map_x, map_y, cv2.CV_16SC2)
-        return cv2.remap(self._stacked[index], fixed, table, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return [cv2.remap(self._stacked[index], fixed, table, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                for index in indices]
 
-    def _slots_used(self, luma: np.ndarray, maps: PlaneMaps) -> np.ndarray:
-        """Per pixel, the slot of the reference whose motion-compensated luma fits its 8x8 block best."""
+    def _slots_used(self, luma: np.ndarray, chroma_from: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """Per pixel, the slot of the reference whose motion-compensated luma fits its 8x8 block best.
+
+        Matched at half resolution (4x4 samples a block, moved as chroma is, `chroma_from`): a quarter
+        of the work, which at 720p was the largest part of the drift correction's time."""
         if len(self._references) == 1:
             return np.full(luma.shape, self._references[0].slot, np.float32)
-        costs = [self._grid.cell_mean(cv2.absdiff(maps.apply([r.decoded.y])[0], luma).astype(np.float32))
+        halved = _halved(luma)
+        maps = cv2.convertMaps(*chroma_from, cv2.CV_16SC2)
+        costs = [self._block_mean(cv2.absdiff(cv2.remap(r.halved, *maps, cv2.INTER_LINEAR,
+                                                        borderMode=cv2.BORDER_REPLICATE), halved))
                  for r in self._references]
-        stacked = np.stack(costs)
-        n, rows, cols = stacked.shape
-        pooled = stacked.reshape(n, rows // 2, 2, cols // 2, 2).sum(axis=(2, 4))
-        best = np.array([r.slot for r in self._references], np.float32)[np.argmin(pooled, axis=0)]
+        best = np.array([r.slot for r in self._references], np.float32)[np.argmin(np.stack(costs), axis=0)]
         return self._grid.to_pixels(best, 2 * CellGrid.CELL)
+
+    def _block_mean(self, halved: np.ndarray) -> np.ndarray:
+        """Mean of a half-resolution plane over each 8x8 luma block (4x4 samples), edges repeated."""
+        rows, cols = self._grid.mb_shape
+        padded = cv2.copyMakeBorder(halved, 0, rows * 8 - halved.shape[0], 0, cols * 8 - halved.shape[1],
+                                    cv2.BORDER_REPLICATE)
+        return cv2.resize(padded.astype(np.float32), (cols * 2, rows * 2), interpolation=cv2.INTER_AREA)
 
     def remember(self, decoded: Picture, repaired: Picture) -> None:
         """A new reference picture: what the decoder holds (`decoded`) and what we made of it.
@@ -120,7 +131,7 @@ class DriftCorrector:
             correction = stacked[slot * d.shape[0]:(slot + 1) * d.shape[0]]
             np.subtract(r, d, out=correction, dtype=np.float32)
             corrected = corrected or bool(correction.any())
-        self._references = [_Reference(decoded, slot, corrected)] + self._references[:REFERENCES - 1]
+        self._references = [_Reference(_halved(decoded.y), slot, corrected)] + self._references[:REFERENCES - 1]
 
 
 # Frames held back for the next keyframe: their errors are read from it (memory: this many repaired
@@ -139,10 +150,9 @@ MOSTLY_INTACT = 0.5
 
 @dataclass
 class HeldFrame:
-    """A repaired frame slot waiting to go out: its decoder output, damage map and repair."""
+    """A repaired frame slot waiting to go out: its decoder output with damage map, and its repair."""
 
-    frame: DecodedFrame
-    damage: DamageMap
+    damaged: DamagedFrame
     picture: Picture
     decoded: Picture | None  # the decoder's own picture (None for a rebuilt lost frame)
 
@@ -175,7 +185,7 @@ class KeyframeBackfill:
         """Take a frame slot; return those that can go out now, in order."""
         if _is_keyframe(slot):
             return self._correct_from(slot) + [slot]
-        if not self._held and not (slot.frame.missing or slot.damage.damaged.any()):
+        if not self._held and not (slot.damaged.frame.missing or slot.damaged.damage.damaged.any()):
             return [slot]
         self._held.append(slot)
         return [self._held.popleft()] if len(self._held) > self._window else []
@@ -188,39 +198,85 @@ class KeyframeBackfill:
     def _correct_from(self, keyframe: HeldFrame) -> list[HeldFrame]:
         held = list(self._held)
         self._held.clear()
-        if not held or held[-1].frame.missing or not held[-1].damage.damaged.any():
+        if not held or held[-1].damaged.frame.missing or not held[-1].damaged.damage.damaged.any():
             return held
         last = held[-1]
         height, width = last.picture.y.shape
-        hole = last.damage.pixel_mask(height, width)
+        hole = last.damaged.damage.pixel_mask(height, width)
         warp = estimate_warp(keyframe.picture.y, last.picture.y, hole)
         # What comes from the keyframe's own damage says nothing: neither error nor noise is read there.
-        guessed = warp.apply(keyframe.damage.pixel_mask(height, width).astype(np.float32)) > 0
+        guessed = warp.apply(keyframe.damaged.damage.pixel_mask(height, width).astype(np.float32)) > 0
         planes = _planes(last.picture)
         error = [_wiener(plane.astype(np.float32) - estimate, _scaled(hole, plane.shape),
                          _scaled(guessed, plane.shape))
                  for plane, estimate in zip(planes, warp.apply_to_planes(_planes(keyframe.picture)))]
+        box = _damage_box(last.damaged.damage, height, width)
         for index in range(len(held) - 1, -1, -1):
             slot = held[index]
             weight = np.float32(np.exp(-(len(held) - 1 - index) / BACKWARD_FADE))
-            corrected = [np.clip(np.rint(plane - weight * e), 0, 255).astype(np.uint8)
-                         for plane, e in zip(_planes(slot.picture), error)]
-            held[index] = HeldFrame(slot.frame, slot.damage, Picture(*corrected), slot.decoded)
-            earlier = held[index - 1] if index else None
-            motion = MotionField(self._grid, slot.frame.motion_vectors).cell_motion
+            corrected = []
+            for scale, plane, e in zip((1, 2, 2), _planes(slot.picture), error):
+                rows, cols = _scaled_box(box, scale)
+                plane = plane.copy()
+                plane[rows, cols] = np.clip(np.rint(plane[rows, cols] - weight * e[rows, cols]), 0, 255)
+                corrected.append(plane)
+            held[index] = HeldFrame(slot.damaged, Picture(*corrected), slot.decoded)
+            earlier = held[index - 1].damaged if index else None
+            motion = slot.damaged.motion.cell_motion
             if earlier is None or earlier.frame.missing or motion is None or not earlier.damage.damaged.any():
                 break
-            dx, dy = (self._grid.to_pixels(a) for a in motion[:2])
-            mask = earlier.damage.pixel_mask(height, width)
-            # The error at q in the earlier frame went to q - v(q): moved back by minus the vectors.
-            error = [moved * _scaled(mask, moved.shape) for moved in remap_planes(error, -dx, -dy)]
+            box = _damage_box(earlier.damage, height, width)
+            error = _moved_back(error, motion, self._grid, earlier.damage.pixel_mask(height, width), box)
         return held
+
+
+def _damage_box(damage: DamageMap, height: int, width: int) -> tuple[slice, slice]:
+    """The luma rows and columns of the macroblocks that hold all of a frame's damage."""
+    rows, cols = np.flatnonzero(damage.damaged.any(axis=1)), np.flatnonzero(damage.damaged.any(axis=0))
+    return slice(rows[0] * MB, min((rows[-1] + 1) * MB, height)), slice(cols[0] * MB, min((cols[-1] + 1) * MB, width))
+
+
+def _scaled_box(box: tuple[slice, slice], scale: int) -> tuple[slice, slice]:
+    """A luma box (macroblock-aligned) in the samples of a plane `scale` times smaller (chroma: 2)."""
+    rows, cols = box
+    return slice(rows.start // scale, -(-rows.stop // scale)), slice(cols.start // scale, -(-cols.stop // scale))
+
+
+def _moved_back(error: list[np.ndarray], motion: tuple[np.ndarray, np.ndarray, np.ndarray], grid: CellGrid,
+                mask: np.ndarray, box: tuple[slice, slice]) -> list[np.ndarray]:
+    """The error of each plane one frame earlier, inside `mask` (whose bounding box is `box`): the
+    error at q there went to q - v(q), v being the later frame's vectors. Only the box is worked out."""
+    dx, dy = (grid.to_pixels(a)[box] for a in motion[:2])
+    moved = []
+    for index, (scale, plane) in enumerate(zip((1, 2, 2), error)):
+        rows, cols = _scaled_box(box, scale)
+        map_x, map_y = source_coordinates(-dx, -dy, index, (rows.stop - rows.start, cols.stop - cols.start))
+        map_x += cols.start
+        map_y += rows.start
+        earlier = np.zeros_like(plane)
+        earlier[rows, cols] = cv2.remap(plane, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) * \
+            _scaled(mask, plane.shape)[rows, cols]
+        moved.append(earlier)
+    return moved
+
+
+def _clamped(source: tuple[np.ndarray, np.ndarray], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Source positions (x, y) clamped, in place, to a picture of `shape`."""
+    map_x, map_y = source
+    np.clip(map_x, 0, shape[1] - 1, out=map_x)
+    np.clip(map_y, 0, shape[0] - 1, out=map_y)
+    return map_x, map_y
+
+
+def _halved(luma: np.ndarray) -> np.ndarray:
+    """Luma at half resolution (rounded up), each sample the mean of a 2x2 square."""
+    return cv2.resize(luma, (-(-luma.shape[1] // 2), -(-luma.shape[0] // 2)), interpolation=cv2.INTER_AREA)
 
 
 def _is_keyframe(slot: HeldFrame) -> bool:
     """A picture coded without reference to those before it, mostly intact."""
-    frame = slot.frame
-    return not frame.missing and frame.picture.key_frame and slot.damage.damaged.mean() < MOSTLY_INTACT
+    frame = slot.damaged.frame
+    return not frame.missing and frame.picture.key_frame and slot.damaged.damage.damaged.mean() < MOSTLY_INTACT
 
 
 def _planes(picture: Picture) -> list[np.ndarray]:

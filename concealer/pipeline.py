@@ -184,12 +184,13 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
         backfill = KeyframeBackfill(height, width) if drift == "carry" else None
 
         def emit(slot: HeldFrame) -> None:
-            tally.add(slot.frame, slot.damage, slot.picture)
+            frame = slot.damaged.frame
+            tally.add(frame, slot.damaged.damage, slot.picture)
             # Samples the repair left alone go out exactly as decoded, in the input's own pixel format.
             out = slot.picture.to_frame(video.codec_context.pix_fmt,
-                                        None if slot.decoded is None else (slot.frame.picture, slot.decoded))
-            out.pts, out.time_base = slot.frame.pts, slot.frame.time_base
-            copies.mux_until(slot.frame.pts * slot.frame.time_base)
+                                        None if slot.decoded is None else (frame.picture, slot.decoded))
+            out.pts, out.time_base = frame.pts, frame.time_base
+            copies.mux_until(frame.pts * frame.time_base)
             sink.mux(video.encode(out))
 
         previous = before_previous = last_decoded = last_shown = None
@@ -210,7 +211,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                     corrector.remember(last_decoded, picture)  # FFmpeg stands the last picture in for it
             else:
                 decoded = Picture.from_frame(frame.picture)
-                picture = corrector.correct(decoded, frame.motion_vectors) if corrector else decoded
+                picture = corrector.correct(decoded, damaged.motion) if corrector else decoded
                 mask = damage.pixel_mask(height, width, None if drift == "reconceal" else DamageLabel.LOST)
                 if mask.any():
                     earlier = previous if previous is not None and same_scene(previous, picture, mask) else None
@@ -221,7 +222,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                     corrector.remember(decoded, picture)
                 last_decoded, last_shown, steps_since_shown = decoded, picture, 0
             before_previous, previous = previous, picture
-            held = HeldFrame(frame, damage, picture, None if frame.missing else decoded)
+            held = HeldFrame(damaged, picture, None if frame.missing else decoded)
             for slot in backfill.hold(held) if backfill else [held]:
                 emit(slot)
         for slot in backfill.release() if backfill else []:

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from .decode import FFMPEG_CONCEALMENT, DecodedFrame, decode_frames
-from .detection import DAMAGE_MSE, MB, DamageLabel, DamageMap, macroblock_mean
+from .detection import DAMAGE_MSE, MB, DamageLabel, DamageMap, MotionField, macroblock_mean
 from .encode import EncoderSettings, add_video_encoder
 from .errors import InputError
 from .media import AtomicOutputs, nominal_rate, open_output, open_video_input
@@ -183,7 +183,8 @@ class PixelDetector:
         self._evidence = EvidenceExtractor()
         self._state = np.zeros(mb_shape, np.float32)
 
-    def process_frame(self, frame: DecodedFrame) -> DamageMap:
+    def process_frame(self, frame: DecodedFrame, motion: MotionField) -> DamageMap:
+        """The damage the pixels show (a baked copy has no motion vectors of its own: `motion` is unused)."""
         if frame.missing:
             self._evidence.skip_missing()
             return DamageMap(frame.pts, np.full(self._state.shape, DamageLabel.MISSING_FRAME, np.uint8))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import cv2
 
 from .concealment import Picture
-from .detection import CellGrid, DamagedFrame, MotionField
+from .detection import CellGrid, DamagedFrame
 from .motion import remap_planes
 
 
@@ -32,7 +32,7 @@ def rebuild_missing(last: Picture | None, next_decoded: DamagedFrame | None, fra
     if next_decoded.frame.motion_vectors is None:  # a decoder that exports none (VP9, AV1, HEVC)
         return _cross_fade(last, Picture.from_frame(next_decoded.frame.picture), position)
     grid = CellGrid(*last.y.shape)
-    motion = MotionField(grid, next_decoded.frame.motion_vectors).cell_motion
+    motion = next_decoded.motion.cell_motion
     if motion is None:
         return last  # the next picture is intra: no motion to follow
     # The encoder's vectors are chosen for bits, not truth: a 3x3-cell median keeps the motion and drops

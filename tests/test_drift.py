@@ -69,7 +69,7 @@ def test_carried_corrections_remove_most_of_the_propagated_damage(damaged_forema
             return picture.with_rgb(target.to_rgb(), lost) if lost.any() else picture
 
         left = repair(decoded)
-        carried = repair(corrector.correct(decoded, frame.motion_vectors))
+        carried = repair(corrector.correct(decoded, damaged.motion))
         corrector.remember(decoded, carried)
         errors["left"] += np.mean((left.y.astype(float) - target.y) ** 2)
         errors["carried"] += np.mean((carried.y.astype(float) - target.y) ** 2)
