@@ -60,8 +60,8 @@ def _table(title: str, rows: list[tuple[str, str]]) -> Table:
 @click.option("--detect", "mode", type=click.Choice(DETECTION_MODES), default="auto", show_default=True)
 @click.option("--truth", type=click.Path(path_type=Path), help="simulate-loss truth file (.truth.json).")
 @click.option("--drift", type=click.Choice(DRIFT_STRATEGIES), default="carry", show_default=True,
-              help="Damage spread by inter prediction: carry corrections along the motion vectors, "
-                   "re-conceal it, or leave it.")
+              help="Damage spread by inter prediction: carry corrections along the motion vectors (and "
+                   "back from the next keyframe), re-conceal it, or leave it.")
 @click.option("--codec", type=click.Choice(OUTPUT_CODECS), default="h264", show_default=True)
 @click.option("--crf", type=float, default=18, show_default=True)
 @click.option("--preset", default="medium", show_default=True)
