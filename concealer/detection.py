@@ -4,11 +4,12 @@ Every detector sits behind one small interface, `DamageDetector.process_frame`, 
 sees the frames of the primary decode (FFmpeg's concealment on, motion vectors
 exported) one at a time, so that memory stays flat in the video's length.
 
-Propagation is traced the same way for every source of seeds: an estimate of each
-pixel's squared error is carried forward along the decoder's motion vectors (an
-inter block inherits the error of the block it was predicted from; an intra block
-starts clean), and a macroblock counts as damaged while its mean exceeds the
-reference map's threshold (MSE > 4 against the clean decode).
+Propagation is traced forward along the decoder's motion vectors, and a macroblock counts
+as damaged while its estimated squared error exceeds the reference map's threshold (MSE > 4
+against the clean decode). With a truth file, the estimate itself is carried (an inter block
+inherits the error of the block it was predicted from; an intra block starts clean). Blind,
+the bitstream detector has a second decode whose difference from the first the decoder itself
+propagates, and carries only the ratio of error to that difference (RatioTracer).
 """
 from __future__ import annotations
 
@@ -60,6 +61,17 @@ class DamageLabel(enum.IntEnum):
     MISSING_FRAME = 3  # the whole frame never arrived
 
 
+def blocks_to_pixels(blocks: np.ndarray, size: int, height: int, width: int) -> np.ndarray:
+    """Values held per `size`x`size` block, repeated over each block's pixels and cropped to height x width
+    (OpenCV's nearest-neighbour resize: a third of the time of NumPy's repeat or kron at 720p)."""
+    rows, cols = blocks.shape
+    flags = blocks.dtype == bool
+    blocks = np.ascontiguousarray(blocks)
+    pixels = cv2.resize(blocks.view(np.uint8) if flags else blocks, (cols * size, rows * size),
+                        interpolation=cv2.INTER_NEAREST)[:height, :width]
+    return pixels.view(bool) if flags else pixels
+
+
 @dataclass(frozen=True)
 class DamageMap:
     """Per-macroblock labels of one frame slot (rows = ceil(H/16), cols = ceil(W/16))."""
@@ -73,8 +85,7 @@ class DamageMap:
 
     def pixel_mask(self, height: int, width: int, label: DamageLabel | None = None) -> np.ndarray:
         """The damaged macroblocks (or only those with `label`) as an HxW bool mask (True = damaged)."""
-        blocks = self.damaged if label is None else self.labels == label
-        return np.kron(blocks, np.ones((MB, MB), dtype=bool))[:height, :width]
+        return blocks_to_pixels(self.damaged if label is None else self.labels == label, MB, height, width)
 
 
 @dataclass(frozen=True)
@@ -137,7 +148,7 @@ class CellGrid:
 
     def to_pixels(self, blocks: np.ndarray, size: int = CELL) -> np.ndarray:
         """Values held per `size`x`size` block (cells by default) at pixel resolution, cropped to the picture."""
-        return np.repeat(np.repeat(blocks, size, 0), size, 1)[:self.height, :self.width]
+        return blocks_to_pixels(blocks, size, self.height, self.width)
 
     def expand_mbs(self, blocks: np.ndarray) -> np.ndarray:
         return blocks.repeat(self.PER_MB, axis=0).repeat(self.PER_MB, axis=1)

@@ -14,6 +14,10 @@ Measured on foreman at 10% loss with perfect repairs of the lost blocks (truth m
 PSNR 27.8 dB without drift correction, 32.1 dB carrying from the previous picture only,
 34.7 dB choosing among three per 4x4 cell; choosing per 8x8 block instead then added
 0.00-0.08 dB with blind detection (foreman, carphone, chaplin, bikes at 10%; bbb 720p at 5%).
+
+Forward correction can only be as right as its fill of the lost blocks; what it could not know
+(content that entered the damaged area after the loss) the next keyframe shows, and
+KeyframeBackfill corrects the frames before it from it, going backwards.
 """
 from __future__ import annotations
 
