@@ -171,10 +171,10 @@ class KeyframeBackfill:
     is then the later one moved back along the decoder's motion vectors of the later frame (the
     error travelled forward along them). The estimate is shrunk where it does not stand out from
     the flow's own misfit on undamaged pixels nearby (a Wiener gain per block) and fades with the
-    distance from the keyframe. Measured on the standard damaged clips, sequence luma PSNR before
-    -> after (prototype of this class, same figures): bikes 30.82 -> 32.18 (3%), 24.15 -> 24.41 (10%),
-    20.67 -> 21.02 (20%); chaplin 32.08 -> 32.63 (3%); carphone 32.08 -> 32.46 (10%); unchanged
-    where no clean keyframe follows the damage (chaplin at 10%).
+    distance from the keyframe. Measured with `python -m benchmarks.conceal_quality`, the pipeline's
+    sequence luma PSNR before -> after (3 / 10 / 20% loss): bikes 30.82 / 24.15 / 20.67 -> 32.40 /
+    24.49 / 21.22, chaplin 32.08 / 26.23 / 21.07 -> 32.17 / 26.83 / 21.23, carphone 37.31 / 32.08 /
+    23.19 -> 37.32 / 32.35 / 23.21; foreman (one keyframe, at the start) unchanged.
 
     Frames are held only while damage is about, at most BACKWARD_WINDOW of them: the oldest goes out
     uncorrected when the window is full.
