@@ -476,7 +476,7 @@ def detect_damage(path: Path, *, mode: str = "auto", truth: Path | None = None) 
         detector = PixelDetector(grid.mb_shape)
     else:
         detector = TruthDetector(truth, grid) if use_truth else BitstreamDetector(path, grid, vectors_exported)
-    for frame in decode_frames(path, concealment=FFMPEG_CONCEALMENT, motion_vectors=True):
+    for frame in decoded_ahead(decode_frames(path, concealment=FFMPEG_CONCEALMENT, motion_vectors=True)):
         motion = MotionField(grid, frame.motion_vectors)
         damage = detector.process_frame(frame, motion)
         if frame.drifted:  # predicted from a stale reference, and no vectors to say where it shows
