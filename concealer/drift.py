@@ -227,7 +227,9 @@ class KeyframeBackfill:
             held[index] = HeldFrame(slot.damaged, Picture(*corrected), slot.decoded)
             earlier = held[index - 1].damaged if index else None
             motion = slot.damaged.motion.cell_motion
-            if earlier is None or earlier.frame.missing or motion is None or not earlier.damage.damaged.any():
+            # A lost frame's rebuild is corrected too (what followed it was predicted from its stand-in, whose
+            # error the drift correction had replaced by the rebuild's); it has no vectors to go further back.
+            if earlier is None or motion is None or not earlier.damage.damaged.any():
                 break
             box = _damage_box(earlier.damage, height, width)
             error = _moved_back(error, motion, self._grid, earlier.damage.pixel_mask(height, width), box)
