@@ -138,9 +138,11 @@ class DriftCorrector:
         self._references = [_Reference(_halved(decoded.y), slot, corrected)] + self._references[:REFERENCES - 1]
 
 
-# Frames held back for the next keyframe: their errors are read from it (memory: this many repaired
-# pictures with their decoded originals, about 130 MB at 720p).
+# Frames held back for the next keyframe, their errors to be read from it: at most this many, and at most
+# as many as hold BACKWARD_PIXELS luma samples (32 at 720p, about 130 MB with their decoded originals; 14 at
+# 1080p, 3 at 4K), so that memory stays bounded whatever the picture size.
 BACKWARD_WINDOW = 32
+BACKWARD_PIXELS = 32 * 1280 * 720
 # How fast trust in the keyframe's estimate fades going back from it, in frames (chosen among 8 and 16
 # on bikes, chaplin and carphone at 3-20% loss, both never below the forward repair alone).
 BACKWARD_FADE = 16.0
@@ -176,13 +178,13 @@ class KeyframeBackfill:
     24.49 / 21.22, chaplin 32.08 / 26.23 / 21.07 -> 32.17 / 26.83 / 21.23, carphone 37.31 / 32.08 /
     23.19 -> 37.32 / 32.35 / 23.21; foreman (one keyframe, at the start) unchanged.
 
-    Frames are held only while damage is about, at most BACKWARD_WINDOW of them: the oldest goes out
-    uncorrected when the window is full.
+    Frames are held only while damage is about, at most `window` of them (by default as many as the
+    picture size allows, see BACKWARD_PIXELS): the oldest goes out uncorrected when the window is full.
     """
 
-    def __init__(self, height: int, width: int, window: int = BACKWARD_WINDOW):
+    def __init__(self, height: int, width: int, window: int | None = None):
         self._grid = CellGrid(height, width)
-        self._window = window
+        self._window = min(BACKWARD_WINDOW, BACKWARD_PIXELS // (height * width)) if window is None else window
         self._held: collections.deque[HeldFrame] = collections.deque()
 
     def hold(self, slot: HeldFrame) -> list[HeldFrame]:
