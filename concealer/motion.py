@@ -44,8 +44,9 @@ def _fill_flow(flow: np.ndarray, unreliable: np.ndarray) -> np.ndarray:
         average[reached] = (cv2.GaussianBlur(small_flow, (0, 0), sigma / FILL_SCALE) / np.maximum(weight, 1e-6)[..., None])[reached]
         todo &= ~reached
     average[todo] = small_flow.sum((0, 1)) / max(small_known.sum(), 1e-6)
-    filled = flow.copy()
-    filled[unreliable] = cv2.resize(average, (width, height), interpolation=cv2.INTER_LINEAR)[unreliable]
+    filled = flow.copy()  # OpenCV's masked copy: NumPy's boolean indexing took half the time at 720p
+    cv2.copyTo(cv2.resize(average, (width, height), interpolation=cv2.INTER_LINEAR),
+               np.ascontiguousarray(unreliable).view(np.uint8), filled)
     return filled
 
 
