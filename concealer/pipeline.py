@@ -149,7 +149,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
     `drift` says what happens to damage that spread through inter prediction: `carry` moves each
     frame's corrections along the decoder's motion vectors into the frames predicted from it, and
     then corrects the frames before the next keyframe from it (drift.KeyframeBackfill, which holds
-    up to 32 frames back, fewer above 720p), `reconceal` fills the propagated blocks with the model as
+    up to 32 frames back, fewer from 720p up), `reconceal` fills the propagated blocks with the model as
     if they were lost, `none` leaves them.
     `reference` (the clean stream, same timestamps) is decoded in step and every repaired picture
     scored against it; `report` is a JSON file of the summary and one row per frame slot, written
