@@ -179,9 +179,9 @@ class KeyframeBackfill:
     error travelled forward along them). The estimate is shrunk where it does not stand out from
     the flow's own misfit on undamaged pixels nearby (a Wiener gain per block) and fades with the
     distance from the keyframe. Measured with `python -m benchmarks.conceal_quality`, the pipeline's
-    sequence luma PSNR before -> after (3 / 10 / 20% loss): bikes 30.82 / 24.15 / 20.67 -> 32.40 /
-    24.49 / 21.22, chaplin 32.08 / 26.23 / 21.07 -> 32.17 / 26.83 / 21.23, carphone 37.31 / 32.08 /
-    23.19 -> 37.32 / 32.35 / 23.21; foreman (one keyframe, at the start) unchanged.
+    sequence luma PSNR before -> after (3 / 10 / 20% loss): bikes 30.82 / 24.15 / 20.67 -> 32.49 /
+    24.53 / 21.30, chaplin 32.08 / 26.23 / 21.07 -> 32.34 / 26.91 / 21.26, carphone 37.31 / 32.08 /
+    23.19 -> 37.32 / 32.10 / 23.21; foreman (one keyframe, at the start) unchanged.
 
     Frames are held only while damage is about, at most `window` of them (by default as many as the
     picture size allows, see BACKWARD_PIXELS): the oldest goes out uncorrected when the window is full.
