@@ -8,7 +8,7 @@ from concealer.concealment import Picture
 from concealer.decode import decode_frames
 from concealer.detection import DamageLabel, detect_damage
 from concealer import pipeline
-from concealer.drift import DriftCorrector, KeyframeBackfill
+from concealer.drift import DriftCorrector, HeldFrame, KeyframeBackfill
 from concealer.motion import align
 from concealer.pipeline import conceal
 
@@ -103,3 +103,18 @@ def test_the_next_clean_keyframe_repairs_the_frames_before_it(tmp_path, monkeypa
 
     assert psnr(both, range(40, 50)) > psnr(forward, range(40, 50)) + 3.0
     assert all(np.array_equal(both[i][1], forward[i][1]) for i in range(50, 78))  # frame 78 is lost next
+
+
+def test_held_frames_are_bounded_by_the_picture_size(damaged_foreman):
+    """A 4K picture holds at most 2 frames back (24 720p pictures' worth), a CIF one 32: what is held
+    beyond that goes out at once, oldest first, so memory stays bounded whatever the input."""
+    slots = [HeldFrame(d, Picture.from_frame(d.frame.picture), None)
+             for d in detect_damage(damaged_foreman.damaged, mode="truth", truth=damaged_foreman.truth)
+             if not d.frame.missing and not d.frame.picture.key_frame and d.damage.damaged.any()][:6]
+    assert len(slots) == 6
+    for height, width, window in ((2160, 3840, 2), (288, 352, 32)):
+        backfill = KeyframeBackfill(height, width)
+        out = [slot.damaged.frame.pts for held in slots for slot in backfill.hold(held)]
+        kept = [slot.damaged.frame.pts for slot in backfill.release()]
+        pts = [slot.damaged.frame.pts for slot in slots]
+        assert out == pts[:max(0, 6 - window)] and kept == pts[-min(window, 6):]
