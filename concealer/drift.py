@@ -177,8 +177,9 @@ class KeyframeBackfill:
     around it), it gives that frame's remaining error inside the damage; each earlier frame's error
     is then the later one moved back along the decoder's motion vectors of the later frame (the
     error travelled forward along them). The estimate is shrunk where it does not stand out from
-    the flow's own misfit on undamaged pixels nearby (a Wiener gain per block) and fades with the
-    distance from the keyframe. Measured with `python -m benchmarks.conceal_quality`, the pipeline's
+    the flow's own misfit on undamaged pixels nearby (a Wiener gain per block, _wiener), again at each
+    step back where the vectors fail to carry the decoded pictures back (_moved_back), and fades with
+    the distance from the keyframe. Measured with `python -m benchmarks.conceal_quality`, the pipeline's
     sequence luma PSNR before -> after (3 / 10 / 20% loss): bikes 30.82 / 24.15 / 20.67 -> 32.49 /
     24.53 / 21.30, chaplin 32.08 / 26.23 / 21.07 -> 32.34 / 26.91 / 21.26, carphone 37.31 / 32.08 /
     23.19 -> 37.32 / 32.10 / 23.21; foreman (one keyframe, at the start) unchanged.
