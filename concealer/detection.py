@@ -151,7 +151,7 @@ class CellGrid:
         return blocks_to_pixels(blocks, size, self.height, self.width)
 
     def expand_mbs(self, blocks: np.ndarray) -> np.ndarray:
-        return blocks.repeat(self.PER_MB, axis=0).repeat(self.PER_MB, axis=1)
+        return blocks_to_pixels(blocks, self.PER_MB, *self.shape)
 
     def squared_difference(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Per-cell mean squared difference of two uint8 planes."""

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from .concealment import Picture
-from .detection import MB, CellGrid, DamagedFrame, DamageMap, MotionField
+from .detection import MB, CellGrid, DamagedFrame, DamageMap, MotionField, blocks_to_pixels
 from .motion import estimate_warp, source_coordinates
 
 # Reference pictures tried per cell: x264's default `ref` (preset medium).
@@ -227,8 +227,7 @@ class KeyframeBackfill:
             slot = held[index]
             weight = np.float32(np.exp(-(len(held) - 1 - index) / BACKWARD_FADE))
             corrected = []
-            for scale, plane, e in zip((1, 2, 2), _planes(slot.picture), error):
-                rows, cols = _scaled_box(box, scale)
+            for (rows, cols), plane, e in zip(_plane_boxes(box), _planes(slot.picture), error):
                 plane = plane.copy()
                 plane[rows, cols] = np.clip(np.rint(plane[rows, cols] - weight * e[rows, cols]), 0, 255)
                 corrected.append(plane)
@@ -241,10 +240,10 @@ class KeyframeBackfill:
                 break
             box = _damage_box(earlier.damage, height, width)
             before = held[index - 1].decoded
-            error = _moved_back(error, motion, self._grid, earlier.damage.pixel_mask(height, width), box,
+            error = _moved_back(error, motion, earlier.damage.pixel_mask(height, width), box,
                                 None if slot.decoded is None or before is None else (slot.decoded, before))
             if max(float(np.abs(e[rows, cols]).max()) for e, (rows, cols) in
-                   zip(error, (box, *[_scaled_box(box, 2)] * 2))) * weight < NEGLIGIBLE:
+                   zip(error, _plane_boxes(box))) * weight < NEGLIGIBLE:
                 break  # nothing left that would change a sample
         return held
 
@@ -256,12 +255,18 @@ def _damage_box(damage: DamageMap, height: int, width: int) -> tuple[slice, slic
 
 
 def _scaled_box(box: tuple[slice, slice], scale: int) -> tuple[slice, slice]:
-    """A luma box (macroblock-aligned) in the samples of a plane `scale` times smaller (chroma: 2)."""
+    """A luma box (macroblock-aligned) in units `scale` times larger (chroma samples: 2, cells: 4)."""
     rows, cols = box
     return slice(rows.start // scale, -(-rows.stop // scale)), slice(cols.start // scale, -(-cols.stop // scale))
 
 
-def _moved_back(error: list[np.ndarray], motion: tuple[np.ndarray, np.ndarray, np.ndarray], grid: CellGrid,
+def _plane_boxes(box: tuple[slice, slice]) -> list[tuple[slice, slice]]:
+    """A luma box in the samples of each of the Y, U and V planes."""
+    chroma = _scaled_box(box, 2)
+    return [box, chroma, chroma]
+
+
+def _moved_back(error: list[np.ndarray], motion: tuple[np.ndarray, np.ndarray, np.ndarray],
                 mask: np.ndarray, box: tuple[slice, slice], pictures: tuple[Picture, Picture] | None
                 ) -> list[np.ndarray]:
     """The error of each plane one frame earlier, inside `mask` (whose bounding box is `box`): the
@@ -273,19 +278,22 @@ def _moved_back(error: list[np.ndarray], motion: tuple[np.ndarray, np.ndarray, n
     against a plain decode on the training clip fire2_720p at 3% / 10% loss: -0.55 / -0.51 dB without
     this check, -0.09 / -0.15 with it (bbb_720p at 3%: +2.59 -> +2.85; carphone at 10%, though, went
     from 32.35 to 32.10 dB: its residuals are large beside its errors)."""
-    dx, dy = (grid.to_pixels(a)[box] for a in motion[:2])
-    boxes = [box, _scaled_box(box, 2)]
+    rows, cols = box
+    cells = _scaled_box(box, CellGrid.CELL)  # the box is macroblock-aligned: whole cells
+    dx, dy = (blocks_to_pixels(a[cells], CellGrid.CELL, rows.stop - rows.start, cols.stop - cols.start)
+              for a in motion[:2])
+    boxes = _plane_boxes(box)
     maps = []
-    for index, (rows, cols) in enumerate(boxes):
+    for index, (rows, cols) in enumerate(boxes[:2]):  # luma, and chroma (U and V alike)
         map_x, map_y = source_coordinates(-dx, -dy, index, (rows.stop - rows.start, cols.stop - cols.start))
         map_x += cols.start
         map_y += rows.start
         maps.append(cv2.convertMaps(map_x, map_y, cv2.CV_16SC2))
+    maps.append(maps[1])
     moved = []
-    for index, plane in enumerate(error):
-        rows, cols = boxes[min(index, 1)]
+    for plane, (rows, cols), plane_maps in zip(error, boxes, maps):
         earlier = np.zeros_like(plane)
-        earlier[rows, cols] = cv2.remap(plane, *maps[min(index, 1)], cv2.INTER_LINEAR,
+        earlier[rows, cols] = cv2.remap(plane, *plane_maps, cv2.INTER_LINEAR,
                                         borderMode=cv2.BORDER_REPLICATE) * _scaled(mask, plane.shape)[rows, cols]
         moved.append(earlier)
     if pictures is not None:
@@ -297,10 +305,10 @@ def _moved_back(error: list[np.ndarray], motion: tuple[np.ndarray, np.ndarray, n
         carried = moved[0][rows, cols]
         power = cv2.blur(cv2.multiply(carried, carried), (WIENER_BLOCK, WIENER_BLOCK))
         gain = power / np.maximum(power + misfit, 1e-6)
-        chroma_gain = gain[::2, ::2][:boxes[1][0].stop - boxes[1][0].start, :boxes[1][1].stop - boxes[1][1].start]
-        for index, plane in enumerate(moved):
-            rows, cols = boxes[min(index, 1)]
-            plane[rows, cols] *= chroma_gain if index else gain
+        chroma_rows, chroma_cols = boxes[1]
+        chroma_gain = gain[::2, ::2][:chroma_rows.stop - chroma_rows.start, :chroma_cols.stop - chroma_cols.start]
+        for plane, (rows, cols), plane_gain in zip(moved, boxes, (gain, chroma_gain, chroma_gain)):
+            plane[rows, cols] *= plane_gain
     return moved
 
 
