@@ -16,7 +16,7 @@ import numpy as np
 from .decode import plane_samples
 from .detection import DamagedFrame
 from .errors import UsageError
-from .motion import Warp, estimate_warp
+from .motion import Warp, fill_motion
 
 INPAINT_RADIUS = 3
 
@@ -138,6 +138,14 @@ class Neighbours:
         self.before_previous = before_previous  # the one before it, of the same scene
         self._following = None if following is None or following.frame.missing else following
 
+    def fill_motion(self, picture: Picture, mask: np.ndarray) -> Warp | None:
+        """How the previous picture best moves onto `picture`'s `mask` (`motion.fill_motion`), or None
+        when there is no previous picture or no intact pixel of `picture` to measure the motion on."""
+        if self.previous is None or mask.all():
+            return None
+        earlier = None if self.before_previous is None else self.before_previous.y
+        return fill_motion(self.previous.y, picture.y, mask, earlier)
+
     @functools.cached_property
     def following(self) -> Picture | None:
         """The next picture as decoded (its own damage not yet repaired)."""
@@ -195,44 +203,26 @@ class CopyConcealer:
         return picture.pasted([previous.y, previous.u, previous.v], mask)
 
 
-# Rows of picture above and below the holes over which the earlier flow is estimated.
-EARLIER_FLOW_MARGIN = 32
-
-
 class FlowConcealer:
-    """Motion-compensated copy: damaged blocks take the previous repaired picture moved along a motion
-    estimate. Two estimates, averaged in the holes: the optical flow of the intact picture around them
-    carried in (`motion.estimate_warp`: a hole moves with its surroundings), and the flow of the same
-    place one frame earlier, between the two previous pictures (it keeps moving as it moved). A hole
-    that spans whole macroblock rows has surroundings far away; the second estimate is local. Measured
-    (lost blocks from the truth, the fill written into the decoder's references), against the carried
-    flow alone: foreman 3% 34.77 -> 38.07 dB, 10% 27.93 -> 29.63; chaplin 3% 31.75 -> 31.43, 10%
-    25.89 -> 26.45; bikes 3% 29.49 -> 29.76, 10% 21.20 -> 21.53. The earlier flow alone scored
-    37.48 dB on foreman 3% and 30.76 dB on chaplin 3%. In `conceal` (blind detection, drift carried):
-    foreman 35.14 -> 37.21 / 29.06 -> 30.16 / 18.37 -> 18.47 dB at 3 / 10 / 20% loss, chaplin
-    31.91 -> 32.08 / 25.99 -> 26.33 / 21.14 -> 21.18, bikes 30.86 -> 30.81 / 23.70 -> 24.15 /
-    20.44 -> 20.69, carphone unchanged. The earlier flow is estimated over the rows the holes span
-    (with a margin) rather than the whole picture: bbb 720p at 5% loss took 3.70 times a plain
-    decode + encode with it on whole pictures, 3.34 times on the rows (foreman 3%: 37.21 / 37.22 dB)."""
+    """Motion-compensated copy: damaged blocks take the previous repaired picture moved along
+    `motion.fill_motion` (the flow around the holes carried in, averaged with the flow of the same place
+    one frame earlier). Measured (lost blocks from the truth, the fill written into the decoder's
+    references), against the carried flow alone: foreman 3% 34.77 -> 38.07 dB, 10% 27.93 -> 29.63;
+    chaplin 3% 31.75 -> 31.43, 10% 25.89 -> 26.45; bikes 3% 29.49 -> 29.76, 10% 21.20 -> 21.53. The
+    earlier flow alone scored 37.48 dB on foreman 3% and 30.76 dB on chaplin 3%. In `conceal` (blind
+    detection, drift carried): foreman 35.14 -> 37.21 / 29.06 -> 30.16 / 18.37 -> 18.47 dB at 3 / 10 /
+    20% loss, chaplin 31.91 -> 32.08 / 25.99 -> 26.33 / 21.14 -> 21.18, bikes 30.86 -> 30.81 / 23.70 ->
+    24.15 / 20.44 -> 20.69, carphone unchanged. The earlier flow is estimated over the rows the holes
+    span rather than the whole picture: bbb 720p at 5% loss took 3.70 times a plain decode + encode
+    with it on whole pictures, 3.34 times on the rows (foreman 3%: 37.21 / 37.22 dB)."""
 
     name = "flow"
 
     def conceal(self, picture: Picture, mask: np.ndarray, neighbours: Neighbours) -> Picture:
+        warp = neighbours.fill_motion(picture, mask)
+        if warp is None:
+            return picture
         previous = neighbours.previous
-        if previous is None or mask.all():
-            return picture  # nothing to move, or no intact picture to measure the motion on
-        warp = estimate_warp(previous.y, picture.y, mask)
-        if neighbours.before_previous is not None:
-            # Only the rows the holes span (and a margin for DIS's patches) need the earlier flow.
-            rows = np.flatnonzero(mask.any(axis=1))
-            top, bottom = max(0, rows[0] - EARLIER_FLOW_MARGIN), rows[-1] + 1 + EARLIER_FLOW_MARGIN
-            band = slice(top, bottom)
-            earlier = estimate_warp(neighbours.before_previous.y[band], previous.y[band], np.zeros_like(mask[band]))
-            dx, dy = warp.dx.copy(), warp.dy.copy()
-            hole = mask[band]
-            dx[band][hole] = (dx[band][hole] + earlier.dx[hole]) / 2
-            dy[band][hole] = (dy[band][hole] + earlier.dy[hole]) / 2
-            warp = Warp(dx, dy)
         return picture.pasted(warp.apply_to_planes([previous.y, previous.u, previous.v]), mask)
 
 
@@ -262,8 +252,14 @@ class NetworkConcealer:
     def conceal(self, picture: Picture, mask: np.ndarray, neighbours: Neighbours) -> Picture:
         previous = following = None
         if self.name == "temporal":
-            if neighbours.previous is not None:
-                previous = self._inpaint.Neighbour(neighbours.previous.to_rgb())
+            motion = neighbours.fill_motion(picture, mask)
+            if motion is None:
+                # No previous picture, or no intact pixel to move it by: the decoder's own concealment
+                # (drift-corrected) scored better than the network on foreman at 20% loss, whose first
+                # picture and 22 whole pictures lost all their slices (lost-pixel MSE 1762 against 3316
+                # on the first, 552-1137 against 900-1294 on the others).
+                return picture
+            previous = self._inpaint.Neighbour(neighbours.previous.to_rgb(), motion=motion)
             if neighbours.following is not None:
                 following = self._inpaint.Neighbour(neighbours.following.to_rgb(), neighbours.following_damaged)
         filled = self._inpaint.inpaint_frame(picture.to_rgb(), mask, self.name, previous, following)
@@ -272,8 +268,9 @@ class NetworkConcealer:
 
 CONCEALERS = ("flow", "ffmpeg", "copy", "temporal", "context-encoder", "telea", "ns")
 # What `conceal` fills lost blocks with unless told otherwise: the concealer that measured best with
-# drift correction and blind detection (benchmarks/RESULTS.md). The trained `temporal` network
-# scored below its own starting point, the flow-warped previous picture, so it is not the default.
+# drift correction and blind detection (benchmarks/RESULTS.md). The trained `temporal` network starts
+# from the same fill and scores level with it (its learned correction is near zero) at the cost of
+# running a network, so it is not the default.
 DEFAULT_CONCEALER = "flow"
 
 

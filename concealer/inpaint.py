@@ -18,7 +18,7 @@ from .errors import UsageError
 from .models import load_network
 from .models import temporal as temporal_model
 from .models.context_encoder import HOLE, IMAGE, fill
-from .motion import estimate_warp
+from .motion import Warp, estimate_warp
 
 OPENCV_METHODS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
 NETWORKS = ("temporal", "context-encoder", "context-encoder-l2")
@@ -34,10 +34,12 @@ def network(name: str) -> torch.nn.Module:
 
 @dataclass(frozen=True)
 class Neighbour:
-    """A neighbouring frame (HxWx3 uint8 RGB) and the pixels of it that are damaged themselves."""
+    """A neighbouring frame (HxWx3 uint8 RGB), the pixels of it that are damaged themselves, and how it
+    moves onto the frame being filled when the caller knows better than `motion.estimate_warp`."""
 
     image: np.ndarray
     damaged: np.ndarray | None = None
+    motion: Warp | None = None
 
 
 def inpaint_image(image: np.ndarray, mask: np.ndarray, model: str = "temporal") -> np.ndarray:
@@ -74,7 +76,7 @@ def _aligned(neighbour: Neighbour | None, image: np.ndarray, mask: np.ndarray) -
     its own damage (zeros when there is no neighbour)."""
     if neighbour is None:
         return np.zeros_like(image), np.zeros(mask.shape, np.uint8)
-    warp = estimate_warp(neighbour.image, image, mask)
+    warp = neighbour.motion or estimate_warp(neighbour.image, image, mask)
     valid = np.ones(mask.shape, bool)
     if neighbour.damaged is not None and neighbour.damaged.any():
         valid &= warp.apply(neighbour.damaged.astype(np.uint8), cv2.INTER_NEAREST) == 0

@@ -2,8 +2,9 @@
 
 The damaged frame's holes carry no motion of their own, so dense optical flow (OpenCV's
 DIS) is estimated where the frame is intact and carried into the holes from their
-surroundings: a hole moves with the picture around it. Training and inference share this
-one function, so the network learns on exactly the alignment it will be given.
+surroundings: a hole moves with the picture around it. The temporal network was trained on
+`align`; in a video it is given the previous picture moved by `fill_motion`, the estimate the
+flow concealer fills with, so that it starts from the best fill measured (see models/temporal.py).
 """
 from __future__ import annotations
 
@@ -114,6 +115,32 @@ class PlaneMaps:
 def remap_planes(planes: list[np.ndarray], dx: np.ndarray, dy: np.ndarray) -> list[np.ndarray]:
     """Each YUV 4:2:0 plane sampled at (x + dx, y + dy), with luma-resolution motion (halved for chroma)."""
     return PlaneMaps(dx, dy, [plane.shape for plane in planes]).apply(planes)
+
+
+# Rows of picture above and below the holes over which the earlier flow is estimated.
+EARLIER_FLOW_MARGIN = 32
+
+
+def fill_motion(previous: np.ndarray, current: np.ndarray, hole: np.ndarray,
+                before_previous: np.ndarray | None = None) -> Warp:
+    """The motion from `current` (its `hole` unknown) to the `previous` picture (HxW luma), as the holes
+    are best filled: the flow of the intact picture around them carried in (`estimate_warp`: a hole moves
+    with its surroundings), averaged in the holes with the flow of the same place one frame earlier,
+    between `before_previous` and `previous` (it keeps moving as it moved), when that picture is given.
+    A hole spanning whole macroblock rows has surroundings far away; the second estimate is local. The
+    earlier flow is estimated over the rows the holes span, with a margin for DIS's patches. Measured
+    in `FlowConcealer`'s docstring, which fills with it; `temporal` starts from the same guess."""
+    warp = estimate_warp(previous, current, hole)
+    if before_previous is None or not hole.any():
+        return warp
+    rows = np.flatnonzero(hole.any(axis=1))
+    band = slice(max(0, rows[0] - EARLIER_FLOW_MARGIN), rows[-1] + 1 + EARLIER_FLOW_MARGIN)
+    earlier = estimate_warp(before_previous[band], previous[band], np.zeros_like(hole[band]))
+    dx, dy = warp.dx.copy(), warp.dy.copy()
+    inside = hole[band].astype(bool)
+    dx[band][inside] = (dx[band][inside] + earlier.dx[inside]) / 2
+    dy[band][inside] = (dy[band][inside] + earlier.dy[inside]) / 2
+    return Warp(dx, dy)
 
 
 def align(neighbour: np.ndarray, current: np.ndarray, hole: np.ndarray) -> np.ndarray:

@@ -3,10 +3,15 @@
 It sees the damaged frame with its hole mask and the previous and next frames warped onto
 it by motion (each with a mask of where it can be trusted: not where the neighbour is damaged
 itself) and predicts the missing pixels as a correction to the best warped guess. The shipped
-weights were trained with pixels whose motion leaves the frame marked untrusted too; they are
-now trusted (edge-replicated, `motion.align`), which measured 1.4 dB better in the pipeline,
-and the trained correction stays near zero either way: the network does not yet improve on
-its warped guess (train/README.md). Without neighbours (both validity masks zero)
+weights were trained on neighbours moved by `motion.align` (the flow around the hole carried in),
+and the trained correction stays near zero: the network does not improve on its warped guess
+(train/README.md). In a video the previous picture is therefore moved by `motion.fill_motion`,
+the better estimate the flow concealer fills with: over the lost pixels of foreman at 3 / 10 /
+20% loss (`python -m benchmarks.lost_pixels`) `temporal` went from 29.16 / 27.79 / 17.35 dB to
+32.01 / 29.48 / 18.31 (where nothing moves the previous picture, the decoder's concealment is kept,
+as `flow` keeps it), against 32.04 / 29.53 / 18.30 for the flow fill alone; retraining on
+`fill_motion`'s guess (12-minute pilots, Charbonnier and per-window log-MSE losses) left the
+validation hole PSNR where the guess alone put it. Without neighbours (both validity masks zero)
 it inpaints a still image. It is fully convolutional and small (a three-level U-Net of
 about 0.3 M parameters), so it runs batched on 96x96 windows around the damage only.
 """
