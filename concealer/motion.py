@@ -59,7 +59,7 @@ class Warp:
     dy: np.ndarray
 
     def apply(self, neighbour: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
-        xs, ys = _pixel_grid(*self.dx.shape)
+        xs, ys = pixel_grid(*self.dx.shape)
         return cv2.remap(neighbour, xs + self.dx, ys + self.dy, interpolation, borderMode=cv2.BORDER_REPLICATE)
 
     def apply_to_planes(self, planes: list[np.ndarray]) -> list[np.ndarray]:
@@ -81,7 +81,7 @@ def estimate_warp(neighbour: np.ndarray, current: np.ndarray, hole: np.ndarray) 
 
 
 @functools.lru_cache(maxsize=4)
-def _pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Every pixel's (x, y) as float32 arrays; cached, since building them costs as much as a remap."""
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     return xs, ys
@@ -93,7 +93,7 @@ def source_coordinates(dx: np.ndarray, dy: np.ndarray, index: int, shape: tuple[
     `shape` comes from, under the luma-resolution motion (dx, dy); new arrays, free to change."""
     rows, cols = shape
     scale = 1 if index == 0 else 2
-    xs, ys = _pixel_grid(*dx.shape)
+    xs, ys = pixel_grid(*dx.shape)
     return (xs[:rows, :cols] + dx[::scale, ::scale][:rows, :cols] / scale,
             ys[:rows, :cols] + dy[::scale, ::scale][:rows, :cols] / scale)
 

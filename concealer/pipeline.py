@@ -211,7 +211,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                     corrector.remember(last_decoded, picture)  # FFmpeg stands the last picture in for it
             else:
                 decoded = Picture.from_frame(frame.picture)
-                picture = corrector.correct(decoded, damaged.motion) if corrector else decoded
+                picture = corrector.correct(decoded, damaged) if corrector else decoded
                 mask = damage.pixel_mask(height, width, None if drift == "reconceal" else DamageLabel.LOST)
                 if mask.any():
                     earlier = previous if previous is not None and same_scene(previous, picture, mask) else None
