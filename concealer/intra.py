@@ -130,9 +130,12 @@ def carry_into_intra(corrections: list[np.ndarray], decoded: list[np.ndarray], i
     first_row, first_col = cell_rows.min(), cell_cols.min()
     top, left = CELL * first_row - 1, CELL * first_col - 1
     bottom, right = CELL * (cell_rows.max() + 1), CELL * (cell_cols.max() + 2)
-    pixels = np.stack([_boxed(plane, top, left, bottom, right, cv2.BORDER_REPLICATE) for plane in decoded],
-                      axis=-1).astype(np.float32)
-    carried = np.stack([_boxed(c, top, left, bottom, right, cv2.BORDER_CONSTANT) for c in corrections], axis=-1)
+    pixels = np.stack([_boxed(plane, top, left, bottom, right, cv2.BORDER_REPLICATE) for plane in decoded], axis=-1)
+    # The box's corrections as flat samples (one column per plane), with a zero sample after them.
+    samples = np.zeros(((bottom - top) * (right - left) + 1, len(corrections)), np.float32)
+    carried = samples[:-1].reshape(bottom - top, right - left, len(corrections))
+    for index, correction in enumerate(corrections):
+        carried[..., index] = _boxed(correction, top, left, bottom, right, cv2.BORDER_CONSTANT)
     local_rows, local_cols = cell_rows - first_row, cell_cols - first_col
     ys, xs = _neighbour_coordinates(local_rows, local_cols)
     no_top_right = _no_top_right(cell_rows, cell_cols, cols, per_mb)
@@ -140,8 +143,7 @@ def carry_into_intra(corrections: list[np.ndarray], decoded: list[np.ndarray], i
     block_ys = (CELL * local_rows + 1)[:, None] + np.repeat(np.arange(CELL), CELL)[None]
     block_xs = (CELL * local_cols + 1)[:, None] + np.tile(np.arange(CELL), CELL)[None]
     matrices = mode_matrices()[:9 if per_mb == 4 else CHROMA_MODES]
-    predictions = np.matmul(matrices[:, None], pixels[ys, xs][None])
-    modes = np.abs(predictions - pixels[block_ys, block_xs][None]).sum(axis=(2, 3)).argmin(axis=0)
+    modes = _best_modes(matrices, pixels[ys, xs].astype(np.float32), pixels[block_ys, block_xs].astype(np.float32))
     # Worked front by front, each cell reading and writing the box's flat samples. A cell reads only
     # its own component's cells, and those at an earlier front: 2 x row + column, counted from the
     # component's first row and column, so that separate components go side by side.
@@ -151,18 +153,32 @@ def carry_into_intra(corrections: list[np.ndarray], decoded: list[np.ndarray], i
     np.minimum.at(first_cols, component, cell_cols)
     fronts = 2 * (cell_rows - first_rows[component]) + cell_cols - first_cols[component]
     order = np.argsort(fronts, kind="stable")
-    # A neighbour in a lost block (another slice) passes nothing on.
-    unread = unavailable[np.clip((ys + top) // CELL, 0, rows - 1), np.clip((xs + left) // CELL, 0, cols - 1)]
-    chosen = (CARRIED_SHARE * matrices[modes] * ~unread[:, None, :])[order]
     stride = carried.shape[1]
-    reads, writes = (ys * stride + xs)[order], (block_ys * stride + block_xs)[order]
-    samples = carried.reshape(-1, len(corrections))
+    reads, writes = ys * stride + xs, block_ys * stride + block_xs
+    # A neighbour in a lost block (another slice) passes nothing on: it reads the zero sample after the box.
+    reads[unavailable[np.clip((ys + top) // CELL, 0, rows - 1), np.clip((xs + left) // CELL, 0, cols - 1)]] = \
+        len(samples) - 1
+    reads, writes, modes = reads[order], writes[order], modes[order]
+    weights = CARRIED_SHARE * matrices
     starts = np.flatnonzero(np.diff(fronts[order], prepend=-1))
     for start, end in zip(starts.tolist(), [*starts[1:].tolist(), len(order)]):
-        samples[writes[start:end]] = np.matmul(chosen[start:end], samples[reads[start:end]])
+        samples[writes[start:end]] = np.matmul(weights[modes[start:end]], samples[reads[start:end]])
     inside = (block_ys + top < height) & (block_xs + left < width)
     for index, correction in enumerate(corrections):
         correction[block_ys[inside] + top, block_xs[inside] + left] = carried[block_ys[inside], block_xs[inside], index]
+
+
+def _best_modes(matrices: np.ndarray, neighbours: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+    """Per cell, the mode whose prediction from its `neighbours` (cells, 13, planes) lies nearest (least
+    absolute difference) to its decoded samples `blocks` (cells, 16, planes); one mode at a time, so that
+    a picture of intra cells costs no more memory than a few copies of it."""
+    best = np.full(len(blocks), np.inf, np.float32)
+    modes = np.zeros(len(blocks), np.intp)
+    for mode, matrix in enumerate(matrices):
+        difference = np.abs(np.matmul(matrix, neighbours) - blocks).sum(axis=(1, 2))
+        better = difference < best
+        modes[better], best[better] = mode, difference[better]
+    return modes
 
 
 def _boxed(plane: np.ndarray, top: int, left: int, bottom: int, right: int, border: int) -> np.ndarray:
