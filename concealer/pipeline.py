@@ -27,7 +27,7 @@ from .detection import (
     write_damage_maps,
 )
 from .drift import DriftCorrector, HeldFrame, KeyframeBackfill
-from .encode import EncoderSettings, add_output_encoder
+from .encode import EncoderSettings, add_output_encoder, written_behind
 from .errors import InputError, Interrupted, UsageError
 from .media import (
     AtomicOutputs,
@@ -183,9 +183,8 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
         corrector = DriftCorrector(height, width) if drift == "carry" else None
         backfill = KeyframeBackfill(height, width) if drift == "carry" else None
 
-        def emit(slot: HeldFrame) -> None:
+        def write(slot: HeldFrame) -> None:
             frame = slot.damaged.frame
-            tally.add(frame, slot.damaged.damage, slot.picture)
             # Samples the repair left alone go out exactly as decoded, in the input's own pixel format.
             out = slot.picture.to_frame(video.codec_context.pix_fmt,
                                         None if slot.decoded is None else (frame.picture, slot.decoded))
@@ -193,40 +192,45 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
             copies.mux_until(frame.pts * frame.time_base)
             sink.mux(video.encode(out))
 
-        previous = before_previous = last_decoded = last_shown = None
-        steps_since_shown = 0
-        for damaged, ahead in _look_ahead(decoded_ahead(detect_damage(source, mode=detect, truth=truth), PREFETCH)):
-            frame, damage = damaged.frame, damaged.damage
-            following = ahead[0] if ahead else None
-            if frame.missing:
-                steps_since_shown += 1
-                next_decoded = ahead[-1] if ahead and not ahead[-1].frame.missing else None
-                lost_in_a_row = steps_since_shown + len(ahead) - 1  # between the last picture and the next
-                picture = rebuild_missing(last_shown, next_decoded,
-                                          steps_since_shown / lost_in_a_row if next_decoded else 1.0,
-                                          steps_since_shown / (lost_in_a_row + 1))
-                if picture is None:
-                    continue  # no picture anywhere near: nothing to rebuild from
-                if corrector and last_decoded is not None:
-                    corrector.remember(last_decoded, picture)  # FFmpeg stands the last picture in for it
-            else:
-                decoded = Picture.from_frame(frame.picture)
-                picture = corrector.correct(decoded, damaged) if corrector else decoded
-                mask = damage.pixel_mask(height, width, None if drift == "reconceal" else DamageLabel.LOST)
-                if mask.any():
-                    earlier = previous if previous is not None and same_scene(previous, picture, mask) else None
-                    motion_before = before_previous if earlier is not None and before_previous is not None and \
-                        same_scene(before_previous, earlier, np.zeros_like(mask)) else None
-                    picture = concealer.conceal(picture, mask, Neighbours(earlier, following, motion_before))
-                if corrector:
-                    corrector.remember(decoded, picture)
-                last_decoded, last_shown, steps_since_shown = decoded, picture, 0
-            before_previous, previous = previous, picture
-            held = HeldFrame(damaged, picture, None if frame.missing else decoded)
-            for slot in backfill.hold(held) if backfill else [held]:
+        def emit(slot: HeldFrame) -> None:
+            tally.add(slot.damaged.frame, slot.damaged.damage, slot.picture)
+            put(slot)
+
+        with written_behind(write) as put:
+            previous = before_previous = last_decoded = last_shown = None
+            steps_since_shown = 0
+            for damaged, ahead in _look_ahead(decoded_ahead(detect_damage(source, mode=detect, truth=truth), PREFETCH)):
+                frame, damage = damaged.frame, damaged.damage
+                following = ahead[0] if ahead else None
+                if frame.missing:
+                    steps_since_shown += 1
+                    next_decoded = ahead[-1] if ahead and not ahead[-1].frame.missing else None
+                    lost_in_a_row = steps_since_shown + len(ahead) - 1  # between the last picture and the next
+                    picture = rebuild_missing(last_shown, next_decoded,
+                                              steps_since_shown / lost_in_a_row if next_decoded else 1.0,
+                                              steps_since_shown / (lost_in_a_row + 1))
+                    if picture is None:
+                        continue  # no picture anywhere near: nothing to rebuild from
+                    if corrector and last_decoded is not None:
+                        corrector.remember(last_decoded, picture)  # FFmpeg stands the last picture in for it
+                else:
+                    decoded = Picture.from_frame(frame.picture)
+                    picture = corrector.correct(decoded, damaged) if corrector else decoded
+                    mask = damage.pixel_mask(height, width, None if drift == "reconceal" else DamageLabel.LOST)
+                    if mask.any():
+                        earlier = previous if previous is not None and same_scene(previous, picture, mask) else None
+                        motion_before = before_previous if earlier is not None and before_previous is not None and \
+                            same_scene(before_previous, earlier, np.zeros_like(mask)) else None
+                        picture = concealer.conceal(picture, mask, Neighbours(earlier, following, motion_before))
+                    if corrector:
+                        corrector.remember(decoded, picture)
+                    last_decoded, last_shown, steps_since_shown = decoded, picture, 0
+                before_previous, previous = previous, picture
+                held = HeldFrame(damaged, picture, None if frame.missing else decoded)
+                for slot in backfill.hold(held) if backfill else [held]:
+                    emit(slot)
+            for slot in backfill.release() if backfill else []:
                 emit(slot)
-        for slot in backfill.release() if backfill else []:
-            emit(slot)
         if not summary.frames:
             raise InputError(f"{source}: not one picture in it could be decoded, so there is nothing to repair")
         sink.mux(video.encode(None))

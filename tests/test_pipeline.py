@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import threading
 
 import av
 import numpy as np
@@ -9,6 +10,8 @@ import pytest
 
 from concealer import LossOptions, simulate_loss
 from concealer.decode import decode_frames
+from concealer.encode import written_behind
+from concealer.errors import OutputError
 from concealer.pipeline import conceal
 
 from conftest import clip, decode_luma, stream_packets
@@ -96,3 +99,24 @@ def test_existing_output_needs_overwrite(damaged_foreman, tmp_path):
     assert proc.returncode == 1 and "--overwrite" in proc.stderr and out.read_bytes() == b"keep me"
     assert cli(str(damaged_foreman.damaged), "-o", str(out), "--overwrite", "-q").returncode == 0
     assert out.stat().st_size > 1000
+
+
+def test_frames_written_behind_keep_their_order_and_a_write_error_reaches_the_caller():
+    """`conceal` encodes and muxes in a worker thread: every frame is written, in order, before the block
+    is left; an error while writing (a full disk) is raised in the caller, and the worker stops."""
+    written = []
+    with written_behind(written.append, depth=2) as put:
+        for item in range(50):
+            put(item)
+    assert written == list(range(50))
+
+    def write(item):
+        if item == 3:
+            raise OutputError("no space left on the device")
+        written.append(item)
+
+    with pytest.raises(OutputError, match="no space"):
+        with written_behind(write, depth=2) as put:
+            for item in range(100):
+                put(item)
+    assert not any(thread.name == "written-behind" for thread in threading.enumerate())
