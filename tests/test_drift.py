@@ -158,3 +158,29 @@ def test_held_frames_are_bounded_by_the_picture_size(damaged_foreman):
         kept = [slot.damaged.frame.pts for slot in backfill.release()]
         pts = [slot.damaged.frame.pts for slot in slots]
         assert out == pts[:max(0, 6 - window)] and kept == pts[-min(window, 6):]
+
+
+def test_the_keyframe_correction_goes_back_through_a_lost_frame(tmp_path, monkeypatch):
+    """chaplin at 20% loss: frame 48 is lost, two frames before the keyframe at 50. Its rebuild has no
+    motion vectors, so the correction back from the keyframe passes through it in place and goes on to
+    the frames before: frames 30-47 measured 19.08 dB against 17.88 with forward correction alone (they
+    were left at 17.88 when the correction stopped at the lost frame)."""
+    damaged = simulate_loss(clip("chaplin_640x360_mp3.mp4"), tmp_path / "d.mp4",
+                            loss=LossOptions(model="gilbert", loss_rate=0.2, burst=2, seed=1))
+    slots = list(decode_frames(damaged.damaged))
+    assert slots[48].missing and slots[50].picture.key_frame and not slots[47].missing
+    clean = [f.luma().astype(np.float32) for f in decode_frames(damaged.reference)]
+
+    def repaired(name):
+        out = tmp_path / name
+        conceal(damaged.damaged, out, codec="ffv1", lossless=True)
+        return [f.luma().astype(np.float32) for f in decode_frames(out)]
+
+    both = repaired("both.mkv")
+    monkeypatch.setattr(pipeline, "KeyframeBackfill", lambda height, width: KeyframeBackfill(height, width, window=0))
+    forward = repaired("forward.mkv")
+
+    def psnr(frames):
+        return 10 * np.log10(255 ** 2 / np.mean([np.mean((frames[i] - clean[i]) ** 2) for i in range(30, 48)]))
+
+    assert psnr(both) > psnr(forward) + 0.6
