@@ -56,12 +56,15 @@ class DecodedFrame:
         return self.picture is None
 
     def luma(self) -> np.ndarray:
-        """The Y plane as an HxW uint8 array, raw (limited range stays limited, as PSNR wants:
-        a conversion to "gray" would stretch it to full range)."""
+        """The Y plane as a read-only HxW uint8 view of the picture, raw (limited range stays limited, as
+        PSNR wants: a conversion to "gray" would stretch it to full range). Not copied: detection reads
+        two planes a frame, and a copy of each cost as much as the comparison."""
         picture = self.picture
         if picture.format.name not in PLANAR_8BIT_YUV:
             picture = picture.reformat(format="yuv420p")
-        return plane_samples(picture, 0).copy()
+        luma = plane_samples(picture, 0)
+        luma.flags.writeable = False
+        return luma
 
 
 def plane_samples(frame: av.VideoFrame, index: int) -> np.ndarray:
