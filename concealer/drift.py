@@ -37,7 +37,7 @@ import numpy as np
 from .concealment import Picture
 from .detection import MB, CellGrid, DamagedFrame, DamageLabel, DamageMap, blocks_to_pixels
 from .intra import carry_into_intra
-from .motion import estimate_warp, pixel_grid, source_coordinates
+from .motion import estimate_warp, pixel_grid
 
 # Reference pictures tried per cell: x264's default `ref` (preset medium).
 REFERENCES = 3
@@ -301,14 +301,12 @@ def _moved_back(error: list[np.ndarray], motion: tuple[np.ndarray, np.ndarray, n
     against a plain decode on the training clip fire2_720p at 3% / 10% loss: -0.55 / -0.51 dB without
     this check, -0.09 / -0.15 with it (bbb_720p at 3%: +2.59 -> +2.85; carphone at 10%, though, went
     from 32.35 to 32.10 dB: its residuals are large beside its errors)."""
-    rows, cols = box
     cells = _scaled_box(box, CellGrid.CELL)  # the box is macroblock-aligned: whole cells
-    dx, dy = (blocks_to_pixels(a[cells], CellGrid.CELL, rows.stop - rows.start, cols.stop - cols.start)
-              for a in motion[:2])
     boxes = _plane_boxes(box)
     maps = []
-    for index, (rows, cols) in enumerate(boxes[:2]):  # luma, and chroma (U and V alike)
-        map_x, map_y = source_coordinates(-dx, -dy, index, (rows.stop - rows.start, cols.stop - cols.start))
+    for scale, (rows, cols) in zip((1, 2), boxes[:2]):  # luma, and chroma (U and V alike)
+        map_x, map_y = _cell_sources(-motion[0][cells], -motion[1][cells], scale,
+                                     (rows.stop - rows.start, cols.stop - cols.start))
         map_x += cols.start
         map_y += rows.start
         maps.append(cv2.convertMaps(map_x, map_y, cv2.CV_16SC2))
@@ -340,11 +338,17 @@ def _sources(motion: tuple[np.ndarray, np.ndarray, np.ndarray], shape: tuple[int
     """For a plane of `shape` subsampled `scale` times (1: luma, 2: 4:2:0 chroma), from the per-cell
     motion (dx, dy, predicted): where each sample was predicted from (x, y), clamped to the plane as
     BORDER_REPLICATE clamps a single picture, and whether it was predicted at all."""
+    predicted = blocks_to_pixels(motion[2], CellGrid.CELL // scale, *shape)
+    return _clamped(_cell_sources(motion[0], motion[1], scale, shape), shape), predicted
+
+
+def _cell_sources(dx: np.ndarray, dy: np.ndarray, scale: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) float32 maps, for the samples of a plane of `shape` subsampled `scale` times, of where each
+    comes from under the per-cell luma motion (dx, dy) starting at the plane's top left; new arrays."""
     rows, cols = shape
-    dx, dy, predicted = (blocks_to_pixels(cells, CellGrid.CELL // scale, rows, cols)
-                         for cells in (motion[0] / scale, motion[1] / scale, motion[2]))
     xs, ys = pixel_grid(rows, cols)
-    return _clamped((xs + dx, ys + dy), shape), predicted
+    return (xs + blocks_to_pixels(dx / scale, CellGrid.CELL // scale, rows, cols),
+            ys + blocks_to_pixels(dy / scale, CellGrid.CELL // scale, rows, cols))
 
 
 def _clamped(source: tuple[np.ndarray, np.ndarray], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
