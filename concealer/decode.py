@@ -56,13 +56,13 @@ class DecodedFrame:
         return self.picture is None
 
     def luma(self) -> np.ndarray:
-        """The Y plane as a read-only HxW uint8 view of the picture, raw (limited range stays limited, as
-        PSNR wants: a conversion to "gray" would stretch it to full range). Not copied: detection reads
-        two planes a frame, and a copy of each cost as much as the comparison."""
+        """The Y plane as a read-only, contiguous HxW uint8 array, raw (limited range stays limited, as PSNR
+        wants: a conversion to "gray" would stretch it to full range). A view of the picture where its rows
+        hold no padding: detection reads two planes a frame, and a copy of each cost as much as comparing them."""
         picture = self.picture
         if picture.format.name not in PLANAR_8BIT_YUV:
             picture = picture.reformat(format="yuv420p")
-        luma = plane_samples(picture, 0)
+        luma = np.ascontiguousarray(plane_samples(picture, 0))
         luma.flags.writeable = False
         return luma
 
