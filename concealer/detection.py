@@ -216,6 +216,17 @@ class MotionField:
         dx, dy, predicted = planes
         return dx, dy, predicted.view(bool)
 
+    def smoothed_pixel_motion(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """`cell_motion` per pixel, each vector the median of its 3x3 cells' (the encoder chooses vectors for
+        bits, not truth: the median keeps the motion and drops the odd vector; carphone at 10% loss, frames
+        lost entirely rebuilt along them: 31.88 -> 32.05 dB, bikes 21.76 -> 21.75), and which pixels were
+        predicted; None as there."""
+        if self.cell_motion is None:
+            return None
+        dx, dy, predicted = self.cell_motion
+        return (*(self.grid.to_pixels(cv2.medianBlur(a, 3)) for a in (dx, dy)),
+                self.grid.to_pixels(predicted))
+
     @functools.cached_property
     def _sampling(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """Where each cell was predicted from, in cells, as OpenCV sampling maps (x, y), and which

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from concealer import LossOptions, simulate_loss
-from concealer.concealment import Picture
+from concealer.concealment import FlowConcealer, Neighbours, Picture
 from concealer.decode import decode_frames
 from concealer.detection import DamageLabel, detect_damage
 from concealer import drift, pipeline
@@ -184,3 +184,37 @@ def test_the_keyframe_correction_goes_back_through_a_lost_frame(tmp_path, monkey
         return 10 * np.log10(255 ** 2 / np.mean([np.mean((frames[i] - clean[i]) ** 2) for i in range(30, 48)]))
 
     assert psnr(both) > psnr(forward) + 0.6
+
+
+@pytest.fixture(scope="module")
+def sliced_foreman(tmp_path_factory):
+    """foreman at 10% loss with a seed whose losses are mostly slices of pictures that arrived."""
+    return simulate_loss(clip("foreman_cif_h264.mp4"), tmp_path_factory.mktemp("sliced") / "f.mp4",
+                         loss=LossOptions(loss_rate=0.1, burst=2, seed=3))
+
+
+def test_the_next_pictures_vectors_move_a_lost_slice_better(sliced_foreman):
+    """The next picture's decoder vectors were measured against the true picture: averaged (where they agree)
+    with the motion of the interval before, they fill the lost blocks closer to the clean stream than the flow
+    around the hole and before it alone. From clean previous pictures, so that only the motion differs."""
+    clean = {f.pts: Picture.from_frame(f.picture) for f in decode_frames(sliced_foreman.reference)}
+    slots = list(detect_damage(sliced_foreman.damaged, mode="truth", truth=sliced_foreman.truth))
+    concealer = FlowConcealer()
+    errors = {"with": 0.0, "without": 0.0}
+    filled = 0
+    for earlier, previous, damaged, following in zip(slots, slots[1:], slots[2:], slots[3:]):
+        frame = damaged.frame
+        if frame.missing or previous.frame.missing or following.frame.missing:
+            continue
+        lost = damaged.damage.pixel_mask(frame.picture.height, frame.picture.width, DamageLabel.LOST)
+        if not lost.any() or lost.all():
+            continue
+        picture = Picture.from_frame(frame.picture)
+        last, truth = clean[previous.frame.pts], clean[frame.pts]
+        before = None if earlier.frame.missing else clean[earlier.frame.pts]
+        for name, next_slot in (("with", following), ("without", None)):
+            repaired = concealer.conceal(picture, lost, Neighbours(last, next_slot, before))
+            errors[name] += float(np.mean((repaired.y[lost].astype(float) - truth.y[lost]) ** 2))
+        filled += 1
+    assert filled >= 4
+    assert errors["with"] < 0.9 * errors["without"]  # measured: 306 against 539 (sum of the pictures' MSEs)
