@@ -228,7 +228,7 @@ class FlowConcealer:
     with it on whole pictures, 3.34 times on the rows (foreman 3%: 37.21 / 37.22 dB). Where the next
     picture's decoder vectors agree with the motion before the hole, they are averaged in (`fill_motion`,
     VECTOR_AGREEMENT): lost pixels of foreman (truth, `benchmarks.lost_pixels`) 32.04 / 29.59 -> 32.82 /
-    31.03 dB at 3 / 10% loss; `conceal` with defaults: foreman 37.07 / 30.20 / 18.43 -> 38.19 / 31.02 /
+    31.03 dB at 3 / 10% loss; `conceal` with defaults: foreman 37.07 / 30.20 / 18.43 -> 38.19 / 31.44 /
     18.45 dB at 3 / 10 / 20%, bikes 32.58 / 24.74 / 21.41 -> 32.54 / 24.88 / 21.51, chaplin 32.50 /
     27.14 / 21.70 -> 32.38 / 27.21 / 21.94, carphone (whole frames lost) unchanged."""
 
