@@ -355,10 +355,9 @@ class BitstreamDetector:
             marked_substitutes=vectors_exported))
         self._grid = grid
         self._vectors_exported = vectors_exported
-        self._ratio = RatioTracer(grid)
-        self._error = ErrorTracer(grid)
-        # The pixel fallback's record of where the decodes differed, traced like the error.
-        self._difference = ErrorTracer(grid)
+        self._ratio = RatioTracer(grid) if vectors_exported else None
+        # The pixel fallback's error estimate, and its record of where the decodes differed, traced alike.
+        self._pixel_tracers = None if vectors_exported else (ErrorTracer(grid), ErrorTracer(grid))
         self._recent: list[np.ndarray] = []  # the last two luma planes, newest first
         self._after_gap = False
 
@@ -368,8 +367,8 @@ class BitstreamDetector:
             raise InputError("the two decodes of the stream disagree on its frames; use --detect truth for this file")
         if frame.missing:
             self._after_gap = True
-            self._error.skip_missing()
-            self._difference.skip_missing()
+            for tracer in self._pixel_tracers or ():
+                tracer.skip_missing()
             return _missing_map(frame, self._grid)
         luma = frame.luma()
         # A picture only the concealing decode produced has no second opinion: nothing found in it.
@@ -404,9 +403,10 @@ class BitstreamDetector:
 
     def _traced_pixels(self, frame: DecodedFrame, luma: np.ndarray, motion: MotionField,
                        difference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        inherited = self._error.inherit(luma, motion)
-        explained = self._difference.inherit(luma, motion)
-        self._difference.commit(luma, difference)
+        error, differed = self._pixel_tracers
+        inherited = error.inherit(luma, motion)
+        explained = differed.inherit(luma, motion)
+        differed.commit(luma, difference)
         concealed = (difference > 0) & (explained <= 0)
         if frame.substituted is not None:  # lost CTUs the HEVC stream repair replaced: known exactly
             concealed |= self._grid.expand_mbs(frame.substituted)
@@ -415,7 +415,7 @@ class BitstreamDetector:
         seeds = (self._grid.mb_mean(estimate) > DAMAGE_MSE) & (self._grid.mb_mean(inherited) <= DAMAGE_MSE)
         if frame.substituted is not None:
             seeds = seeds | frame.substituted
-        return seeds, self._error.commit(luma, np.maximum(inherited, estimate))
+        return seeds, error.commit(luma, np.maximum(inherited, estimate))
 
 
 def _concealed_blocks(grid: CellGrid, primary: MotionField, second_vectors: np.ndarray | None,
