@@ -17,7 +17,9 @@ import functools
 import cv2
 import numpy as np
 
-CELL = 4
+from .detection import CellGrid
+
+CELL = CellGrid.CELL
 # The neighbours of a 4x4 block, as H.264 numbers them: the top-left sample, the eight above
 # (four over the block, four over its right neighbour) and the four to its left.
 TOP_LEFT, TOP, LEFT = 0, 1, 9

@@ -152,24 +152,20 @@ def fill_motion(previous: np.ndarray, current: np.ndarray, hole: np.ndarray,
     warp = estimate_warp(previous, current, hole)
     if not hole.any() or (before_previous is None and following is None):
         return warp
-    inside = hole.astype(bool)
+    ys, xs = np.nonzero(hole)  # the work is done on the hole's pixels alone
     dx, dy = warp.dx.copy(), warp.dy.copy()
-    before_dx, before_dy = warp.dx, warp.dy  # the motion of the interval before: carried, unless measured
+    before_dx, before_dy = dx[ys, xs], dy[ys, xs]  # the motion of the interval before: carried, unless measured
     if before_previous is not None:
-        rows = np.flatnonzero(hole.any(axis=1))
-        band = slice(max(0, rows[0] - EARLIER_FLOW_MARGIN), rows[-1] + 1 + EARLIER_FLOW_MARGIN)
+        band = slice(max(0, ys[0] - EARLIER_FLOW_MARGIN), ys[-1] + 1 + EARLIER_FLOW_MARGIN)
         earlier = estimate_warp(before_previous[band], previous[band], np.zeros_like(hole[band]))
-        before_dx, before_dy = warp.dx.copy(), warp.dy.copy()
-        before_dx[band], before_dy[band] = earlier.dx, earlier.dy
-        dx[inside] = (dx[inside] + before_dx[inside]) / 2
-        dy[inside] = (dy[inside] + before_dy[inside]) / 2
+        before_dx, before_dy = earlier.dx[ys - band.start, xs], earlier.dy[ys - band.start, xs]
+        dx[ys, xs] = (dx[ys, xs] + before_dx) / 2
+        dy[ys, xs] = (dy[ys, xs] + before_dy) / 2
     if following is not None:
-        ys, xs = np.nonzero(inside & following.known)
         after_dx, after_dy = following.warp.dx[ys, xs], following.warp.dy[ys, xs]
-        agree = np.hypot(before_dx[ys, xs] - after_dx, before_dy[ys, xs] - after_dy) < VECTOR_AGREEMENT
-        ys, xs = ys[agree], xs[agree]
-        dx[ys, xs] = (before_dx[ys, xs] + after_dx[agree]) / 2
-        dy[ys, xs] = (before_dy[ys, xs] + after_dy[agree]) / 2
+        agree = following.known[ys, xs] & (np.hypot(before_dx - after_dx, before_dy - after_dy) < VECTOR_AGREEMENT)
+        dx[ys[agree], xs[agree]] = (before_dx[agree] + after_dx[agree]) / 2
+        dy[ys[agree], xs[agree]] = (before_dy[agree] + after_dy[agree]) / 2
     return Warp(dx, dy)
 
 
