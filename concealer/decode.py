@@ -12,12 +12,10 @@ from __future__ import annotations
 import gc
 import heapq
 import math
-import queue
-import threading
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, TypeVar
+from typing import Iterator
 
 import av
 
@@ -152,52 +150,6 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
                     yield replace(slot, drifted=True) if slot.pts == picture.pts and verdict is Verdict.DRIFTED \
                         else slot
         yield from slots.finish()
-
-
-Item = TypeVar("Item")
-_END = object()
-
-
-def decoded_ahead(items: Iterator[Item], depth: int = 4) -> Iterator[Item]:
-    """`items` produced by a worker thread, at most `depth` ahead of the consumer: FFmpeg (and NumPy
-    and OpenCV) work without holding Python's lock, so a decode overlaps the consumer's own work (the
-    bitstream detector's second decode, the pipeline's decode and detection). An error in the worker
-    is raised in the consumer; closing the consumer stops the worker, which closes `items` in its
-    own thread."""
-    handoff: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def offer(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                handoff.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            for item in items:
-                if not offer(item):
-                    break
-        except BaseException as error:  # handed to the consumer, which raises it
-            offer(error)
-        else:
-            offer(_END)
-        finally:
-            items.close()
-
-    worker = threading.Thread(target=work, name="decoded-ahead", daemon=True)
-    worker.start()
-    try:
-        while (item := handoff.get()) is not _END:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        worker.join()
 
 
 class _Vp9Dependencies:

@@ -23,10 +23,11 @@ from typing import Iterator, Protocol
 import cv2
 import numpy as np
 
-from .decode import FFMPEG_CONCEALMENT, NO_CONCEALMENT, DecodedFrame, decode_frames, decoded_ahead
+from .decode import FFMPEG_CONCEALMENT, NO_CONCEALMENT, DecodedFrame, decode_frames
 from .errors import InputError, UsageError
 from .media import probe_video_format
 from .truth import load_truth, write_npz
+from .workers import decoded_ahead
 
 MB = 16
 # The reference map's threshold: a macroblock is damaged when its luma MSE exceeds this.

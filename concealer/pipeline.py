@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from .concealment import DEFAULT_CONCEALER, Neighbours, NetworkConcealer, Picture, make_concealer, same_scene
-from .decode import DecodedFrame, decode_frames, decoded_ahead
+from .decode import DecodedFrame, decode_frames
 from .detection import (
     DamagedFrame,
     DamageLabel,
@@ -27,7 +27,7 @@ from .detection import (
     write_damage_maps,
 )
 from .drift import DriftCorrector, HeldFrame, KeyframeBackfill
-from .encode import EncoderSettings, add_output_encoder, written_behind
+from .encode import EncoderSettings, add_output_encoder
 from .errors import InputError, Interrupted, UsageError
 from .media import (
     AtomicOutputs,
@@ -41,6 +41,7 @@ from .media import (
 from .metrics import FrameScores, frame_scores, json_safe, psnr
 from .overlay import OverlayWriter
 from .rebuild import rebuild_missing
+from .workers import decoded_ahead, written_behind
 
 # The damaged-macroblock counts of summaries and reports, by kind.
 MACROBLOCK_KINDS = {"lost": DamageLabel.LOST, "propagated": DamageLabel.PROPAGATED,

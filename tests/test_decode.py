@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from concealer import LossOptions, PacketisationOptions, simulate_loss
-from concealer.decode import NO_CONCEALMENT, decode_frames, decoded_ahead
+from concealer.decode import NO_CONCEALMENT, decode_frames
+from concealer.workers import decoded_ahead
 from concealer.errors import InputError
 from concealer.truth import load_truth
 

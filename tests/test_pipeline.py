@@ -10,9 +10,9 @@ import pytest
 
 from concealer import LossOptions, simulate_loss
 from concealer.decode import decode_frames
-from concealer.encode import written_behind
 from concealer.errors import OutputError
 from concealer.pipeline import conceal
+from concealer.workers import written_behind
 
 from conftest import clip, decode_luma, stream_packets
 
