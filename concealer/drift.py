@@ -60,7 +60,7 @@ class DriftCorrector:
     def __init__(self, height: int, width: int):
         self._grid = CellGrid(height, width)
         self._references: list[_Reference] = []  # newest first
-        self._stacked: list[np.ndarray] | None = None  # per plane: REFERENCES slots of corrections
+        self._stacked: list[np.ndarray] | None = None  # per plane: REFERENCES slots of corrections, one of zeros
         self._next_slot = 0
 
     def correct(self, picture: Picture, damaged: DamagedFrame) -> Picture:
@@ -75,19 +75,18 @@ class DriftCorrector:
             # loss: 25 clean frames after an IDR fell from identical to 49-66 dB).
             self._references = []
             return picture
-        predicted_cells = motion[2]
+        dx, dy, predicted_cells = motion
         planes = (picture.y, picture.u, picture.v)
-        luma_from, luma_predicted = _sources(motion, picture.y.shape, 1)
-        chroma_from, chroma_predicted = _sources(motion, picture.u.shape, 2)
-        slots = self._slots_used(picture.y, chroma_from)
-        carried = self._carried([0], luma_from, slots) + self._carried([1, 2], chroma_from, slots[::2, ::2])
+        chroma_from = _cell_sources(dx, dy, 2, picture.u.shape)
+        # A sample not predicted at all takes the zero correction of the spare slot.
+        slots = np.where(predicted_cells, self._slots_used(picture.y, chroma_from), REFERENCES)
+        carried = self._carried([0], _cell_sources(dx, dy, 1, picture.y.shape), (dy, slots), 1) + \
+            self._carried([1, 2], chroma_from, (dy, slots), 2)
         corrected = []
         # The decoder could not have predicted anything from the blocks that never arrived; and in an intra
         # picture, the blocks FFmpeg concealed from the past are the only ones the past reaches.
         lost_cells = self._grid.expand_mbs(damaged.damage.labels == DamageLabel.LOST)
         intra = ~predicted_cells & ~lost_cells & (damaged.frame.picture.pict_type != av.video.frame.PictureType.I)
-        for correction, predicted in zip(carried, (luma_predicted, chroma_predicted, chroma_predicted)):
-            correction *= predicted  # in place: frame-sized arrays
         carry_into_intra(carried[:1], planes[:1], intra, lost_cells, CellGrid.PER_MB)
         carry_into_intra(carried[1:], planes[1:], intra[::2, ::2], lost_cells[::2, ::2], CellGrid.PER_MB // 2)
         for plane, correction in zip(planes, carried):
@@ -96,37 +95,48 @@ class DriftCorrector:
             corrected.append(np.rint(correction, out=correction).astype(np.uint8))
         return Picture(*corrected)
 
-    def _carried(self, indices: list[int], source: tuple[np.ndarray, np.ndarray], slots: np.ndarray
-                 ) -> list[np.ndarray]:
-        """Planes `indices` (all of one size) of the corrections moved along the vectors, each sample from
-        its chosen reference; `source` (changed here) says where each sample comes from in a picture.
+    def _carried(self, indices: list[int], source: tuple[np.ndarray, np.ndarray],
+                 cells: tuple[np.ndarray, np.ndarray], scale: int) -> list[np.ndarray]:
+        """Planes `indices` (all of one size, subsampled `scale` times) of the corrections moved along the
+        vectors, each sample from its cell's slot; `source` (the unclamped (x, y) each sample comes from in
+        a picture, changed here) and `cells` (per cell: the luma dy behind it, the slot) say where.
 
-        Each sample's source row is offset into its reference's slot of the stacked corrections; the
-        source having been clamped to the picture, the result is the same, sample for sample, as moving
-        every reference's correction and picking (three remaps per plane instead of one: at 720p the
-        drift correction spent most of its time in them; bbb 720p at 5% loss went from 3.34 to 2.86
-        times a plain decode + encode)."""
+        Each sample's source row, clamped to the picture, is offset into its slot of the stacked
+        corrections: the result is the same, sample for sample, as moving every reference's correction
+        and picking (three remaps per plane instead of one: at 720p the drift correction spent most of its
+        time in them; bbb 720p at 5% loss went from 3.34 to 2.86 times a plain decode + encode). Columns
+        need no clamp (the border is replicated within the row), and rows only in the bands of cells whose
+        source leaves the picture; the offset goes on with the motion, per cell."""
         map_x, map_y = source
         rows, cols = map_x.shape
-        map_y += slots[:rows, :cols] * rows
+        dy, slots = cells
+        size = CellGrid.CELL // scale
+        offsets = (slots * rows).astype(np.float32)
+        map_y += blocks_to_pixels(offsets, size, rows, cols)
+        top = np.arange(slots.shape[0])[:, None] * size + dy / scale
+        leaves = ((top < 0) | (top + size - 1 > rows - 1)).any(axis=1)
+        for band in np.flatnonzero(leaves[:-(-rows // size)]):
+            band_rows = slice(band * size, min((band + 1) * size, rows))
+            offset = blocks_to_pixels(offsets[band:band + 1], size, band_rows.stop - band_rows.start, cols)
+            map_y[band_rows] = np.clip(map_y[band_rows] - offset, 0, rows - 1) + offset
         fixed, table = cv2.convertMaps(map_x, map_y, cv2.CV_16SC2)
         return [cv2.remap(self._stacked[index], fixed, table, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
                 for index in indices]
 
     def _slots_used(self, luma: np.ndarray, chroma_from: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        """Per pixel, the slot of the reference whose motion-compensated luma fits its 8x8 block best.
+        """Per cell, the slot of the reference whose motion-compensated luma fits its 8x8 block best.
 
         Matched at half resolution (4x4 samples a block, moved as chroma is, `chroma_from`): a quarter
         of the work, which at 720p was the largest part of the drift correction's time."""
         if len(self._references) == 1:
-            return np.full(luma.shape, self._references[0].slot, np.float32)
+            return np.full(self._grid.shape, self._references[0].slot)
         halved = _halved(luma)
         maps = cv2.convertMaps(*chroma_from, cv2.CV_16SC2)
         costs = [self._block_mean(cv2.absdiff(cv2.remap(r.halved, *maps, cv2.INTER_LINEAR,
                                                         borderMode=cv2.BORDER_REPLICATE), halved))
                  for r in self._references]
-        best = np.array([r.slot for r in self._references], np.float32)[np.argmin(np.stack(costs), axis=0)]
-        return self._grid.to_pixels(best, 2 * CellGrid.CELL)
+        best = np.array([r.slot for r in self._references])[np.argmin(np.stack(costs), axis=0)]
+        return best.repeat(2, axis=0).repeat(2, axis=1)
 
     def _block_mean(self, halved: np.ndarray) -> np.ndarray:
         """Mean of a half-resolution plane over each 8x8 luma block (4x4 samples), edges repeated."""
@@ -141,8 +151,8 @@ class DriftCorrector:
         For a frame lost entirely, `decoded` is the decoder's stand-in for it (FFmpeg repeats
         the previous picture) and `repaired` our rebuilt frame."""
         planes = list(zip((repaired.y, repaired.u, repaired.v), (decoded.y, decoded.u, decoded.v)))
-        if self._stacked is None:
-            self._stacked = [np.zeros((REFERENCES * d.shape[0], d.shape[1]), np.float32) for _, d in planes]
+        if self._stacked is None:  # and a spare slot, left zero
+            self._stacked = [np.zeros(((REFERENCES + 1) * d.shape[0], d.shape[1]), np.float32) for _, d in planes]
         slot, self._next_slot = self._next_slot, (self._next_slot + 1) % REFERENCES
         corrected = False
         for stacked, (r, d) in zip(self._stacked, planes):  # the oldest reference's slot, now free
@@ -208,7 +218,7 @@ class KeyframeBackfill:
 
     def __init__(self, height: int, width: int, window: int | None = None):
         self._grid = CellGrid(height, width)
-        self._window = min(BACKWARD_WINDOW, BACKWARD_PIXELS // (height * width)) if window is None else window
+        self.window = min(BACKWARD_WINDOW, BACKWARD_PIXELS // (height * width)) if window is None else window
         self._held: collections.deque[HeldFrame] = collections.deque()
         shape = self._grid.shape
         self._still = (np.zeros(shape, np.float32), np.zeros(shape, np.float32), np.ones(shape, bool))
@@ -220,7 +230,7 @@ class KeyframeBackfill:
         if not self._held and not (slot.damaged.frame.missing or slot.damaged.damage.damaged.any()):
             return [slot]
         self._held.append(slot)
-        return [self._held.popleft()] if len(self._held) > self._window else []
+        return [self._held.popleft()] if len(self._held) > self.window else []
 
     def release(self) -> list[HeldFrame]:
         """The frames still held, uncorrected: the stream ended before a clean keyframe."""
@@ -333,15 +343,6 @@ def _moved_back(error: list[np.ndarray], motion: tuple[np.ndarray, np.ndarray, n
     return moved
 
 
-def _sources(motion: tuple[np.ndarray, np.ndarray, np.ndarray], shape: tuple[int, int], scale: int
-             ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
-    """For a plane of `shape` subsampled `scale` times (1: luma, 2: 4:2:0 chroma), from the per-cell
-    motion (dx, dy, predicted): where each sample was predicted from (x, y), clamped to the plane as
-    BORDER_REPLICATE clamps a single picture, and whether it was predicted at all."""
-    predicted = blocks_to_pixels(motion[2], CellGrid.CELL // scale, *shape)
-    return _clamped(_cell_sources(motion[0], motion[1], scale, shape), shape), predicted
-
-
 def _cell_sources(dx: np.ndarray, dy: np.ndarray, scale: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """(x, y) float32 maps, for the samples of a plane of `shape` subsampled `scale` times, of where each
     comes from under the per-cell luma motion (dx, dy) starting at the plane's top left; new arrays."""
@@ -349,14 +350,6 @@ def _cell_sources(dx: np.ndarray, dy: np.ndarray, scale: int, shape: tuple[int, 
     xs, ys = pixel_grid(rows, cols)
     return (xs + blocks_to_pixels(dx / scale, CellGrid.CELL // scale, rows, cols),
             ys + blocks_to_pixels(dy / scale, CellGrid.CELL // scale, rows, cols))
-
-
-def _clamped(source: tuple[np.ndarray, np.ndarray], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Source positions (x, y) clamped, in place, to a picture of `shape`."""
-    map_x, map_y = source
-    np.clip(map_x, 0, shape[1] - 1, out=map_x)
-    np.clip(map_y, 0, shape[0] - 1, out=map_y)
-    return map_x, map_y
 
 
 def _halved(luma: np.ndarray) -> np.ndarray:

@@ -197,7 +197,9 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
             tally.add(slot.damaged.frame, slot.damaged.damage, slot.picture)
             put(slot)
 
-        with written_behind(write) as put:
+        # A keyframe releases every frame the backfill held at once: the writer takes them all without
+        # holding up the repair of the next ones (bbb 720p at 5% loss: 4.92 -> 4.75 s with 16 instead of 4).
+        with written_behind(write, depth=max(PREFETCH, backfill.window + 1 if backfill else 0)) as put:
             previous = before_previous = last_decoded = last_shown = None
             steps_since_shown = 0
             for damaged, ahead in _look_ahead(decoded_ahead(detect_damage(source, mode=detect, truth=truth), PREFETCH)):
