@@ -159,8 +159,7 @@ class CellGrid:
         difference = cv2.absdiff(a, b)
         if not cv2.countNonZero(difference):
             return np.zeros(self.shape, np.float32)
-        difference = difference.astype(np.float32)
-        return self.cell_mean(cv2.multiply(difference, difference))
+        return self.cell_mean(cv2.multiply(difference, difference, dtype=cv2.CV_32F))
 
 
 class MotionField:
