@@ -47,7 +47,7 @@ REFERENCES = 3
 class _Reference:
     halved: np.ndarray  # the luma of what the decoder holds as the reference picture, at half resolution
     slot: int  # where its correction (repaired - decoded) lies in the stacked correction planes
-    corrected: bool  # whether that correction is anything but zero
+    changed: np.ndarray  # per cell: whether that correction is anything but zero there, in any plane
 
 
 class DriftCorrector:
@@ -65,7 +65,7 @@ class DriftCorrector:
 
     def correct(self, picture: Picture, damaged: DamagedFrame) -> Picture:
         """`picture` (the decoded picture of `damaged`) as it would have decoded from the repaired references."""
-        if not any(r.corrected for r in self._references):
+        if not any(r.changed.any() for r in self._references):
             return picture
         motion = damaged.motion.cell_motion
         if motion is None:
@@ -76,12 +76,15 @@ class DriftCorrector:
             self._references = []
             return picture
         dx, dy, predicted_cells = motion
+        reached = self._reached(dx, dy, predicted_cells)
+        if not reached[0].size:
+            return picture  # no sample is predicted from a corrected one
         planes = (picture.y, picture.u, picture.v)
-        chroma_from = _cell_sources(dx, dy, 2, picture.u.shape)
         # A sample not predicted at all takes the zero correction of the spare slot.
-        slots = np.where(predicted_cells, self._slots_used(picture.y, chroma_from), REFERENCES)
-        carried = self._carried([0], _cell_sources(dx, dy, 1, picture.y.shape), (dy, slots), 1) + \
-            self._carried([1, 2], chroma_from, (dy, slots), 2)
+        slots = np.where(predicted_cells, self._slots_used(picture.y, _cell_sources(dx, dy, 2, picture.u.shape)),
+                         REFERENCES)
+        carried = self._carried([0], reached, (dx, dy, slots), picture.y.shape, 1) + \
+            self._carried([1, 2], reached, (dx, dy, slots), picture.u.shape, 2)
         corrected = []
         # The decoder could not have predicted anything from the blocks that never arrived; and in an intra
         # picture, the blocks FFmpeg concealed from the past are the only ones the past reaches.
@@ -95,33 +98,77 @@ class DriftCorrector:
             corrected.append(np.rint(correction, out=correction).astype(np.uint8))
         return Picture(*corrected)
 
-    def _carried(self, indices: list[int], source: tuple[np.ndarray, np.ndarray],
-                 cells: tuple[np.ndarray, np.ndarray], scale: int) -> list[np.ndarray]:
-        """Planes `indices` (all of one size, subsampled `scale` times) of the corrections moved along the
-        vectors, each sample from its cell's slot; `source` (the unclamped (x, y) each sample comes from in
-        a picture, changed here) and `cells` (per cell: the luma dy behind it, the slot) say where.
+    def _reached(self, dx: np.ndarray, dy: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, columns) of the macroblocks with a cell predicted from where some reference's correction is
+        not zero: elsewhere the carried correction is zero, and it is worked out for these alone (bbb 720p at
+        5% loss: 43% of the macroblocks of the frames after damage)."""
+        changed = np.logical_or.reduce([r.changed for r in self._references])
+        table = np.pad(changed.cumsum(0, dtype=np.int32).cumsum(1, dtype=np.int32), ((1, 0), (1, 0)))
+        rows, cols = changed.shape
+        cell = CellGrid.CELL
+        bottom, right = (self._grid.height - 1) // cell, (self._grid.width - 1) // cell  # the last cells inside
+        # A cell's samples, and the neighbours its bilinear reads take in, lie within cell + 1 pixels of its source.
+        top = np.arange(rows, dtype=np.float32)[:, None] * cell + dy
+        left = np.arange(cols, dtype=np.float32)[None, :] * cell + dx
+        row_from, row_to = (np.clip(np.floor(e / cell), 0, bottom).astype(np.intp) for e in (top, top + cell))
+        col_from, col_to = (np.clip(np.floor(e / cell), 0, right).astype(np.intp) for e in (left, left + cell))
+        touched = table[row_to + 1, col_to + 1] - table[row_from, col_to + 1] - table[row_to + 1, col_from] + \
+            table[row_from, col_from]
+        per_mb = CellGrid.PER_MB
+        return np.nonzero((predicted & (touched > 0)).reshape(rows // per_mb, per_mb, cols // per_mb, per_mb)
+                          .any(axis=(1, 3)))
+
+    def _carried(self, indices: list[int], blocks: tuple[np.ndarray, np.ndarray],
+                 cells: tuple[np.ndarray, np.ndarray, np.ndarray], shape: tuple[int, int], scale: int
+                 ) -> list[np.ndarray]:
+        """Planes `indices` (all of `shape`, subsampled `scale` times) of the corrections moved along the
+        vectors, each sample from its cell's slot (`cells`: per cell, the luma dx, dy and the slot), worked
+        out in the macroblocks `blocks` only (packed side by side, as many to a row as the picture holds)
+        and zero elsewhere.
 
         Each sample's source row, clamped to the picture, is offset into its slot of the stacked
         corrections: the result is the same, sample for sample, as moving every reference's correction
         and picking (three remaps per plane instead of one: at 720p the drift correction spent most of its
         time in them; bbb 720p at 5% loss went from 3.34 to 2.86 times a plain decode + encode). Columns
-        need no clamp (the border is replicated within the row), and rows only in the bands of cells whose
-        source leaves the picture; the offset goes on with the motion, per cell."""
-        map_x, map_y = source
-        rows, cols = map_x.shape
-        dy, slots = cells
-        size = CellGrid.CELL // scale
-        offsets = (slots * rows).astype(np.float32)
-        map_y += blocks_to_pixels(offsets, size, rows, cols)
-        top = np.arange(slots.shape[0])[:, None] * size + dy / scale
-        leaves = ((top < 0) | (top + size - 1 > rows - 1)).any(axis=1)
-        for band in np.flatnonzero(leaves[:-(-rows // size)]):
-            band_rows = slice(band * size, min((band + 1) * size, rows))
-            offset = blocks_to_pixels(offsets[band:band + 1], size, band_rows.stop - band_rows.start, cols)
-            map_y[band_rows] = np.clip(map_y[band_rows] - offset, 0, rows - 1) + offset
+        need no clamp: the border is replicated within the row."""
+        dx, dy, slots = cells
+        rows, cols = shape
+        size, per_mb = MB // scale, CellGrid.PER_MB
+        grid_rows, grid_cols = self._grid.mb_shape
+        mb_rows, mb_cols = blocks
+        count = len(mb_rows)
+        packed_rows = -(-count // grid_cols)
+        spare = np.zeros(packed_rows * grid_cols - count, np.intp)  # fill the last packed row (results dropped)
+        within = np.arange(per_mb)
+        # The flat grid index of each cell of the chosen macroblocks, packed as their samples will be.
+        chosen = ((np.concatenate([mb_rows, spare]) * per_mb)[:, None, None] + within[None, :, None]) * \
+            (grid_cols * per_mb) + (np.concatenate([mb_cols, spare]) * per_mb)[:, None, None] + within[None, None, :]
+        chosen = chosen.reshape(packed_rows, grid_cols, per_mb, per_mb).transpose(0, 2, 1, 3).reshape(
+            packed_rows * per_mb, grid_cols * per_mb)
+
+        def packed(values: np.ndarray) -> np.ndarray:
+            """Per-cell values of the chosen macroblocks, packed, at sample resolution."""
+            return blocks_to_pixels(values.ravel().take(chosen), size // per_mb, packed_rows * size, grid_cols * size)
+
+        # Where each sample lies in the picture: its macroblock's corner (the same for all its cells) and
+        # its place in the macroblock (the same in every packed one).
+        grid = np.arange(grid_rows * per_mb), np.arange(grid_cols * per_mb)
+        map_x = packed(dx / scale + (grid[1] // per_mb * size).astype(np.float32)[None, :])
+        map_x += np.arange(grid_cols * size, dtype=np.float32) % size
+        map_y = packed(dy / scale + (grid[0] // per_mb * size).astype(np.float32)[:, None])
+        map_y += (np.arange(packed_rows * size, dtype=np.float32) % size)[:, None]
+        np.clip(map_y, 0, rows - 1, out=map_y)
+        map_y += packed((slots * rows).astype(np.float32))
         fixed, table = cv2.convertMaps(map_x, map_y, cv2.CV_16SC2)
-        return [cv2.remap(self._stacked[index], fixed, table, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-                for index in indices]
+        carried = []
+        for index in indices:
+            moved = cv2.remap(self._stacked[index], fixed, table, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            moved = moved.reshape(packed_rows, size, grid_cols, size).transpose(0, 2, 1, 3)
+            plane = np.zeros((grid_rows * size, grid_cols * size), np.float32)
+            plane.reshape(grid_rows, size, grid_cols, size)[mb_rows, :, mb_cols, :] = \
+                moved.reshape(packed_rows * grid_cols, size, size)[:count]
+            carried.append(plane[:rows, :cols])
+        return carried
 
     def _slots_used(self, luma: np.ndarray, chroma_from: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         """Per cell, the slot of the reference whose motion-compensated luma fits its 8x8 block best.
@@ -154,12 +201,14 @@ class DriftCorrector:
         if self._stacked is None:  # and a spare slot, left zero
             self._stacked = [np.zeros(((REFERENCES + 1) * d.shape[0], d.shape[1]), np.float32) for _, d in planes]
         slot, self._next_slot = self._next_slot, (self._next_slot + 1) % REFERENCES
-        corrected = False
-        for stacked, (r, d) in zip(self._stacked, planes):  # the oldest reference's slot, now free
-            correction = stacked[slot * d.shape[0]:(slot + 1) * d.shape[0]]
+        changed = np.zeros(self._grid.shape, bool)
+        cell = CellGrid.CELL
+        for stacked, (r, d), size in zip(self._stacked, planes, (cell, cell // 2, cell // 2)):  # samples a cell side
+            correction = stacked[slot * d.shape[0]:(slot + 1) * d.shape[0]]  # the oldest reference's, now free
             np.subtract(r, d, out=correction, dtype=np.float32)
-            corrected = corrected or bool(correction.any())
-        self._references = [_Reference(_halved(decoded.y), slot, corrected)] + self._references[:REFERENCES - 1]
+            cells = cv2.dilate(cv2.absdiff(r, d), np.ones((size, size), np.uint8), anchor=(0, 0))[::size, ::size]
+            changed[:cells.shape[0], :cells.shape[1]] |= cells > 0
+        self._references = [_Reference(_halved(decoded.y), slot, changed)] + self._references[:REFERENCES - 1]
 
 
 # Frames held back for the next keyframe, their errors to be read from it: at most this many, and at most
