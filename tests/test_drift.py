@@ -78,6 +78,45 @@ def test_carried_corrections_remove_most_of_the_propagated_damage(damaged_forema
     assert psnr["carried"] > psnr["left"] + 3, psnr  # measured: 27.8 -> 32.4 dB (the missing frames stay)
 
 
+def test_corrections_are_worked_out_only_where_they_can_arrive(damaged_foreman, monkeypatch):
+    """The carried corrections are computed only in the macroblocks predicted from a non-zero correction:
+    the same pictures come out as when every macroblock is computed (lost blocks copied from the
+    previous repaired picture, so that corrections spread and fade as in a real repair)."""
+    def corrected_pictures():
+        corrector, previous, pictures = None, None, []
+        for damaged in detect_damage(damaged_foreman.damaged):
+            if damaged.frame.missing:
+                continue
+            decoded = Picture.from_frame(damaged.frame.picture)
+            height, width = decoded.y.shape
+            corrector = corrector or DriftCorrector(height, width)
+            picture = corrector.correct(decoded, damaged)
+            lost = damaged.damage.pixel_mask(height, width, DamageLabel.LOST)
+            if previous is not None and lost.any():
+                picture = picture.pasted([previous.y, previous.u, previous.v], lost)
+            corrector.remember(decoded, picture)
+            pictures.append(picture)
+            previous = picture
+        return pictures
+
+    sparse = corrected_pictures()
+    reached = DriftCorrector._reached
+    counts = []
+
+    def everywhere(self, dx, dy, predicted):
+        every = np.ones(self._grid.mb_shape, bool)
+        counts.append(len(reached(self, dx, dy, predicted)[0]) / every.size)
+        return np.nonzero(every)
+
+    monkeypatch.setattr(DriftCorrector, "_reached", everywhere)
+    dense = corrected_pictures()
+    assert len(sparse) == len(dense) == 59
+    assert min(counts) < 0.9  # the sparse path was taken: somewhere only a part had to be worked out
+    for a, b in zip(sparse, dense):
+        for plane_a, plane_b in zip((a.y, a.u, a.v), (b.y, b.u, b.v)):
+            assert np.array_equal(plane_a, plane_b)
+
+
 @pytest.fixture(scope="module")
 def damaged_bikes(tmp_path_factory):
     """bikes at 3% loss through the benchmark's channel (Gilbert, mean burst 2, seed 1)."""
