@@ -10,6 +10,11 @@ an access unit whose one P slice skips every macroblock (the decoder copies the 
 as its own gap filling does) under a CAVLC picture parameter set of our own, so frame_num never
 jumps. The substitutes' pictures are hidden: their slots stay lost frames, for the rebuild.
 
+Only streams decoded in presentation order are repaired: a substitute's timestamp and picture order
+count are spread between the pictures before and after it in decoding order, which B-frames reorder
+(x264's default, and the source clips' own streams). Repaired anyway, foreman at 3% loss with three
+B-frames lost 13 of its 60 pictures to wrongly hidden ones, and `conceal` fell 8 dB below a plain decode.
+
 A substitute can also be marked: the previous frame moved by MARK_SHIFT instead of copied. A
 decode with marked substitutes then differs from one without exactly where later pictures were
 predicted from a substitute, through every reference index, intra block and deblocking filter the
@@ -27,6 +32,7 @@ from .bitstream import (BitstreamError, BitWriter, Codec, Framing, H264Sps, add_
 SPS, PPS, SLICE, IDR_SLICE = 7, 8, 1, 5
 SUBSTITUTE_PPS_ID = 255  # the last id: streams number theirs from 0
 P_SLICE_ALL = 5  # slice_type: P, and every slice of the picture is P
+B_SLICE = 1  # slice_type modulo 5
 MAX_SUBSTITUTES = 32  # a longer gap is a damaged frame_num, not lost frames
 MARK_SHIFT = (8, 0)  # quarter pixels: two pixels to the right
 
@@ -45,6 +51,7 @@ class H264GapRepair:
             self._learn(unit)
         self._previous: tuple[int, int, int | None] | None = None  # (frame_num, POC lsb, pts) of the last picture
         self._hidden: set[int] = set()
+        self._reordered = False  # a B slice was seen: the stream is left alone from then on
 
     def packets(self, packet: av.Packet) -> list[av.Packet]:
         """The packet, preceded by a substitute for each reference frame lost just before it."""
@@ -58,9 +65,12 @@ class H264GapRepair:
             if first_slice is None:
                 return [packet]
             nal = data[first_slice.payload_start:first_slice.end]
-            sps, frame_num, poc_lsb = self._read_slice(nal)
+            sps, slice_type, frame_num, poc_lsb = self._read_slice(nal)
         except (BitstreamError, KeyError):
             return [packet]  # unreadable: the decoder copes on its own
+        self._reordered = self._reordered or slice_type % 5 == B_SLICE
+        if self._reordered:
+            return [packet]
         previous, self._previous = self._previous, (frame_num, poc_lsb, packet.pts)
         if first_slice.nal_type == IDR_SLICE or previous is None:
             return [packet]
@@ -93,11 +103,11 @@ class H264GapRepair:
         except (BitstreamError, IndexError):
             pass  # a damaged parameter set: the slices that need it are left alone
 
-    def _read_slice(self, nal: bytes) -> tuple[H264Sps, int, int]:
-        """(SPS, frame_num, pic_order_cnt_lsb or 0) of a slice NAL unit (7.3.3)."""
+    def _read_slice(self, nal: bytes) -> tuple[H264Sps, int, int, int]:
+        """(SPS, slice_type, frame_num, pic_order_cnt_lsb or 0) of a slice NAL unit (7.3.3)."""
         reader = header_reader(nal, Codec.H264, max_bytes=32)
         reader.ue()  # first_mb_in_slice
-        reader.ue()  # slice_type
+        slice_type = reader.ue()
         sps = self._sps[self._pps_sps[reader.ue()]]
         if sps.separate_colour_planes:
             reader.skip(2)
@@ -106,7 +116,7 @@ class H264GapRepair:
             raise BitstreamError("field pictures")
         if nal[0] & 0x1F == IDR_SLICE:
             reader.ue()  # idr_pic_id
-        return sps, frame_num, reader.u(sps.log2_max_poc_lsb) if sps.poc_type == 0 else 0
+        return sps, slice_type, frame_num, reader.u(sps.log2_max_poc_lsb) if sps.poc_type == 0 else 0
 
     def _repairable(self, sps: H264Sps) -> bool:
         return sps.poc_type in (0, 2) and sps.frame_mbs_only and not sps.separate_colour_planes and \

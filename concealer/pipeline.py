@@ -16,6 +16,7 @@ from typing import TextIO
 
 import cv2
 import numpy as np
+from av.video.frame import PictureType
 
 from .concealment import DEFAULT_CONCEALER, Neighbours, NetworkConcealer, Picture, make_concealer, same_scene
 from .decode import DecodedFrame, decode_frames
@@ -214,7 +215,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                                               steps_since_shown / (lost_in_a_row + 1))
                     if picture is None:
                         continue  # no picture anywhere near: nothing to rebuild from
-                    if corrector and last_decoded is not None:
+                    if corrector and last_decoded is not None and not source_format.reordered:
                         corrector.remember(last_decoded, picture)  # FFmpeg stands the last picture in for it
                 else:
                     decoded = Picture.from_frame(frame.picture)
@@ -225,7 +226,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                         motion_before = before_previous if earlier is not None and before_previous is not None and \
                             same_scene(before_previous, earlier, np.zeros_like(mask)) else None
                         picture = concealer.conceal(picture, mask, Neighbours(earlier, following, motion_before))
-                    if corrector:
+                    if corrector and (not source_format.reordered or frame.picture.pict_type != PictureType.B):
                         corrector.remember(decoded, picture)
                     last_decoded, last_shown, steps_since_shown = decoded, picture, 0
                 before_previous, previous = previous, picture

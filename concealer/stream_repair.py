@@ -668,6 +668,8 @@ def open_stream_repair(path: Path, stream: av.video.stream.VideoStream, marked_s
     """
     context = stream.codec_context
     if context.name == "h264":
+        if context.has_b_frames:  # reordered pictures: see H264GapRepair
+            return None
         try:
             return H264GapRepair(context.extradata, marked_substitutes)
         except BitstreamError:

@@ -8,8 +8,9 @@ import av
 import numpy as np
 import pytest
 
-from concealer import LossOptions, simulate_loss
+from concealer import LossOptions, PacketisationOptions, simulate_loss
 from concealer.decode import decode_frames
+from concealer.encode import EncoderSettings
 from concealer.errors import OutputError
 from concealer.pipeline import conceal
 from concealer.workers import written_behind
@@ -120,3 +121,23 @@ def test_frames_written_behind_keep_their_order_and_a_write_error_reaches_the_ca
             for item in range(100):
                 put(item)
     assert not any(thread.name == "written-behind" for thread in threading.enumerate())
+
+
+def test_a_stream_with_b_frames_keeps_every_picture_and_is_repaired_above_a_plain_decode(tmp_path):
+    """x264's default (and most real files) reorder pictures. The H.264 gap repair, which spreads stand-ins
+    between neighbours in decoding order, must stay out of such streams (it hid 13 of foreman's 60 pictures
+    at 3% loss), and only decoded I and P pictures serve as the drift correction's references (measured at
+    10% loss: 30.22 dB with every picture remembered, 34.06 with these, against 33.72 for a plain decode)."""
+    damaged = simulate_loss(clip("foreman_cif_h264.mp4"), tmp_path / "b.mp4",
+                            loss=LossOptions(model="gilbert", loss_rate=0.1, burst=2, seed=1),
+                            packets=PacketisationOptions(encoder=EncoderSettings(bframes=3)))
+    plain, clean = decode_luma(damaged.damaged, ec="guess_mvs+deblock"), decode_luma(damaged.reference)
+    slots = list(decode_frames(damaged.damaged))
+    assert len(slots) == len(clean) and sum(s.missing for s in slots) == len(clean) - len(plain)
+    shown = [plain.get(p) for p in sorted(clean)]
+    for index, picture in enumerate(shown):  # a picture that never came out: the last one shown stays
+        shown[index] = picture if picture is not None else shown[index - 1]
+    plain_psnr = 10 * np.log10(255 ** 2 / np.mean([np.mean((a.astype(float) - clean[p]) ** 2)
+                                                    for a, p in zip(shown, sorted(clean))]))
+    summary = conceal(damaged.damaged, tmp_path / "fixed.mkv", codec="ffv1", lossless=True, reference=damaged.reference)
+    assert summary.psnr > plain_psnr + 0.2, (summary.psnr, plain_psnr)
