@@ -63,6 +63,15 @@ SECTIONS = [
             "clips are damaged as H.264, foreman_cif_hevc as HEVC. Target: the pipeline at least 4 dB above "
             "`FFmpeg` at every loss rate, and never below it.",
             ("--clips", "foreman_cif_h264.mp4,foreman_cif_hevc.mp4", "--rates", "0.1", "--frames", "30")),
+    Section("quality-bframes", "Video concealment quality with B-frames", conceal_quality,
+            "As the section above, for the H.264 clips re-encoded with three B-frames (x264's default, and how "
+            "most real files come): pictures decode out of presentation order. `flow none` repairs only the "
+            "lost blocks; the pipeline also carries corrections from decoded I and P pictures. Target: never "
+            "below `FFmpeg`.",
+            ("--clips", "foreman_cif_h264.mp4", "--rates", "0.1", "--frames", "30", "--bframes", "3",
+             "--variants", "flow:none,pipeline"),
+            ("--clips", "foreman_cif_h264.mp4,carphone_qcif.mp4,bikes_640x272.mp4,chaplin_640x360_mp3.mp4",
+             "--bframes", "3", "--variants", "flow:none,pipeline")),
     Section("lost-pixels", "Concealment quality over the lost pixels alone (issue 4)", lost_pixels,
             "Luma PSNR over the truth's lost macroblocks only (truth detection, drift correction on, lossless "
             "FFV1), so that every model fills the same pixels. Target: the temporal model 3 dB above `ffmpeg`.",

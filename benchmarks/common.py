@@ -110,18 +110,18 @@ def excerpt(name: str, frames: int) -> Path:
 
 
 def damage(name: str, rate: float, *, frames: int | None = None, seed: int = SEED,
-           codec: Codec | None = None) -> SimulationResult:
+           codec: Codec | None = None, bframes: int = 0) -> SimulationResult:
     """The standard damage step: simulate-loss (re-encode, GOP 2 s, Gilbert loss with mean burst 2)
     at `rate` on the clip, or on its first `frames` frames, in `codec` (default: the clip's family,
-    see source_codec); cached for the process by clip, frames, rate, seed and codec, so that every
-    section of a run repairs the same damaged files."""
+    see source_codec) with `bframes` B-frames; cached for the process by clip, frames, rate, seed,
+    codec and B-frames, so that every section of a run repairs the same damaged files."""
     codec = codec or source_codec(clip_path(name))
-    key = (name, frames, rate, seed, codec)
+    key = (name, frames, rate, seed, codec, bframes)
     if key not in _damaged:
         source = excerpt(name, frames) if frames else clip_path(name)
-        packets = PacketisationOptions(encoder=EncoderSettings(codec=codec))
+        packets = PacketisationOptions(encoder=EncoderSettings(codec=codec, bframes=bframes))
         suffix = ".mp4" if codec.has_nal_units else ".mkv"
-        output = work_dir() / f"{Path(name).stem}-{frames or 'all'}f-{rate:g}-{seed}-{codec.value}{suffix}"
+        output = work_dir() / f"{Path(name).stem}-{frames or 'all'}f-{rate:g}-{seed}-{codec.value}-b{bframes}{suffix}"
         _damaged[key] = simulate_loss(source, output, loss=LossOptions(model="gilbert", loss_rate=rate, burst=BURST,
                                                                        seed=seed), packets=packets)
     return _damaged[key]

@@ -1,7 +1,7 @@
 """Repair quality of `conceal` per concealment model, against the clean reference.
 
     python -m benchmarks.conceal_quality [--clips a.mp4,b.mp4] [--rates 0.03,0.1,0.2] [--frames N]
-        [--variants ffmpeg:none,temporal:carry,...,pipeline]
+        [--variants ffmpeg:none,temporal:carry,...,pipeline] [--bframes N]
 
 Each clip (or its first N frames) is damaged by the standard damage step (benchmarks/common.py:
 simulate-loss re-encoding in the clip's codec family, Gilbert loss with mean burst 2, GOP 2 s,
@@ -12,6 +12,8 @@ The baseline every repair must beat is `FFmpeg`: a plain FFmpeg decode of the da
 repeats the one before it. A variant is MODEL:DRIFT (see `conceal --drift`), or `pipeline`:
 `conceal` with its default model and drift correction; the last column is the pipeline's gain
 over the baseline (issue bar: at least +4 dB at every loss rate, never below on any clip).
+`--bframes N` re-encodes with N B-frames, as x264 does by default and most real files are: pictures
+then decode out of presentation order.
 """
 from __future__ import annotations
 
@@ -76,12 +78,13 @@ def _decodable(packets):
             continue
 
 
-def quality_table(clips: list[str], rates: list[float], variants: list[str], frames: int | None = None) -> Table:
+def quality_table(clips: list[str], rates: list[float], variants: list[str], frames: int | None = None,
+                  bframes: int = 0) -> Table:
     table = Table(["clip", "frames", "loss (effective)", "FFmpeg (dB)", *(f"{_label(v)} (dB)" for v in variants),
                    "gain of the last over FFmpeg", "fps (last variant)"])
     for name in clips:
         for rate in rates:
-            damaged = damage(name, rate, frames=frames)
+            damaged = damage(name, rate, frames=frames, bframes=bframes)
             baseline = plain_ffmpeg_psnr(damaged.damaged, damaged.reference)
             results = [conceal(damaged.damaged, work_dir() / "repaired.mkv", codec="ffv1", lossless=True,
                                reference=damaged.reference, overwrite=True, **_options(v)) for v in variants]
@@ -94,11 +97,12 @@ def quality_table(clips: list[str], rates: list[float], variants: list[str], fra
 def parser() -> argparse.ArgumentParser:
     parser = clip_arguments(__doc__, CLIPS, RATES)
     parser.add_argument("--variants", type=names, default=VARIANTS)
+    parser.add_argument("--bframes", type=int, default=0, help="B-frames in the damaged re-encode")
     return parser
 
 
 def run(args: argparse.Namespace) -> list[Table]:
-    return [quality_table(args.clips, args.rates, args.variants, args.frames)]
+    return [quality_table(args.clips, args.rates, args.variants, args.frames, args.bframes)]
 
 
 def main() -> None:

@@ -212,7 +212,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                     lost_in_a_row = steps_since_shown + len(ahead) - 1  # between the last picture and the next
                     picture = rebuild_missing(last_shown, next_decoded,
                                               steps_since_shown / lost_in_a_row if next_decoded else 1.0,
-                                              steps_since_shown / (lost_in_a_row + 1))
+                                              steps_since_shown / (lost_in_a_row + 1), source_format.reordered)
                     if picture is None:
                         continue  # no picture anywhere near: nothing to rebuild from
                     if corrector and last_decoded is not None and not source_format.reordered:

@@ -127,7 +127,8 @@ def test_a_stream_with_b_frames_keeps_every_picture_and_is_repaired_above_a_plai
     """x264's default (and most real files) reorder pictures. The H.264 gap repair, which spreads stand-ins
     between neighbours in decoding order, must stay out of such streams (it hid 13 of foreman's 60 pictures
     at 3% loss), and only decoded I and P pictures serve as the drift correction's references (measured at
-    10% loss: 30.22 dB with every picture remembered, 34.06 with these, against 33.72 for a plain decode)."""
+    10% loss: 30.22 dB with every picture remembered, 34.06 with these and 34.74 with lost frames blended,
+    against 33.72 for a plain decode)."""
     damaged = simulate_loss(clip("foreman_cif_h264.mp4"), tmp_path / "b.mp4",
                             loss=LossOptions(model="gilbert", loss_rate=0.1, burst=2, seed=1),
                             packets=PacketisationOptions(encoder=EncoderSettings(bframes=3)))
@@ -140,4 +141,4 @@ def test_a_stream_with_b_frames_keeps_every_picture_and_is_repaired_above_a_plai
     plain_psnr = 10 * np.log10(255 ** 2 / np.mean([np.mean((a.astype(float) - clean[p]) ** 2)
                                                     for a, p in zip(shown, sorted(clean))]))
     summary = conceal(damaged.damaged, tmp_path / "fixed.mkv", codec="ffv1", lossless=True, reference=damaged.reference)
-    assert summary.psnr > plain_psnr + 0.2, (summary.psnr, plain_psnr)
+    assert summary.psnr > plain_psnr + 0.6, (summary.psnr, plain_psnr)
