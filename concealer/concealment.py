@@ -49,7 +49,7 @@ class Picture:
         for index, samples in enumerate((self.y, self.u, self.v)):
             plane_samples(frame, index)[...] = samples
         frame = _reformat(frame, format)
-        if original is None or original[0].format.name == working:
+        if original is None or not keeps_decoded_samples(original[0].format.name, format):
             return frame  # the working copy was the decoded frame itself: nothing more to keep
         decoded_frame, decoded = original
         decoded_frame = _reformat(decoded_frame, format)
@@ -100,6 +100,12 @@ class Picture:
             repaired[plane_mask] = filler[plane_mask]
             planes.append(repaired)
         return Picture(*planes)
+
+
+def keeps_decoded_samples(decoded_format: str, output_format: str) -> bool:
+    """Whether a repaired picture going out in `output_format` takes the samples its repair left alone from
+    the decoded frame (in `decoded_format`): only when its working copy was converted from that frame."""
+    return decoded_format != _working_format(output_format)
 
 
 def _working_format(format: str) -> str:

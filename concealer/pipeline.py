@@ -11,14 +11,17 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import TextIO
 
+import av
 import cv2
 import numpy as np
 from av.video.frame import PictureType
 
-from .concealment import DEFAULT_CONCEALER, Neighbours, NetworkConcealer, Picture, make_concealer, same_scene
+from .concealment import (DEFAULT_CONCEALER, Neighbours, NetworkConcealer, Picture, keeps_decoded_samples,
+                          make_concealer, same_scene)
 from .decode import DecodedFrame, decode_frames
 from .detection import (
     DamagedFrame,
@@ -185,18 +188,19 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
         corrector = DriftCorrector(height, width) if drift == "carry" else None
         backfill = KeyframeBackfill(height, width) if drift == "carry" else None
 
-        def write(slot: HeldFrame) -> None:
-            frame = slot.damaged.frame
-            # Samples the repair left alone go out exactly as decoded, in the input's own pixel format.
-            out = slot.picture.to_frame(video.codec_context.pix_fmt,
-                                        None if slot.decoded is None else (frame.picture, slot.decoded))
-            out.pts, out.time_base = frame.pts, frame.time_base
-            copies.mux_until(frame.pts * frame.time_base)
+        def write(outgoing: _Outgoing) -> None:
+            out = outgoing.picture.to_frame(video.codec_context.pix_fmt, outgoing.original)
+            out.pts, out.time_base = outgoing.pts, outgoing.time_base
+            copies.mux_until(outgoing.pts * outgoing.time_base)
             sink.mux(video.encode(out))
 
         def emit(slot: HeldFrame) -> None:
-            tally.add(slot.damaged.frame, slot.damaged.damage, slot.picture)
-            put(slot)
+            frame = slot.damaged.frame
+            tally.add(frame, slot.damaged.damage, slot.picture)
+            # Samples the repair left alone go out exactly as decoded, in the input's own pixel format.
+            keep = slot.decoded is not None and \
+                keeps_decoded_samples(frame.picture.format.name, video.codec_context.pix_fmt)
+            put(_Outgoing(slot.picture, frame.pts, frame.time_base, (frame.picture, slot.decoded) if keep else None))
 
         # A keyframe releases every frame the backfill held at once: the writer takes them all without
         # holding up the repair of the next ones (bbb 720p at 5% loss: 4.92 -> 4.75 s with 16 instead of 4).
@@ -303,6 +307,17 @@ def _look_ahead(frames: Iterator[DamagedFrame]) -> Iterator[tuple[DamagedFrame, 
     while waiting:
         yield waiting[0], ahead()
         waiting.popleft()
+
+
+@dataclass(frozen=True)
+class _Outgoing:
+    """A repaired picture on its way to the encoder, with no more than writing it needs: the writer's queue
+    holds a whole backfill release, and the decoded frames and damage maps would triple its memory."""
+
+    picture: Picture
+    pts: int
+    time_base: Fraction
+    original: tuple[av.VideoFrame, Picture] | None  # where the samples the repair left alone come from
 
 
 class _PassThrough:
