@@ -54,8 +54,11 @@ class DriftCorrector:
     """Carries the corrections made in recent frames into the frames predicted from them.
 
     The corrections of the recent references are kept stacked, one tall float32 image per plane
-    with a slot of picture height per reference (reused in turn), so that one remap per plane
-    moves every sample from whichever reference it was predicted from."""
+    with a slot of picture height per reference (reused in turn) and a spare slot of zeros for the
+    samples predicted from nothing, so that one remap per plane moves every sample from whichever
+    reference it was predicted from; and only in the macroblocks that some non-zero correction can
+    reach. In a stream with B-frames the caller remembers only the decoded I and P pictures, the
+    references of what follows (concealer.pipeline)."""
 
     def __init__(self, height: int, width: int):
         self._grid = CellGrid(height, width)

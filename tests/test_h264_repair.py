@@ -65,3 +65,18 @@ def test_marked_stand_ins_show_where_later_pictures_were_predicted_from_them(tmp
     changed = [np.mean(a.luma() != b.luma()) for a, b in zip(plain, marked) if not a.missing]
     assert changed[:20] == [0] * 20
     assert min(changed[20:]) > 0.5, changed
+
+
+def test_a_stream_with_b_frames_is_left_alone_even_when_its_header_does_not_say_so():
+    """The source clips are x264 streams with B-frames, which reorder the neighbours the stand-ins'
+    timestamps are spread between. Fed straight to the repair (as if the container had not told
+    FFmpeg of the reordering), every frame_num gap after the first B slice passes untouched."""
+    path = clip("foreman_cif_h264.mp4")
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.has_b_frames  # open_stream_repair would not even build a repair
+        repair = H264GapRepair(stream.codec_context.extradata)
+        packets = [p for p in container.demux(stream) if p.size]
+        out = [q for number, p in enumerate(packets) if number % 7 != 3 for q in repair.packets(p)]
+    assert len(out) == len(packets) - len(range(3, len(packets), 7))  # no stand-in inserted
+    assert not any(repair.hidden(p.pts) for p in packets)
