@@ -5,21 +5,19 @@ re-encoded, no slice or packet structure is left to read. What remains is what c
 and its spread look like: seams on the 16x16 grid, blocks that freeze while their
 neighbours move, motion the optical flow cannot explain, and above all persistence, since
 damage rides along with the motion until the next keyframe corrects it (a sudden change
-where the damage was). One logistic model per macroblock reads these signals together with
-its own previous answer, carried along the DIS optical flow: that recurrence is what lets it
-keep marking damage that no longer shows in a single frame. Its weights are fitted by
-`train/pixel_detector.py` on damage simulate-loss made on the training clips and ship as
-JSON (`weights/pixel-detector.json`).
+where the damage was). A small network (`models.damage_net`) reads the picture, its change
+since the previous one in place and along the DIS optical flow, and its own previous answer
+carried along that flow. It is trained by `train/pixel_detector.py` on damage simulate-loss
+made on the training clips and ships as safetensors with its threshold and training record.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from .decode import FFMPEG_CONCEALMENT, DecodedFrame, decode_frames
 from .detection import DAMAGE_MSE, MB, DamageLabel, DamageMap, MotionField, macroblock_mean
@@ -27,28 +25,27 @@ from .encode import EncoderSettings, add_video_encoder
 from .errors import InputError
 from .media import AtomicOutputs, nominal_rate, open_output, open_video_input
 
-WEIGHTS = "pixel-detector.json"
-# Names of the per-macroblock evidence channels, in the order `FrameEvidence.blocks` stacks them.
-EVIDENCE = ("texture", "residual", "difference", "seam_max", "seam_mean", "frozen", "residual_excess")
-# Frame-wide evidence: mean residual, mean difference and its jump from the previous frame, gap before.
-FRAME_EVIDENCE = ("frame_residual", "frame_difference", "difference_jump", "after_gap")
-# What the model's own previous answer contributes: itself, its 3x3 maximum and its frame mean.
-STATE = ("state", "state_near", "state_frame")
-
-
-def feature_names() -> list[str]:
-    """The model's inputs: evidence, state, and every evidence channel gated by the state."""
-    evidence = list(EVIDENCE) + list(FRAME_EVIDENCE)
-    return evidence + list(STATE) + [f"state*{name}" for name in evidence]
+NETWORK = "pixel-detector"
+# Scale of the change channels: pixel differences of this size map to 1.
+CHANGE_SCALE = 32.0
 
 
 @dataclass(frozen=True)
-class FrameEvidence:
-    """What one frame shows, before the model's state joins it (cacheable: training reruns the recurrence)."""
+class FrameInputs:
+    """What the network reads of one decoded picture, padded to whole macroblocks (8-bit, so that training
+    can hold thousands of them)."""
 
-    blocks: np.ndarray  # (rows, cols, len(EVIDENCE)) float32
-    frame: np.ndarray  # (len(FRAME_EVIDENCE),) float32
-    flow: np.ndarray  # (rows, cols, 2) mean displacement of each macroblock to where it was in the previous frame
+    current: np.ndarray  # (16R, 16C) uint8 luma
+    warped: np.ndarray  # the previous picture moved onto this one along the optical flow
+    previous: np.ndarray  # the previous picture in place (this one's own luma on the first frame)
+    flow: np.ndarray  # (R, C, 2) float32: mean displacement of each macroblock to where it was in the previous one
+    frame: np.ndarray  # (3,) float32: log mean absolute change along the flow and in place, frames lost before
+
+    def pixels(self) -> np.ndarray:
+        """(3, 16R, 16C) float32: the picture, its change along the flow and in place, scaled near [-1, 1]."""
+        current = self.current.astype(np.float32)
+        return np.stack([current / 255, (current - self.warped) / CHANGE_SCALE,
+                         (current - self.previous) / CHANGE_SCALE])
 
 
 def _padded(luma: np.ndarray) -> np.ndarray:
@@ -61,65 +58,30 @@ def _block_mean(values: np.ndarray) -> np.ndarray:
     return values.reshape(height // MB, MB, width // MB, MB, *values.shape[2:]).mean(axis=(1, 3))
 
 
-def _seams(luma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per macroblock, the largest and the mean of its four edge seams: the log ratio of the step across
-    the grid line to the steps beside it (concealed blocks meet their neighbours with a seam)."""
-    picture = luma.astype(np.float32)
-    rows, cols = picture.shape[0] // MB, picture.shape[1] // MB
-    step_down = np.abs(np.diff(picture, axis=0))
-    step_right = np.abs(np.diff(picture, axis=1))
-    lines = np.arange(1, rows) * MB
-    across = step_down[lines - 1].reshape(rows - 1, cols, MB).mean(-1)
-    beside = ((step_down[lines - 2] + step_down[lines]) / 2).reshape(rows - 1, cols, MB).mean(-1)
-    horizontal = np.log((across + 1) / (beside + 1))
-    lines = np.arange(1, cols) * MB
-    across = step_right[:, lines - 1].reshape(rows, MB, cols - 1).mean(1)
-    beside = ((step_right[:, lines - 2] + step_right[:, lines]) / 2).reshape(rows, MB, cols - 1).mean(1)
-    vertical = np.log((across + 1) / (beside + 1))
-    edges = np.zeros((4, rows, cols), np.float32)
-    edges[0, 1:], edges[1, :-1], edges[2, :, 1:], edges[3, :, :-1] = horizontal, horizontal, vertical, vertical
-    return edges.max(axis=0), edges.mean(axis=0)
-
-
-class EvidenceExtractor:
-    """Per-frame evidence, streaming: keeps only the previous picture."""
+class InputExtractor:
+    """`FrameInputs` of each picture in turn, streaming: keeps only the previous picture."""
 
     def __init__(self) -> None:
         self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
         self._previous: np.ndarray | None = None
-        self._previous_difference = 0.0
         self._gap = False
 
     def skip_missing(self) -> None:
+        """A frame slot never arrived: the next picture follows a gap."""
         self._gap = True
 
-    def process(self, luma: np.ndarray) -> FrameEvidence:
-        picture = _padded(luma)
-        current = picture.astype(np.float32)
-        rows, cols = picture.shape[0] // MB, picture.shape[1] // MB
-        gradient_x = cv2.Sobel(current, cv2.CV_32F, 1, 0)
-        gradient_y = cv2.Sobel(current, cv2.CV_32F, 0, 1)
-        texture = np.log1p(_block_mean(gradient_x ** 2 + gradient_y ** 2))
-        if self._previous is None:
-            flow = np.zeros((*picture.shape, 2), np.float32)
-            residual = difference = np.zeros((rows, cols), np.float32)
-        else:
-            flow = self._flow.calc(picture, self._previous, None)
-            height, width = picture.shape
-            grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-            warped = cv2.remap(self._previous, grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_REPLICATE)
-            residual = np.log1p(_block_mean((current - warped) ** 2))
-            difference = np.log1p(_block_mean((current - self._previous) ** 2))
-        seam_max, seam_mean = _seams(picture)
-        frozen = cv2.medianBlur(difference, 3) - difference if min(rows, cols) > 1 else np.zeros_like(difference)
-        residual_excess = residual - np.median(residual)
-        blocks = np.stack([texture, residual, difference, seam_max, seam_mean, frozen, residual_excess], axis=-1)
-        frame_difference = float(difference.mean())
-        frame = np.array([residual.mean(), frame_difference, frame_difference - self._previous_difference,
-                          float(self._gap)], np.float32)
-        self._previous, self._previous_difference, self._gap = picture, frame_difference, False
-        return FrameEvidence(blocks.astype(np.float32), frame, _block_mean(flow).astype(np.float32))
+    def process(self, luma: np.ndarray) -> FrameInputs:
+        current = _padded(luma)
+        previous = current if self._previous is None else self._previous
+        flow = self._flow.calc(current, previous, None)
+        height, width = current.shape
+        grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+        warped = cv2.remap(previous, grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE)
+        frame = np.array([np.log1p(cv2.absdiff(current, warped).mean()),
+                          np.log1p(cv2.absdiff(current, previous).mean()), float(self._gap)], np.float32)
+        self._previous, self._gap = current, False
+        return FrameInputs(current, warped, previous, _block_mean(flow).astype(np.float32), frame)
 
 
 def carry_state(state: np.ndarray, flow: np.ndarray) -> np.ndarray:
@@ -130,67 +92,34 @@ def carry_state(state: np.ndarray, flow: np.ndarray) -> np.ndarray:
                      cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def model_inputs(evidence: FrameEvidence, carried: np.ndarray) -> np.ndarray:
-    """(rows, cols, len(feature_names())) features of one frame, given the carried state."""
-    rows, cols = carried.shape
-    frame = np.broadcast_to(evidence.frame, (rows, cols, len(FRAME_EVIDENCE)))
-    near = cv2.dilate(carried, np.ones((3, 3), np.uint8))
-    state = np.stack([carried, near, np.full_like(carried, carried.mean())], axis=-1)
-    observed = np.concatenate([evidence.blocks, frame], axis=-1)
-    return np.concatenate([observed, state, observed * carried[..., None]], axis=-1)
-
-
-@dataclass(frozen=True)
-class PixelModel:
-    """Logistic regression over standardised features; `threshold` on its probability marks damage."""
-
-    mean: np.ndarray
-    scale: np.ndarray
-    weights: np.ndarray
-    bias: float
-    threshold: float
-
-    def probability(self, features: np.ndarray) -> np.ndarray:
-        logits = ((features - self.mean) / self.scale) @ self.weights + self.bias
-        return (1 / (1 + np.exp(-np.clip(logits, -30, 30)))).astype(np.float32)
-
-    def to_json(self, extra: dict) -> str:
-        return json.dumps({"features": feature_names(), "mean": self.mean.tolist(), "scale": self.scale.tolist(),
-                           "weights": self.weights.tolist(), "bias": self.bias, "threshold": self.threshold,
-                           **extra}, indent=1)
-
-    @classmethod
-    def load(cls, path: Path | None = None) -> PixelModel:
-        """The shipped model, or the one at `path`."""
-        try:
-            text = Path(path).read_text() if path else \
-                resources.files("concealer").joinpath("weights", WEIGHTS).read_text()
-            doc = json.loads(text)
-            if doc["features"] != feature_names():
-                raise ValueError("its features are not this detector's")
-            return cls(np.array(doc["mean"], np.float32), np.array(doc["scale"], np.float32),
-                       np.array(doc["weights"], np.float32), float(doc["bias"]), float(doc["threshold"]))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"pixel detector weights {path or WEIGHTS}: unreadable ({exc})") from exc
+def damage_probability(network: torch.nn.Module, inputs: FrameInputs, carried: np.ndarray) -> np.ndarray:
+    """(R, C) probability that each macroblock is damaged, given the previous answer carried onto this picture."""
+    with torch.inference_mode():
+        return network(torch.from_numpy(inputs.pixels())[None], torch.from_numpy(inputs.frame)[None],
+                       torch.from_numpy(carried)[None, None])[0].numpy()
 
 
 class PixelDetector:
     """Blind detection from decoded pictures alone (see the module docstring); LOST is never told apart from
     PROPAGATED here, so every damaged macroblock is labelled PROPAGATED."""
 
-    def __init__(self, mb_shape: tuple[int, int], model: PixelModel | None = None):
-        self._model = model or PixelModel.load()
-        self._evidence = EvidenceExtractor()
+    def __init__(self, mb_shape: tuple[int, int], weights: Path | None = None):
+        from .models import load_network  # torch models load only when this detector is used
+        self._network, shipped = load_network(NETWORK, weights)
+        if "threshold" not in shipped.metrics:
+            raise InputError(f"{shipped.path}: pixel detector weights without the threshold they were tuned to")
+        self._threshold = float(shipped.metrics["threshold"])
+        self._inputs = InputExtractor()
         self._state = np.zeros(mb_shape, np.float32)
 
     def process_frame(self, frame: DecodedFrame, motion: MotionField) -> DamageMap:
         """The damage the pixels show (a baked copy has no motion vectors of its own: `motion` is unused)."""
         if frame.missing:
-            self._evidence.skip_missing()
+            self._inputs.skip_missing()
             return DamageMap(frame.pts, np.full(self._state.shape, DamageLabel.MISSING_FRAME, np.uint8))
-        evidence = self._evidence.process(frame.luma())
-        self._state = self._model.probability(model_inputs(evidence, carry_state(self._state, evidence.flow)))
-        labels = np.where(self._state > self._model.threshold, DamageLabel.PROPAGATED, DamageLabel.CLEAN)
+        inputs = self._inputs.process(frame.luma())
+        self._state = damage_probability(self._network, inputs, carry_state(self._state, inputs.flow))
+        labels = np.where(self._state > self._threshold, DamageLabel.PROPAGATED, DamageLabel.CLEAN)
         return DamageMap(frame.pts, labels.astype(np.uint8))
 
 

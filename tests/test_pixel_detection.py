@@ -7,7 +7,7 @@ from concealer import LossOptions, simulate_loss
 from concealer.decode import decode_frames
 from concealer.detection import DamageLabel, detect_damage
 from concealer.errors import InputError
-from concealer.pixel_detection import PixelModel, bake_damage, reference_damage_maps
+from concealer.pixel_detection import PixelDetector, bake_damage, reference_damage_maps
 
 
 @pytest.fixture(scope="module")
@@ -41,20 +41,21 @@ def test_baked_damage_is_found(baked_foreman):
         fp += np.count_nonzero(found & ~truth)
         fn += np.count_nonzero(truth & ~found)
     recall, precision = tp / (tp + fn), tp / (tp + fp)
-    # Measured 0.064 and 0.730 (benchmarks.detection_accuracy, foreman 10%); the issue asks for 0.80 and 0.80.
-    assert recall > 0.03 and precision > 0.6, (recall, precision)
+    # Measured 0.924 and 0.782 (the logistic model before the network: 0.064 and 0.730); the issue asks for 0.80
+    # and 0.80.
+    assert recall > 0.85 and precision > 0.7, (recall, precision)
 
 
 def test_clean_clip_yields_a_nearly_empty_map():
     maps = [d.damage for d in detect_damage(clip("carphone_qcif.mp4"), mode="pixels")]
     assert len(maps) == 120
     share = np.mean([m.damaged.mean() for m in maps])
-    # Measured 0.153: far from the (nearly) empty map the issue asks for; this only guards against worse.
-    assert share < 0.25, share
+    # Measured 0.0 (the logistic model before the network marked 0.153).
+    assert share < 0.01, share
 
 
 def test_unreadable_weights_are_an_input_error(tmp_path):
-    weights = tmp_path / "w.json"
-    weights.write_text('{"features": ["texture"]}')
-    with pytest.raises(InputError, match="pixel detector weights"):
-        PixelModel.load(weights)
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"not a weights file")
+    with pytest.raises(InputError, match="not a readable concealer weights file"):
+        PixelDetector((2, 2), weights)

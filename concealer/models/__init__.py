@@ -1,4 +1,4 @@
-"""Inpainting networks and their shipped weights.
+"""The networks (inpainting, and the pixels-only damage detector) and their shipped weights.
 
 Each model's weights ship inside the package as safetensors (no pickle), with their
 metadata beside the tensors: version, the training config and the measured metrics,
@@ -14,6 +14,7 @@ import torch
 
 from ..errors import InputError
 from .context_encoder import ContextEncoder
+from .damage_net import PixelDamageNet
 from .temporal import TemporalInpainter
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -66,6 +67,7 @@ ARCHITECTURES: dict[str, type[torch.nn.Module]] = {
     "context-encoder": ContextEncoder,
     "context-encoder-l2": ContextEncoder,
     "temporal": TemporalInpainter,
+    "pixel-detector": PixelDamageNet,
 }
 
 
