@@ -81,24 +81,31 @@ def source_codec(path: Path) -> Codec:
         return Codec.HEVC if container.streams.video[0].codec_context.name == "hevc" else Codec.H264
 
 
-def excerpt(name: str, frames: int) -> Path:
-    """The clip's first `frames` frames (looped from the start when it is shorter), video only, as a
-    near-lossless x264 MP4 in the work folder; cached for the process."""
-    key = (name, frames)
+def excerpt(name: str, frames: int, *, start: int = 0, size: tuple[int, int] | None = None) -> Path:
+    """The clip's `frames` frames from frame `start` (looped from the start when it is shorter), scaled to `size`
+    (width, height) if given, video only, as a near-lossless x264 MP4 in the work folder; cached for the process."""
+    key = (name, frames, start, size)
     if key not in _excerpts:
         source = clip_path(name)
-        output = work_dir() / f"{Path(name).stem}-{frames}f.mp4"
+        label = f"-from{start}" if start else ""
+        label += f"-{size[0]}x{size[1]}" if size else ""
+        output = work_dir() / f"{Path(name).stem}-{frames}f{label}.mp4"
         with av.open(str(source)) as probe:
             stream = probe.streams.video[0]
             rate, width, height = nominal_rate(stream), stream.codec_context.width, stream.codec_context.height
+        width, height = size or (width, height)
         with av.open(str(output), "w") as out:
             encoder = add_video_encoder(out, EncoderSettings(crf=10, preset="veryfast"), width=width, height=height,
                                         rate=rate, time_base=1 / Fraction(rate))
-            written = 0
+            index = written = 0
             while written < frames:
                 with av.open(str(source)) as inp:
                     for frame in inp.decode(video=0):
-                        picture = av.VideoFrame.from_ndarray(frame.to_ndarray(format="yuv420p"), format="yuv420p")
+                        index += 1
+                        if index <= start:
+                            continue
+                        scaled = frame.reformat(width=width, height=height, format="yuv420p").to_ndarray()
+                        picture = av.VideoFrame.from_ndarray(scaled, format="yuv420p")
                         picture.pts = written
                         out.mux(encoder.encode(picture))
                         written += 1

@@ -20,16 +20,14 @@ into the run folder.
 from __future__ import annotations
 
 import time
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 
+from benchmarks.common import excerpt
 from concealer import LossOptions, simulate_loss
 from concealer.decode import decode_frames
-from concealer.encode import EncoderSettings, add_video_encoder
 from concealer.models import WEIGHTS_DIR, save_weights
 from concealer.models.damage_net import PixelDamageNet
 from concealer.pixel_detection import (
@@ -41,35 +39,9 @@ from concealer.pixel_detection import (
     reference_damage_maps,
 )
 
-from .common import DATA, TrainingRun
+from .common import TrainingRun
 
 ARRAYS = ("current", "warped", "flow", "frame", "target")
-
-
-def source_excerpt(clip: str, start: int, frames: int, width: int, height: int, output: Path) -> Path:
-    """`frames` frames of `clip` from frame `start` (looped when the clip is shorter), scaled to width x height,
-    as a near-lossless x264 file: the clean source simulate-loss damages."""
-    with av.open(str(output), "w") as out:
-        with av.open(str(DATA / "clips" / clip)) as probe:
-            rate = probe.streams.video[0].average_rate or Fraction(25)
-        encoder = add_video_encoder(out, EncoderSettings(crf=10, preset="veryfast"), width=width, height=height,
-                                    rate=rate, time_base=1 / Fraction(rate))
-        index = written = 0
-        while written < frames:
-            with av.open(str(DATA / "clips" / clip)) as container:
-                for frame in container.decode(video=0):
-                    index += 1
-                    if index <= start:
-                        continue
-                    scaled = frame.reformat(width=width, height=height, format="yuv420p").to_ndarray()
-                    picture = av.VideoFrame.from_ndarray(scaled, format="yuv420p")
-                    picture.pts = written
-                    out.mux(encoder.encode(picture))
-                    written += 1
-                    if written == frames:
-                        break
-        out.mux(encoder.encode(None))
-    return output
 
 
 def build_sequence(source: Path, rate: float, work: Path) -> dict[str, np.ndarray]:
@@ -111,7 +83,7 @@ def load_sequences(run: TrainingRun) -> tuple[list[dict], list[bool], list[bool]
                 began = time.perf_counter()
                 with_tmp = folder / "work"
                 with_tmp.mkdir(exist_ok=True)
-                source = source_excerpt(clip, start, frames, width, height, with_tmp / f"{cached.stem}-src.mp4")
+                source = excerpt(clip, frames, start=start, size=(width, height))
                 np.savez(cached, **build_sequence(source, rate, with_tmp))
                 print(f"built {cached.name} in {time.perf_counter() - began:.0f} s", flush=True)
             with np.load(cached) as stored:
