@@ -81,10 +81,10 @@ def load_sequences(run: TrainingRun) -> tuple[list[dict], list[bool], list[bool]
             cached = folder / f"{Path(clip).stem}-{start}-{width}x{height}-{rate:g}.npz"
             if not cached.exists():
                 began = time.perf_counter()
-                with_tmp = folder / "work"
-                with_tmp.mkdir(exist_ok=True)
+                work = folder / "work"  # the damaged and baked files, kept for a look
+                work.mkdir(exist_ok=True)
                 source = excerpt(clip, frames, start=start, size=(width, height))
-                np.savez(cached, **build_sequence(source, rate, with_tmp))
+                np.savez(cached, **build_sequence(source, rate, work))
                 print(f"built {cached.name} in {time.perf_counter() - began:.0f} s", flush=True)
             with np.load(cached) as stored:
                 sequences.append({name: stored[name] for name in ARRAYS})
@@ -171,6 +171,7 @@ def main() -> None:
     rng = np.random.default_rng(config["seed"])
     sequences, validation, clean = load_sequences(run)
     training = [i for i, held_out in enumerate(validation) if not held_out]
+    valid = [i for i, held_out in enumerate(validation) if held_out]
     weights = np.array([sequences[i]["target"].size for i in training], np.float64)
     starts = [onsets(s) for s in sequences]
     network = PixelDamageNet(**config["model"])
@@ -188,7 +189,6 @@ def main() -> None:
         round_ = min(rounds - 1, int(run.progress * rounds))
         if len(state_sets) <= round_:  # a new round: run the network over every sequence to get its own answers
             state_sets.append([own_answers(network, s) for s in sequences])
-            valid = [i for i, held_out in enumerate(validation) if held_out]
             threshold, recall, precision = best_threshold([state_sets[-1][i] for i in valid],
                                                           [sequences[i]["target"] for i in valid],
                                                           [clean[i] for i in valid], config["clean_limit"])
@@ -213,7 +213,6 @@ def main() -> None:
         run.maybe_save({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
                         "state_sets": state_sets})
     run.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(), "state_sets": state_sets})
-    valid = [i for i, held_out in enumerate(validation) if held_out]
     answers = [own_answers(network, sequences[i]) for i in valid]
     threshold, recall, precision = best_threshold(answers, [sequences[i]["target"] for i in valid],
                                                   [clean[i] for i in valid], config["clean_limit"])
