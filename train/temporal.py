@@ -7,9 +7,12 @@ Data: triplets of consecutive frames (previous, current, next) from the training
 losses on its macroblock grid (runs of macroblocks in raster order as lost slices leave them,
 whole macroblock rows, scattered blocks, the whole frame); its neighbours are aligned onto it
 with `concealer.motion.align`, the same function the pipeline uses, and 96x96 windows around
-the hole become the examples. The last 15% of every clip is held out for validation.
-While training, neighbours are dropped at random (single-image mode) and the next frame is
-marked invalid around the hole, as it is in a real stream where the damage propagates into it.
+the hole become the examples, each with the Telea fill of its hole (`spatial_fill`, the guess
+where no neighbour is trusted). The last 15% of every clip is held out for validation.
+While training, neighbours are dropped at random (single-image mode, a quarter of the windows)
+and the next frame is marked invalid around the hole, as it is in a real stream where the damage
+propagates into it. The loss is the squared error over the hole: with Charbonnier's smooth L1
+instead, the held-out single-image windows stayed at the Telea fill's 14.84 dB after 950 steps.
 """
 from __future__ import annotations
 
@@ -19,13 +22,15 @@ import numpy as np
 import torch
 
 from concealer.models import WEIGHTS_DIR, save_weights
-from concealer.models.temporal import CORE, MARGIN, WINDOW, TemporalInpainter
+from concealer.models.temporal import CORE, MARGIN, WINDOW, TemporalInpainter, spatial_fill
 from concealer.motion import align
 
 from .common import DATA, TrainingRun
 
 MB = 16
-ARRAYS = ("current", "hole", "previous", "previous_valid", "following", "following_valid")
+# Examples shown without neighbours (single-image mode, which starts from `spatial_fill`).
+STILL_SHARE = 0.25
+ARRAYS = ("current", "hole", "spatial", "previous", "previous_valid", "following", "following_valid")
 
 
 def loss_shape(rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
@@ -98,9 +103,10 @@ def make_examples(clips: list[str], count: int, per_frame: int, part: tuple[floa
             previous_valid = following_valid = np.ones(hole.shape, bool)  # the augmentation takes them away
             for top, left in windows_around(hole, min(per_frame, wanted - made), rng):
                 cut = (slice(top, top + WINDOW), slice(left, left + WINDOW))
-                for name, array in zip(ARRAYS, (current, hole, previous_warped, previous_valid,
-                                                following_warped, following_valid)):
-                    examples[name].append(array[cut])
+                for name, array in zip(ARRAYS, (current[cut], hole[cut], spatial_fill(current[cut], hole[cut]),
+                                                previous_warped[cut], previous_valid[cut], following_warped[cut],
+                                                following_valid[cut])):
+                    examples[name].append(array)
                 made += 1
         print(f"  {clip}: {made} windows from {len(picks)} frames", flush=True)
     return {name: np.stack(values) for name, values in examples.items()}
@@ -122,7 +128,7 @@ def augment(batch: dict[str, torch.Tensor], rng: np.random.Generator) -> dict[st
     # Stills only where there is something left to inpaint from: a window with no known pixels and
     # no neighbours teaches nothing and its huge loss would drown the rest.
     mostly_lost = (batch["hole"].mean(dim=(1, 2, 3)) > 0.6).numpy()
-    still = torch.from_numpy((rng.random(count) < 0.15) & ~mostly_lost).float()[:, None, None, None]
+    still = torch.from_numpy((rng.random(count) < STILL_SHARE) & ~mostly_lost).float()[:, None, None, None]
     no_previous = torch.from_numpy(rng.random(count) < 0.1).float()[:, None, None, None]
     no_following = torch.from_numpy(rng.random(count) < 0.35).float()[:, None, None, None]
     batch["previous_valid"] = batch["previous_valid"] * (1 - still) * (1 - no_previous)
@@ -137,7 +143,7 @@ def augment(batch: dict[str, torch.Tensor], rng: np.random.Generator) -> dict[st
 
 def hole_psnr(model: TemporalInpainter, batch: dict[str, torch.Tensor]) -> float:
     with torch.no_grad():
-        repaired = model(*(batch[name] for name in ARRAYS))
+        repaired = model(*(batch[name] for name in ARRAYS), correct_trusted=True)
     hole = batch["hole"].expand_as(repaired) > 0
     mse = torch.mean(((repaired - batch["current"]) * 255)[hole] ** 2).item()
     return 10 * np.log10(255 ** 2 / mse)
@@ -189,10 +195,10 @@ def main() -> None:
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = augment(to_batch(train, rng.integers(count, size=config["batch"])), rng)
-        repaired = model(*(batch[name] for name in ARRAYS))
+        repaired = model(*(batch[name] for name in ARRAYS), correct_trusted=True)
         hole = batch["hole"].expand_as(repaired)
-        # Charbonnier (smooth L1) over the missing pixels only: known pixels are never changed.
-        loss = (torch.sqrt((repaired - batch["current"]) ** 2 + 1e-6) * hole).sum() / hole.sum().clamp(min=1)
+        # Squared error over the missing pixels only (known pixels are never changed), the PSNR's own measure.
+        loss = (((repaired - batch["current"]) ** 2) * hole).sum() / hole.sum().clamp(min=1)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
