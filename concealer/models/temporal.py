@@ -15,7 +15,7 @@ Charbonnier and per-window log-MSE losses) left the validation hole PSNR where t
 In a video the previous picture is moved by `motion.fill_motion`, the estimate the flow concealer
 fills with, so `temporal` scores level with `flow` there (benchmarks/RESULTS.md). Without neighbours
 it inpaints a still image, starting from the spatial fill: on the paper's Table 1 protocol (whole
-image / hole) Set5 21.20 / 15.18 dB, Set14 19.22 / 13.20, BSD100 21.62 / 15.60, against 18.35 /
+image / hole) Set5 21.20 / 15.18 dB, Set14 19.23 / 13.21, BSD100 21.62 / 15.60, against 18.35 /
 12.32, 18.61 / 12.59 and 20.02 / 14.00 when the guess there was flat grey, and Telea's 21.08 / 15.06,
 18.98 / 12.96 and 21.46 / 15.43. It is fully convolutional and small (a three-level U-Net of about
 0.3 M parameters), so it runs batched on 96x96 windows around the damage only.
