@@ -83,18 +83,21 @@ def _temporal_batch(frames: list[np.ndarray], corners: np.ndarray) -> torch.Tens
     """One forward pass of the temporal network: the middle frame's windows with their core missing, each
     window's Telea fill (in `conceal` it is made once on the whole picture), and the previous and next
     frames' windows (as if aligned) fully valid."""
+    def tensor(windows: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(windows).permute(0, 3, 1, 2).float() / 255
+
     def images(frame: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(_windows(frame, temporal.WINDOW, corners)).permute(0, 3, 1, 2).float() / 255
+        return tensor(_windows(frame, temporal.WINDOW, corners))
 
     hole = np.zeros((len(corners), temporal.WINDOW, temporal.WINDOW), np.uint8)
     hole[:, temporal.MARGIN:-temporal.MARGIN, temporal.MARGIN:-temporal.MARGIN] = 1
     hole_tensor = torch.from_numpy(hole)[:, None].float()
     valid = torch.ones_like(hole_tensor)
     current = _windows(frames[1], temporal.WINDOW, corners)
-    spatial = torch.from_numpy(np.stack([temporal.spatial_fill(c, h) for c, h in zip(current, hole)]))
+    spatial = np.stack([temporal.spatial_fill(c, h) for c, h in zip(current, hole)])
     with torch.no_grad():
-        return network("temporal")(images(frames[1]), hole_tensor, spatial.permute(0, 3, 1, 2).float() / 255,
-                                   images(frames[0]), valid, images(frames[2]), valid)
+        return network("temporal")(tensor(current), hole_tensor, tensor(spatial), images(frames[0]), valid,
+                                   images(frames[2]), valid)
 
 
 def _context_encoder_batch(frames: list[np.ndarray], corners: np.ndarray) -> torch.Tensor:

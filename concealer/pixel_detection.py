@@ -24,6 +24,7 @@ from .detection import DAMAGE_MSE, MB, DamageLabel, DamageMap, MotionField, macr
 from .encode import EncoderSettings, add_video_encoder
 from .errors import InputError
 from .media import AtomicOutputs, nominal_rate, open_output, open_video_input
+from .motion import Warp
 
 NETWORK = "pixel-detector"
 # Scale of the change channels: pixel differences of this size map to 1.
@@ -74,10 +75,7 @@ class InputExtractor:
         current = _padded(luma)
         previous = current if self._previous is None else self._previous
         flow = self._flow.calc(current, previous, None)
-        height, width = current.shape
-        grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-        warped = cv2.remap(previous, grid_x + flow[..., 0], grid_y + flow[..., 1], cv2.INTER_LINEAR,
-                           borderMode=cv2.BORDER_REPLICATE)
+        warped = Warp(flow[..., 0], flow[..., 1]).apply(previous)
         frame = np.array([np.log1p(cv2.absdiff(current, warped).mean()),
                           np.log1p(cv2.absdiff(current, previous).mean()), float(self._gap)], np.float32)
         self._previous, self._gap = current, False
@@ -86,10 +84,7 @@ class InputExtractor:
 
 def carry_state(state: np.ndarray, flow: np.ndarray) -> np.ndarray:
     """The previous frame's damage probabilities moved to where each macroblock's content now is."""
-    rows, cols = state.shape
-    grid_x, grid_y = np.meshgrid(np.arange(cols, dtype=np.float32), np.arange(rows, dtype=np.float32))
-    return cv2.remap(state.astype(np.float32), grid_x + flow[..., 0] / MB, grid_y + flow[..., 1] / MB,
-                     cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return Warp(flow[..., 0] / MB, flow[..., 1] / MB).apply(state.astype(np.float32))
 
 
 def damage_probability(network: torch.nn.Module, inputs: FrameInputs, carried: np.ndarray) -> np.ndarray:

@@ -14,11 +14,11 @@ from concealer.models import WEIGHTS_DIR, load_network, read_weights
 from conftest import DATA
 
 
-def set5_image():
+def set5_images() -> list[np.ndarray]:
     path = DATA / "images" / "Set5"
     if not path.exists():
         pytest.skip(f"{path} not found: these tests need ../shared/data beside the checkout")
-    return cv2.cvtColor(cv2.imread(str(sorted(path.glob("*.png"))[0])), cv2.COLOR_BGR2RGB)
+    return [cv2.cvtColor(cv2.imread(str(file)), cv2.COLOR_BGR2RGB) for file in sorted(path.glob("*.png"))]
 
 
 SHIPPED = [m for m in INPAINT_MODELS if m in ("telea", "ns") or (WEIGHTS_DIR / f"{m}.safetensors").exists()]
@@ -26,7 +26,7 @@ SHIPPED = [m for m in INPAINT_MODELS if m in ("telea", "ns") or (WEIGHTS_DIR / f
 
 @pytest.mark.parametrize("model", SHIPPED)
 def test_known_pixels_are_unchanged_and_the_hole_is_filled(model):
-    image = set5_image()[:200, :260]
+    image = set5_images()[0][:200, :260]
     mask = np.zeros(image.shape[:2], bool)
     mask[48:112, 96:176] = True  # a run of macroblocks, wider than one 64x64 tile
     mask[150:166, 0:32] = True
@@ -69,12 +69,8 @@ def test_temporal_without_neighbours_improves_on_its_spatial_fill():
     size, a centred 64x64 hole: hole MSE summed over the images 10240 against 10697)."""
     if not (WEIGHTS_DIR / "temporal.safetensors").exists():
         pytest.skip("temporal weights not installed")
-    path = DATA / "images" / "Set5"
-    if not path.exists():
-        pytest.skip(f"{path} not found: these tests need ../shared/data beside the checkout")
     errors = {"temporal": 0.0, "telea": 0.0}
-    for file in sorted(path.glob("*.png")):
-        image = cv2.cvtColor(cv2.imread(str(file)), cv2.COLOR_BGR2RGB)
+    for image in set5_images():
         height, width = image.shape[:2]
         mask = np.zeros((height, width), bool)
         mask[height // 2 - 32:height // 2 + 32, width // 2 - 32:width // 2 + 32] = True
