@@ -36,9 +36,12 @@ from concealer.media import add_stream_copy
 from concealer.pipeline import DRIFT_STRATEGIES
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CLIPS = {"h264": "foreman_cif_h264.mp4", "hevc": "foreman_cif_hevc.mp4", "vp9": "foreman_cif_vp9.webm",
-         "av1": "foreman_cif_h264.mp4"}
-REENCODED = {"av1": Codec.AV1}  # codecs whose excerpt is encoded from the clip rather than cut from it
+CLIPS = {"h264": "foreman_cif_h264.mp4", "h264-p": "foreman_cif_h264.mp4", "hevc": "foreman_cif_hevc.mp4",
+         "vp9": "foreman_cif_vp9.webm", "av1": "foreman_cif_h264.mp4"}
+# Excerpts encoded from the clip rather than cut from it: AV1, and H.264 without B-frames in packet-sized
+# slices (the streams `conceal` redecodes from its repairs, concealer.reference_repair).
+REENCODED = {"av1": EncoderSettings(codec=Codec.AV1),
+             "h264-p": EncoderSettings(codec=Codec.H264, slice_max_size=600)}
 EXCERPT_FRAMES = 10
 TIMEOUT_S = 60.0
 MODELS = ("ffmpeg", "copy", "telea")  # the networks are left out: loading torch would dominate every case
@@ -208,7 +211,7 @@ def make_excerpt(codec: str, folder: Path, frames: int = EXCERPT_FRAMES) -> Path
     target = folder / f"excerpt-{codec}.mkv"
     with av.open(str(source)) as inp, av.open(str(target), "w") as out:
         video = inp.streams.video[0]
-        encoder = add_video_encoder(out, EncoderSettings(codec=REENCODED[codec], gop=frames // 2), width=video.width,
+        encoder = add_video_encoder(out, replace(REENCODED[codec], gop=frames // 2), width=video.width,
                                     height=video.height, rate=video.average_rate, time_base=video.time_base)
         for number, frame in enumerate(inp.decode(video)):
             if number == frames:

@@ -8,13 +8,14 @@ for HEVC, the picture geometry from the SPS/PPS. Nothing here decodes pictures.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 T = TypeVar("T")
 # No picture side exceeds sqrt(8 * MaxLumaPs) of the highest level (A.4.1): a larger one is a damaged SPS.
 MAX_PICTURE_SIDE = 16888
-from dataclasses import dataclass
 
 
 class Codec(str, enum.Enum):
@@ -120,16 +121,22 @@ def remove_emulation_prevention(rbsp: bytes) -> bytes:
 
 
 def add_emulation_prevention(rbsp: bytes) -> bytes:
-    """Insert 0x03 wherever two zero bytes precede a byte <= 3, so that no start code can appear."""
-    out = bytearray()
-    zeros = 0
-    for byte in rbsp:
-        if zeros >= 2 and byte <= 3:
-            out.append(3)
-            zeros = 0
-        out.append(byte)
-        zeros = zeros + 1 if byte == 0 else 0
-    return bytes(out)
+    """Insert 0x03 wherever two zero bytes precede a byte <= 3, so that no start code can appear.
+
+    The regular expression's left-to-right, non-overlapping matches are the byte-by-byte rule (a match
+    consumes the two zeros, and the zero count restarts after the inserted byte), run in C: the repair
+    writes whole pictures of raw samples (1.4 MB for 720p)."""
+    return _EMULATED.sub(b"\x00\x00\x03", rbsp)
+
+
+_EMULATED = re.compile(b"\x00\x00(?=[\x00-\x03])")
+
+
+def framed(nals: Sequence[bytes], framing: Framing, length_size: int = 4) -> bytes:
+    """NAL units (header byte(s) onwards, escaped) joined into an access unit of the stream's framing."""
+    if framing is Framing.ANNEX_B:
+        return b"".join(b"\x00\x00\x00\x01" + nal for nal in nals)
+    return b"".join(len(nal).to_bytes(length_size, "big") + nal for nal in nals)
 
 
 class BitReader:
@@ -213,6 +220,14 @@ class BitWriter:
             return
         first, last = start >> 3, (end + 7) >> 3
         self.u(end - start, int.from_bytes(reader.data[first:last], "big") >> (last * 8 - end))
+
+    def pad_with_zeros(self) -> None:
+        """Zero bits to the byte boundary (pcm_alignment_zero_bit)."""
+        self.u(-self._count % 8, 0)
+
+    def pad_with_ones(self) -> None:
+        """One bits to the byte boundary (cabac_alignment_one_bit)."""
+        self.u(-self._count % 8, -1)
 
     def align_with_one(self) -> None:
         """byte_alignment() / rbsp_trailing_bits(): a one bit, then zero bits to the byte boundary."""
@@ -746,6 +761,10 @@ class H264Sps:
     frame_mbs_only: bool
     mbs_wide: int
     map_units_high: int
+    chroma_format: int = 1  # chroma_format_idc: 1 is 4:2:0
+    bit_depth: int = 8  # of luma and chroma, or 0 when they differ
+    delta_pic_order_always_zero: bool = False  # poc_type 1 only
+    cropped_origin: tuple[int, int] = (0, 0)  # luma samples cropped off the top and the left
 
     @property
     def mb_count(self) -> int:
@@ -767,12 +786,13 @@ def parse_h264_sps(nal: bytes) -> H264Sps:
     reader.skip(16)  # constraint flags, level_idc
     sps_id = reader.ue()
     separate = False
+    chroma_format, bit_depth = 1, 8
     if profile in H264_HIGH_PROFILES:
         chroma_format = reader.ue()
         if chroma_format == 3:
             separate = reader.flag()
-        reader.ue()  # bit_depth_luma_minus8
-        reader.ue()  # bit_depth_chroma_minus8
+        luma_depth, chroma_depth = reader.ue() + 8, reader.ue() + 8
+        bit_depth = luma_depth if luma_depth == chroma_depth else 0
         reader.skip(1)  # qpprime_y_zero_transform_bypass_flag
         if reader.flag():  # seq_scaling_matrix_present_flag
             for index in range(8 if chroma_format != 3 else 12):
@@ -781,10 +801,11 @@ def parse_h264_sps(nal: bytes) -> H264Sps:
     log2_max_frame_num = reader.ue() + 4
     poc_type = reader.ue()
     log2_max_poc_lsb = 0
+    always_zero = False
     if poc_type == 0:
         log2_max_poc_lsb = reader.ue() + 4
     elif poc_type == 1:
-        reader.skip(1)  # delta_pic_order_always_zero_flag
+        always_zero = reader.flag()
         reader.se()
         reader.se()
         for _ in range(reader.ue()):
@@ -798,8 +819,144 @@ def parse_h264_sps(nal: bytes) -> H264Sps:
     frame_mbs_only = reader.flag()
     if log2_max_frame_num > 16 or log2_max_poc_lsb > 16:
         raise BitstreamError("H.264 SPS with out-of-range frame_num or POC sizes")
+    reader.skip(1 if frame_mbs_only else 2)  # mb_adaptive_frame_field_flag, direct_8x8_inference_flag
+    origin = (0, 0)
+    if reader.flag():  # frame_cropping_flag: offsets in chroma samples (7.4.2.1.1)
+        unit_x = 2 if chroma_format in (1, 2) and not separate else 1
+        unit_y = (2 if chroma_format == 1 and not separate else 1) * (2 - frame_mbs_only)
+        left, _, top, _ = (reader.ue() for _ in range(4))
+        origin = (top * unit_y, left * unit_x)
     return H264Sps(sps_id, separate, log2_max_frame_num, poc_type, log2_max_poc_lsb, frame_mbs_only, mbs_wide,
-                   map_units_high)
+                   map_units_high, chroma_format, bit_depth, always_zero, origin)
+
+
+@dataclass(frozen=True)
+class H264Pps:
+    """The fields of an H.264 picture parameter set that slice headers depend on (7.3.2.2)."""
+
+    pps_id: int
+    sps_id: int
+    cabac: bool  # entropy_coding_mode_flag
+    bottom_field_pic_order_in_frame_present: bool
+    slice_groups: int
+    num_ref_idx_default: tuple[int, int]  # active references of lists 0 and 1 unless a slice overrides them
+    weighted_pred: bool
+    weighted_bipred_idc: int
+    deblocking_filter_control_present: bool
+    redundant_pic_cnt_present: bool
+
+
+def parse_h264_pps(nal: bytes) -> H264Pps:
+    reader = header_reader(nal, Codec.H264)
+    pps_id, sps_id = reader.ue(), reader.ue()
+    cabac, bottom_field = reader.flag(), reader.flag()
+    slice_groups = reader.ue() + 1
+    if slice_groups > 1:
+        raise BitstreamError("H.264 PPS with slice groups")  # Baseline's FMO: its map is not parsed here
+    references = (reader.ue() + 1, reader.ue() + 1)
+    weighted_pred, weighted_bipred = reader.flag(), reader.u(2)
+    for _ in range(3):
+        reader.se()  # pic_init_qp_minus26, pic_init_qs_minus26, chroma_qp_index_offset
+    deblocking_control = reader.flag()
+    reader.skip(1)  # constrained_intra_pred_flag
+    return H264Pps(pps_id, sps_id, cabac, bottom_field, slice_groups, references, weighted_pred, weighted_bipred,
+                   deblocking_control, reader.flag())
+
+
+H264_IDR = 5  # nal_unit_type of a slice of an IDR picture
+
+
+@dataclass(frozen=True)
+class H264SliceHeader:
+    """An H.264 slice header (7.3.3) as far as rewriting needs it: which picture it belongs to, and where
+    dec_ref_pic_marking() and the header end, in bits of the RBSP after the NAL header byte."""
+
+    nal_ref_idc: int
+    idr: bool
+    first_mb: int
+    slice_type: int  # modulo 5: 0 P, 1 B, 2 I, 3 SP, 4 SI
+    pps: H264Pps
+    sps: H264Sps
+    frame_num: int
+    idr_pic_id: int | None
+    poc_lsb: int | None  # pic_order_cnt_lsb where poc_type is 0
+    marking: tuple[int, int]
+    end: int
+
+
+def parse_h264_slice_header(nal: bytes, sps: dict[int, H264Sps], pps: dict[int, H264Pps]
+                            ) -> tuple[H264SliceHeader, BitReader]:
+    """Parse a slice NAL unit's header with the parameter sets seen so far; the reader holds the whole
+    unescaped RBSP. Field pictures, SP/SI slices and poc_type 1 with explicit deltas raise BitstreamError."""
+    reader = BitReader(remove_emulation_prevention(nal[1:]))
+    ref_idc, idr = nal[0] >> 5 & 3, nal[0] & 0x1F == H264_IDR
+    first_mb, slice_type = reader.ue(), reader.ue() % 5
+    try:
+        picture = pps[reader.ue()]
+        sequence = sps[picture.sps_id]
+    except KeyError as missing:
+        raise BitstreamError(f"H.264 slice refers to an unknown parameter set {missing}") from None
+    if slice_type > 2:
+        raise BitstreamError("H.264 SP/SI slice")
+    if sequence.separate_colour_planes:
+        reader.skip(2)
+    frame_num = reader.u(sequence.log2_max_frame_num)
+    if not sequence.frame_mbs_only and reader.flag():
+        raise BitstreamError("H.264 field picture")
+    idr_pic_id = reader.ue() if idr else None
+    poc_lsb = None
+    if sequence.poc_type == 0:
+        poc_lsb = reader.u(sequence.log2_max_poc_lsb)
+        if picture.bottom_field_pic_order_in_frame_present:
+            reader.se()
+    elif sequence.poc_type == 1 and not sequence.delta_pic_order_always_zero:
+        raise BitstreamError("H.264 slice with explicit picture order deltas")
+    if picture.redundant_pic_cnt_present:
+        reader.ue()
+    lists = {0: 1, 1: 2}.get(slice_type, 0)  # P: list 0; B: lists 0 and 1; I: none
+    if slice_type == 1:
+        reader.skip(1)  # direct_spatial_mv_pred_flag
+    active = list(picture.num_ref_idx_default)
+    if lists and reader.flag():  # num_ref_idx_active_override_flag
+        for index in range(lists):
+            active[index] = reader.ue() + 1
+    for _ in range(lists):  # ref_pic_list_modification()
+        if reader.flag():
+            while (operation := reader.ue()) != 3:
+                if operation > 5:
+                    raise BitstreamError("H.264 slice with a bad reference list modification")
+                reader.ue()
+    if (picture.weighted_pred and slice_type == 0) or (picture.weighted_bipred_idc == 1 and slice_type == 1):
+        chroma = sequence.chroma_format != 0 and not sequence.separate_colour_planes
+        reader.ue()  # luma_log2_weight_denom
+        if chroma:
+            reader.ue()
+        for index in range(lists):
+            for _ in range(active[index]):
+                for present, values in ((True, 2), (chroma, 4)):
+                    if present and reader.flag():
+                        for _ in range(values):
+                            reader.se()
+    start = reader.position
+    if ref_idc:  # dec_ref_pic_marking()
+        if idr:
+            reader.skip(2)
+        elif reader.flag():
+            while (operation := reader.ue()) != 0:
+                if operation > 6:
+                    raise BitstreamError("H.264 slice with a bad memory management operation")
+                for _ in range((operation in (1, 3)) + (operation in (2, 3, 6)) + (operation == 4)):
+                    reader.ue()
+    marking = (start, reader.position)
+    if picture.cabac and slice_type != 2:
+        reader.ue()  # cabac_init_idc
+    reader.se()  # slice_qp_delta
+    if picture.deblocking_filter_control_present and reader.ue() != 1:
+        reader.se()
+        reader.se()
+    header = H264SliceHeader(ref_idc, idr, first_mb, slice_type, picture, sequence, frame_num, idr_pic_id, poc_lsb,
+                             marking, reader.position)
+    return header, reader
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import av
 
-from .bitstream import (BitstreamError, BitWriter, Codec, Framing, H264Sps, add_emulation_prevention, header_reader,
-                        nal_units, parse_decoder_config, parse_h264_sps)
+from .bitstream import (BitstreamError, BitWriter, Codec, Framing, H264Sps, add_emulation_prevention, framed,
+                        header_reader, nal_units, parse_decoder_config, parse_h264_sps)
 
 SPS, PPS, SLICE, IDR_SLICE = 7, 8, 1, 5
 SUBSTITUTE_PPS_ID = 255  # the last id: streams number theirs from 0
@@ -87,6 +87,16 @@ class H264GapRepair:
             return True
         return False
 
+    def is_substitute(self, packet: av.Packet) -> bool:
+        """Whether `packet` is one of the stand-ins made here (they alone open with the PPS they use)."""
+        data = bytes(packet)
+        try:
+            units = nal_units(data, Codec.H264, self._framing, self._length_size)
+            first = data[units[0].payload_start:units[0].end]
+            return units[0].nal_type == PPS and header_reader(first, Codec.H264, max_bytes=8).ue() == SUBSTITUTE_PPS_ID
+        except (BitstreamError, IndexError):
+            return False
+
     def substituted(self, pts: int | None) -> None:
         """No macroblocks are substituted inside a picture that arrived (HEVC's repair does that)."""
         return None
@@ -125,7 +135,7 @@ class H264GapRepair:
     def _substitutes(self, packet: av.Packet, sps: H264Sps, previous: tuple[int, int, int | None],
                      current: tuple[int, int], missing: int, ref_idc: int) -> list[av.Packet]:
         """One packet per lost frame, its timestamp and POC spread evenly between its neighbours'."""
-        pps = self._nal(0x60 | PPS, _substitute_pps(sps.sps_id))
+        pps = self._nal(0x60 | PPS, substitute_pps(sps.sps_id))
         lsb_limit = 1 << sps.log2_max_poc_lsb
         lsb_step = (current[1] - previous[1]) % lsb_limit if sps.poc_type == 0 else 0
         out = []
@@ -142,13 +152,10 @@ class H264GapRepair:
         return out
 
     def _nal(self, header: int, rbsp: bytes) -> bytes:
-        payload = bytes([header]) + add_emulation_prevention(rbsp)
-        if self._framing is Framing.ANNEX_B:
-            return b"\x00\x00\x00\x01" + payload
-        return len(payload).to_bytes(self._length_size, "big") + payload
+        return framed([bytes([header]) + add_emulation_prevention(rbsp)], self._framing, self._length_size)
 
 
-def _substitute_pps(sps_id: int) -> bytes:
+def substitute_pps(sps_id: int) -> bytes:
     """A PPS for the substitutes: CAVLC (a run of skipped macroblocks is one exp-Golomb code), one
     reference, no weighted prediction, no 8x8 transform, deblocking controllable per slice."""
     writer = BitWriter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import itertools
 import json
@@ -45,6 +46,7 @@ from .media import (
 from .metrics import FrameScores, frame_scores, json_safe, psnr
 from .overlay import OverlayWriter
 from .rebuild import rebuild_missing
+from .reference_repair import open_reference_repair
 from .workers import decoded_ahead, written_behind
 
 # The damaged-macroblock counts of summaries and reports, by kind.
@@ -137,7 +139,7 @@ class FrameRecord:
     ssim: float | None
 
 
-DRIFT_STRATEGIES = ("carry", "reconceal", "none")
+DRIFT_STRATEGIES = ("redecode", "carry", "reconceal", "none")
 # Frame slots looked ahead for the next picture that arrived (a run of lost frames longer than
 # this is rebuilt by repeating the last picture).
 LOOK_AHEAD = 16
@@ -145,7 +147,7 @@ LOOK_AHEAD = 16
 
 def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detect: str = "auto",
             truth: Path | None = None,
-            drift: str = "carry",
+            drift: str = "redecode",
             codec: str = "h264", crf: float = 18, preset: str = "medium", lossless: bool = False,
             reference: Path | None = None, report: Path | None = None, threads: int | None = None,
             progress: Callable[[int], None] | None = None, overwrite: bool = False) -> ConcealSummary:
@@ -154,8 +156,10 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
     `drift` says what happens to damage that spread through inter prediction: `carry` moves each
     frame's corrections along the decoder's motion vectors into the frames predicted from it, and
     then corrects the frames before the next keyframe from it (drift.KeyframeBackfill, which holds
-    up to 32 frames back, fewer from 720p up), `reconceal` fills the propagated blocks with the model as
-    if they were lost, `none` leaves them.
+    up to 32 frames back, fewer from 720p up); `redecode` has a second decoder predict every picture from
+    the repairs themselves where the stream allows it (H.264 without B-frames, 8-bit 4:2:0: see
+    concealer.reference_repair) and carries elsewhere, with the same backfill; `reconceal` fills the
+    propagated blocks with the model as if they were lost, `none` leaves them.
     `reference` (the clean stream, same timestamps) is decoded in step and every repaired picture
     scored against it; `report` is a JSON file of the summary and one row per frame slot, written
     together with `output` or not at all. `threads` (default: every core the process may use) is for
@@ -179,14 +183,19 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                           inputs=[source, truth, reference]) as outputs, \
             (open(outputs[report], "w") if report else contextlib.nullcontext()) as report_file, \
             open_output(outputs[output]) as sink, \
-            open_video_input(source) as passthrough_source:
+            open_video_input(source) as passthrough_source, \
+            contextlib.ExitStack() as stack:
         tally = _Tally(summary, reference, report_file, progress)
         video = add_output_encoder(sink, codec, EncoderSettings(crf=crf, preset=preset, lossless=lossless,
                                                                 threads=threads), source_format)
         copies = _PassThrough(passthrough_source, sink)
         sink.metadata.update(content_tags(passthrough_source.metadata))
-        corrector = DriftCorrector(height, width) if drift == "carry" else None
-        backfill = KeyframeBackfill(height, width) if drift == "carry" else None
+        redecoder = open_reference_repair(source) if drift == "redecode" else None
+        if redecoder:
+            stack.enter_context(redecoder)
+        carrying = drift == "carry" or (drift == "redecode" and redecoder is None)
+        corrector = DriftCorrector(height, width) if carrying else None
+        backfill = KeyframeBackfill(height, width) if drift in ("carry", "redecode") else None
 
         def write(outgoing: _Outgoing) -> None:
             out = outgoing.picture.to_frame(video.codec_context.pix_fmt, outgoing.original)
@@ -220,9 +229,15 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                                               steps_since_shown / (lost_in_a_row + 1), source_format.reordered)
                     if picture is None:
                         continue  # no picture anywhere near: nothing to rebuild from
+                    if redecoder:
+                        redecoder.rebuilt(frame.pts, picture)
                     if corrector and last_decoded is not None and not source_format.reordered:
                         corrector.remember(last_decoded, picture)  # FFmpeg stands the last picture in for it
                 else:
+                    lost = bool((damage.labels == DamageLabel.LOST).any())
+                    if redecoder and (own := redecoder.picture(frame.pts, lost)) is not None:
+                        frame = dataclasses.replace(frame, picture=own)
+                        damaged = dataclasses.replace(damaged, frame=frame)
                     decoded = Picture.from_frame(frame.picture)
                     picture = corrector.correct(decoded, damaged) if corrector else decoded
                     mask = damage.pixel_mask(height, width, None if drift == "reconceal" else DamageLabel.LOST)
@@ -231,6 +246,8 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                         motion_before = before_previous if earlier is not None and before_previous is not None and \
                             same_scene(before_previous, earlier, np.zeros_like(mask)) else None
                         picture = concealer.conceal(picture, mask, Neighbours(earlier, following, motion_before))
+                    if redecoder and lost:
+                        redecoder.repaired(picture)
                     if corrector and (not source_format.reordered or frame.picture.pict_type != PictureType.B):
                         corrector.remember(decoded, picture)
                     last_decoded, last_shown, steps_since_shown = decoded, picture, 0

@@ -40,6 +40,7 @@ from .bitstream import (
     HevcSps,
     ShortTermRps,
     add_emulation_prevention,
+    framed,
     is_parameter_set,
     is_slice,
     nal_units,
@@ -552,9 +553,7 @@ class HevcStreamRepair:
             pass  # a damaged one: the decoder keeps the previous one too
 
     def _frame(self, nals: Iterable[bytes]) -> bytes:
-        if self._framing is Framing.ANNEX_B:
-            return b"".join(b"\x00\x00\x00\x01" + nal for nal in nals)
-        return b"".join(len(nal).to_bytes(self._length_size, "big") + nal for nal in nals)
+        return framed(list(nals), self._framing, self._length_size)
 
 
 def _lost_ranges(starts: list[int], layout: tuple[int, ...] | None, ctb_count: int) -> list[tuple[int, int]]:

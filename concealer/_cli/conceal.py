@@ -59,8 +59,9 @@ def _table(title: str, rows: list[tuple[str, str]]) -> Table:
                    "around them; ffmpeg keeps FFmpeg's own concealment.")
 @click.option("--detect", "mode", type=click.Choice(DETECTION_MODES), default="auto", show_default=True)
 @click.option("--truth", type=click.Path(path_type=Path), help="simulate-loss truth file (.truth.json).")
-@click.option("--drift", type=click.Choice(DRIFT_STRATEGIES), default="carry", show_default=True,
-              help="Damage spread by inter prediction: carry corrections along the motion vectors (and "
+@click.option("--drift", type=click.Choice(DRIFT_STRATEGIES), default="redecode", show_default=True,
+              help="Damage spread by inter prediction: redecode the stream from the repairs (H.264 without "
+                   "B-frames; elsewhere carry), carry corrections along the motion vectors (both also correct "
                    "back from the next keyframe), re-conceal it, or leave it.")
 @click.option("--codec", type=click.Choice(OUTPUT_CODECS), default="h264", show_default=True)
 @click.option("--crf", type=float, default=18, show_default=True)
