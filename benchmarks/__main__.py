@@ -59,8 +59,10 @@ SECTIONS = [
     Section("quality", "Video concealment quality (issue 5)", conceal_quality,
             "Sequence luma PSNR of the repair against the clean decode (blind detection, lossless FFV1 output): "
             "`FFmpeg` is a plain FFmpeg decode (its concealment on, missing frames repeating the last), then each "
-            "model with drift correction, `flow` without, and the whole pipeline with `conceal`'s defaults. H.264 "
-            "clips are damaged as H.264, foreman_cif_hevc as HEVC. Target: the pipeline at least 4 dB above "
+            "model with the default drift correction (`redecode`: later pictures decoded from the repairs where "
+            "the stream allows, H.264 without B-frames, carried along the motion vectors elsewhere), `flow` "
+            "carried and without any, and the whole pipeline with `conceal`'s defaults. H.264 clips are damaged "
+            "as H.264, foreman_cif_hevc as HEVC. Target: the pipeline at least 4 dB above "
             "`FFmpeg` at every loss rate, and never below it.",
             ("--clips", "foreman_cif_h264.mp4,foreman_cif_hevc.mp4", "--rates", "0.1", "--frames", "30")),
     Section("quality-bframes", "Video concealment quality with B-frames", conceal_quality,
@@ -73,7 +75,7 @@ SECTIONS = [
             ("--clips", "foreman_cif_h264.mp4,carphone_qcif.mp4,bikes_640x272.mp4,chaplin_640x360_mp3.mp4",
              "--bframes", "3", "--variants", "flow:none,pipeline")),
     Section("lost-pixels", "Concealment quality over the lost pixels alone (issue 4)", lost_pixels,
-            "Luma PSNR over the truth's lost macroblocks only (truth detection, drift correction on, lossless "
+            "Luma PSNR over the truth's lost macroblocks only (truth detection, default drift correction, lossless "
             "FFV1), so that every model fills the same pixels. Target: the temporal model 3 dB above `ffmpeg`.",
             ("--clips", "foreman_cif_h264.mp4", "--rates", "0.1", "--frames", "30")),
     Section("detection", "Damage-map accuracy per detection mode (issue 3)", detection_accuracy,

@@ -31,7 +31,7 @@ from .common import Table, clip_arguments, damage, loss_label, names, work_dir
 
 CLIPS = "foreman_cif_h264.mp4,carphone_qcif.mp4,bikes_640x272.mp4,chaplin_640x360_mp3.mp4,foreman_cif_hevc.mp4"
 RATES = "0.03,0.1,0.2"
-VARIANTS = "ffmpeg:carry,copy:carry,telea:carry,context-encoder:carry,temporal:carry,flow:none,pipeline"
+VARIANTS = "ffmpeg:redecode,copy:redecode,telea:redecode,context-encoder:redecode,temporal:redecode,flow:carry,flow:none,pipeline"
 PIPELINE = "pipeline"
 
 

@@ -1,13 +1,13 @@
 """Concealment quality over the lost pixels alone (the model issue's video benchmark).
 
     python -m benchmarks.lost_pixels [--clips ...] [--rates 0.03,0.1,0.2] [--frames N] [--models copy,ffmpeg,telea,...]
-        [--drift carry|none]
+        [--drift redecode|carry|none]
 
 Each clip (or its first N frames) is damaged by the standard damage step (benchmarks/common.py:
 Gilbert loss, mean burst 2, GOP 2 s, seed 1; HEVC clips stay HEVC). Every model repairs it
 from the truth file's lost macroblocks (so that all models fill the same pixels) into lossless
-FFV1, with `conceal`'s drift correction (`--drift carry`, the default: the earlier frames a model
-copies from are then its own repairs, as in use) or without it (`--drift none`: every model copies
+FFV1, with `conceal`'s drift correction (`--drift redecode`, the default, or `carry`: the earlier frames
+a model copies from are then its own repairs, as in use) or without it (`--drift none`: every model copies
 from FFmpeg's concealment, which caps them all near FFmpeg's own figure). The figure is luma PSNR
 over the directly lost macroblocks of the frames that arrived, against the decode of the clean
 stream (one MSE pooled over all those pixels), plus the damaged macroblocks concealed per second
@@ -50,7 +50,7 @@ def lost_pixel_psnr(repaired: Path, reference: Path, truth: Path) -> float:
 
 
 def lost_pixels_table(clips: list[str], rates: list[float], models: list[str], frames: int | None = None,
-                      drift: str = "carry") -> Table:
+                      drift: str = "redecode") -> Table:
     table = Table(["clip", "frames", "loss (effective)", *(f"{m} (dB)" for m in models), "lost MB/s (last model)"])
     out = work_dir() / "repaired.mkv"
     for name in clips:
@@ -69,7 +69,7 @@ def lost_pixels_table(clips: list[str], rates: list[float], models: list[str], f
 def parser() -> argparse.ArgumentParser:
     parser = clip_arguments(__doc__, CLIPS, RATES)
     parser.add_argument("--models", type=names, default=MODELS)
-    parser.add_argument("--drift", choices=("carry", "none"), default="carry")
+    parser.add_argument("--drift", choices=("redecode", "carry", "none"), default="redecode")
     return parser
 
 
