@@ -87,15 +87,9 @@ class H264GapRepair:
             return True
         return False
 
-    def is_substitute(self, packet: av.Packet) -> bool:
-        """Whether `packet` is one of the stand-ins made here (they alone open with the PPS they use)."""
-        data = bytes(packet)
-        try:
-            units = nal_units(data, Codec.H264, self._framing, self._length_size)
-            first = data[units[0].payload_start:units[0].end]
-            return units[0].nal_type == PPS and header_reader(first, Codec.H264, max_bytes=8).ue() == SUBSTITUTE_PPS_ID
-        except (BitstreamError, IndexError):
-            return False
+    def stands_in(self, packet: av.Packet) -> bool:
+        """Whether `packet` is a substitute whose picture `hidden` will take out (it leaves it in place)."""
+        return packet.pts is not None and packet.pts in self._hidden
 
     def substituted(self, pts: int | None) -> None:
         """No macroblocks are substituted inside a picture that arrived (HEVC's repair does that)."""

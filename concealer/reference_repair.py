@@ -26,6 +26,8 @@ little better than FFmpeg's own concealment, the carried correction that fell sh
 from __future__ import annotations
 
 import contextlib
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +83,7 @@ class ReferenceRepair:
     (`rebuilt`) before it asks for the next. Pictures it cannot rewrite (an unreadable header) stay as
     FFmpeg concealed them."""
 
-    def __init__(self, container: av.container.InputContainer, config_sets: list[bytes],
+    def __init__(self, container: av.container.InputContainer, packets: Iterator[av.Packet], config_sets: list[bytes],
                  framing: Framing, length_size: int):
         self._container = container
         stream = container.streams.video[0]
@@ -93,7 +95,7 @@ class ReferenceRepair:
         self._pps: dict[int, H264Pps] = {}
         for unit in config_sets:
             self._learn(unit)
-        self._packets = (packet for packet in container.demux(stream) if packet.size)
+        self._packets = packets
         self._queued: list[av.Packet] = []  # repaired packets not yet decoded, the stand-ins first
         self._early: dict[int, av.VideoFrame] = {}  # pictures decoded before they were asked for
         self._awaiting: _Awaiting | None = None
@@ -113,7 +115,7 @@ class ReferenceRepair:
         if pts in self._early:
             return self._early.pop(pts)
         while (packet := self._next_packet()) is not None:
-            if self._gap.is_substitute(packet):
+            if self._gap.stands_in(packet):
                 self._decode(packet)  # a stand-in nobody rebuilt: it copies the frame before
                 continue
             rewritten = self._rewritten(packet) if lost and packet.pts == pts else None
@@ -147,11 +149,11 @@ class ReferenceRepair:
         """The rebuild of a frame lost whole at `pts`: the stand-in for it, if there is one, holds it."""
         self._settle()
         packet = self._peek()
-        while packet is not None and self._gap.is_substitute(packet) and packet.pts < pts and \
-                len(self._queued) > 1 and self._gap.is_substitute(self._queued[1]) and self._queued[1].pts <= pts:
+        while packet is not None and self._gap.stands_in(packet) and packet.pts < pts and \
+                len(self._queued) > 1 and self._gap.stands_in(self._queued[1]) and self._queued[1].pts <= pts:
             self._decode(self._queued.pop(0))  # the stand-in for an earlier slot
             packet = self._peek()
-        if packet is None or not self._gap.is_substitute(packet):
+        if packet is None or not self._gap.stands_in(packet):
             return
         self._queued.pop(0)
         try:
@@ -258,9 +260,14 @@ def open_reference_repair(path: Path) -> ReferenceRepair | None:
     container = open_video_input(path)
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(container.close)
-        context = container.streams.video[0].codec_context
+        stream = container.streams.video[0]
+        context = stream.codec_context
         if context.name != "h264" or context.has_b_frames:
             return None
+        packets = (packet for packet in container.demux(stream) if packet.size)
+        first = next(packets, None)
+        if first is None or first.pts is None:
+            return None  # raw Annex B: no timestamps to keep the two decodes' pictures in step by
         try:
             config = parse_decoder_config(Codec.H264, context.extradata)
         except BitstreamError:
@@ -271,7 +278,8 @@ def open_reference_repair(path: Path) -> ReferenceRepair | None:
         if not all(_rewritable(sps) for sps in sequences) or any(p.pps_id == SUBSTITUTE_PPS_ID for p in pictures):
             return None
         framing = Framing.LENGTH_PREFIXED if config else Framing.ANNEX_B
-        repair = ReferenceRepair(container, units, framing, config.length_size if config else 4)
+        repair = ReferenceRepair(container, itertools.chain([first], packets), units, framing,
+                                 config.length_size if config else 4)
         cleanup.pop_all()
         return repair
     return None

@@ -76,3 +76,23 @@ def test_with_perfect_repairs_every_later_picture_is_the_clean_one(tmp_path):
 def test_streams_it_cannot_rewrite_are_left_to_carrying(name):
     """B-frames (the source clips' own H.264), HEVC and VP9: no redecode, conceal carries instead."""
     assert open_reference_repair(clip(name)) is None
+
+
+@pytest.mark.parametrize("suffix,applies", [(".ts", True), (".h264", False)])
+def test_annex_b_streams_are_redecoded_when_their_packets_have_timestamps(tmp_path, suffix, applies):
+    """MPEG-TS carries start codes and timestamps: redecoded. A raw Annex B file has no timestamps to keep the
+    two decodes' pictures in step by (the stand-ins for lost frames are then shown, not hidden): carried."""
+    stream = tmp_path / "stream.mp4"
+    _encode(clip("foreman_cif_h264.mp4"), stream, 10, "cabac=1")
+    target = tmp_path / f"stream{suffix}"
+    with av.open(str(stream)) as reader, av.open(str(target), "w") as writer:
+        copy = writer.add_stream_from_template(reader.streams.video[0])
+        for packet in reader.demux(reader.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = copy
+                writer.mux(packet)
+    repair = open_reference_repair(target)
+    assert (repair is not None) == applies
+    if repair:
+        with repair:
+            assert repair.picture(min(decode_luma(target)), lost=False) is not None
