@@ -99,7 +99,6 @@ class ReferenceRepair:
         self._queued: list[av.Packet] = []  # repaired packets not yet decoded, the stand-ins first
         self._early: dict[int, av.VideoFrame] = {}  # pictures decoded before they were asked for
         self._awaiting: _Awaiting | None = None
-        self._idr_count = 0
         self._usable = True  # False once the stream turns out to reorder pictures
 
     def __enter__(self) -> ReferenceRepair:
@@ -138,10 +137,9 @@ class ReferenceRepair:
             return
         header = awaiting.header
         poc_lsb = None if header.poc_lsb is None else (header.poc_lsb + 1) % (1 << header.sps.log2_max_poc_lsb)
-        idr_pic_id = None
-        if header.idr:  # a second IDR picture, which the damaged one's successors never knew apart from it
-            self._idr_count += 1
-            idr_pic_id = (header.idr_pic_id + self._idr_count) % 65536 or 1
+        # A second IDR picture replaces a damaged one; its id differs from the damaged one's and from the one
+        # x264 gives the next IDR picture (it alternates two), as consecutive IDR pictures' ids must.
+        idr_pic_id = (header.idr_pic_id + 2) % 65536 if header.idr else None
         self._decode_own(header.sps, header.frame_num, poc_lsb, (awaiting.reader, *header.marking),
                          header.nal_ref_idc, picture, idr_pic_id, awaiting.pts)
 
