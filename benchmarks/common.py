@@ -11,14 +11,16 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 
 from concealer import LossOptions, PacketisationOptions, SimulationResult, simulate_loss
 from concealer.bitstream import Codec
+from concealer.decode import DecodedFrame, decode_frames
 from concealer.encode import EncoderSettings, add_video_encoder
 from concealer.media import nominal_rate
 
@@ -132,6 +134,36 @@ def damage(name: str, rate: float, *, frames: int | None = None, seed: int = SEE
         _damaged[key] = simulate_loss(source, output, loss=LossOptions(model="gilbert", loss_rate=rate, burst=BURST,
                                                                        seed=seed), packets=packets)
     return _damaged[key]
+
+
+def plain_decode(damaged: Path, reference: Path) -> Iterator[tuple[DecodedFrame, np.ndarray]]:
+    """Each frame of the decode of the clean `reference`, with the luma (float32) that a plain FFmpeg decode of
+    `damaged` shows at its time: FFmpeg's concealment on, one thread, no stream repair, a frame that never came
+    out or was refused repeating the last one that did (before the first: the first; mid-grey when nothing came
+    out at all). The baseline every repair is measured against."""
+    with av.open(str(damaged)) as container:
+        stream = container.streams.video[0]
+        stream.thread_count = 1  # FFmpeg's H.264 concealment is off under slice threads
+        decoded = {frame.pts: frame.reformat(format="yuv420p").to_ndarray()[:frame.height].astype(np.float32)
+                   for frame in _decodable(container.demux(stream))}
+    shown = iter(sorted(decoded))
+    last, upcoming = None, next(shown, None)
+    for frame in decode_frames(reference):
+        while upcoming is not None and upcoming <= frame.pts:
+            last, upcoming = decoded[upcoming], next(shown, None)
+        if last is not None:
+            yield frame, last
+        else:
+            yield frame, decoded[upcoming] if upcoming is not None else np.full(frame.luma().shape, 128, np.float32)
+
+
+def _decodable(packets: Iterator[av.Packet]) -> Iterator[av.VideoFrame]:
+    """The pictures of the packets a player's decoder accepts (dav1d refuses AV1 frames with lost references)."""
+    for packet in packets:
+        try:
+            yield from packet.decode()
+        except av.error.InvalidDataError:
+            continue
 
 
 def loss_label(result: SimulationResult) -> str:

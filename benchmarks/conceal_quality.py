@@ -20,14 +20,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import av
 import numpy as np
 
-from concealer.decode import decode_frames
 from concealer.metrics import psnr
 from concealer.pipeline import conceal
 
-from .common import Table, clip_arguments, damage, loss_label, names, work_dir
+from .common import Table, clip_arguments, damage, loss_label, names, plain_decode, work_dir
 
 CLIPS = "foreman_cif_h264.mp4,carphone_qcif.mp4,bikes_640x272.mp4,chaplin_640x360_mp3.mp4,foreman_cif_hevc.mp4"
 RATES = "0.03,0.1,0.2"
@@ -48,34 +46,9 @@ def _label(variant: str) -> str:
 
 
 def plain_ffmpeg_psnr(damaged: Path, reference: Path) -> float:
-    """Sequence luma PSNR of a plain FFmpeg decode of `damaged` (concealment on, one thread, frames
-    that never came out or were refused repeating the last one that did) against the decode of `reference`."""
-    with av.open(str(damaged)) as container:
-        stream = container.streams.video[0]
-        stream.thread_count = 1  # FFmpeg's H.264 concealment is off under slice threads
-        decoded = {frame.pts: frame.reformat(format="yuv420p").to_ndarray()[:frame.height].astype(np.float32)
-                   for frame in _decodable(container.demux(stream))}
-    shown = iter(sorted(decoded))
-    errors, last, upcoming = [], None, next(shown, None)
-    for frame in decode_frames(reference):
-        while upcoming is not None and upcoming <= frame.pts:
-            last, upcoming = decoded[upcoming], next(shown, None)
-        luma = frame.luma()
-        if last is not None:
-            picture = last
-        else:  # before the first: the first, or mid-grey when the decoder gave nothing at all
-            picture = decoded[upcoming] if upcoming is not None else np.full(luma.shape, 128, np.float32)
-        errors.append(float(np.mean((picture - luma) ** 2)))
-    return psnr(float(np.mean(errors)))
-
-
-def _decodable(packets):
-    """The pictures of the packets a player's decoder accepts (dav1d refuses AV1 frames with lost references)."""
-    for packet in packets:
-        try:
-            yield from packet.decode()
-        except av.error.InvalidDataError:
-            continue
+    """Sequence luma PSNR of a plain FFmpeg decode of `damaged` (see common.plain_decode) against the decode
+    of `reference`."""
+    return psnr(float(np.mean([np.mean((shown - clean.luma()) ** 2) for clean, shown in plain_decode(damaged, reference)])))
 
 
 def quality_table(clips: list[str], rates: list[float], variants: list[str], frames: int | None = None,

@@ -9,58 +9,69 @@ from the truth file's lost macroblocks (so that all models fill the same pixels)
 FFV1, with `conceal`'s drift correction (`--drift redecode`, the default, or `carry`: the earlier frames
 a model copies from are then its own repairs, as in use) or without it (`--drift none`: every model copies
 from FFmpeg's concealment, which caps them all near FFmpeg's own figure). The figure is luma PSNR
-over the directly lost macroblocks of the frames that arrived, against the decode of the clean
-stream (one MSE pooled over all those pixels), plus the damaged macroblocks concealed per second
-by the last model.
+over the truth's lost macroblocks (those of frames lost whole included), against the decode of the
+clean stream (one MSE pooled over all those pixels), plus the damaged macroblocks concealed per
+second by the last model. `FFmpeg decode` scores a plain FFmpeg decode the same way (its concealment
+in the frames that arrived, a frame lost whole repeating the last one shown: what a player shows);
+the `ffmpeg` model keeps FFmpeg's concealment of lost blocks inside `conceal`, which rebuilds lost
+frames and corrects drift as for every model.
 """
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from concealer.decode import decode_frames
+from concealer.decode import DecodedFrame, decode_frames
 from concealer.detection import MB
 from concealer.pipeline import conceal
 from concealer.truth import load_truth
 
-from .common import Table, clip_arguments, damage, loss_label, names, work_dir
+from .common import Table, clip_arguments, damage, loss_label, names, plain_decode, work_dir
 
 CLIPS = "foreman_cif_h264.mp4,carphone_qcif.mp4,foreman_cif_hevc.mp4"
 RATES = "0.03,0.1,0.2"
 MODELS = "copy,ffmpeg,telea,context-encoder,temporal,flow"
 
 
-def lost_pixel_psnr(repaired: Path, reference: Path, truth: Path) -> float:
-    """Pooled luma PSNR over the truth's lost macroblocks (frames are matched by order: FFV1 in
-    Matroska keeps millisecond timestamps, and both streams hold every frame slot)."""
+def lost_pixel_psnr(pictures: Iterable[tuple[DecodedFrame, np.ndarray]], truth: Path) -> float:
+    """Pooled luma PSNR over the truth's lost macroblocks of (clean frame, luma shown for it) pairs."""
     _, pts, maps = load_truth(truth)
     lost = dict(zip(pts.tolist(), maps))
     squared, count = 0.0, 0
-    for ours, clean in zip(decode_frames(repaired), decode_frames(reference)):
+    for clean, shown in pictures:
         blocks = lost.get(clean.pts)
-        if blocks is None or ours.missing or clean.missing:
+        if blocks is None or clean.missing:
             continue
-        a, b = ours.luma(), clean.luma()
-        mask = np.kron(blocks, np.ones((MB, MB), bool))[:a.shape[0], :a.shape[1]]
-        squared += float(np.sum((a[mask].astype(np.float64) - b[mask]) ** 2))
+        reference = clean.luma()
+        mask = np.kron(blocks, np.ones((MB, MB), bool))[:reference.shape[0], :reference.shape[1]]
+        squared += float(np.sum((shown[mask].astype(np.float64) - reference[mask]) ** 2))
         count += int(mask.sum())
     return 10 * np.log10(255 ** 2 * count / squared) if squared else float("inf")
 
 
+def repaired_pictures(repaired: Path, reference: Path) -> Iterator[tuple[DecodedFrame, np.ndarray]]:
+    """(clean frame, repaired luma) pairs, matched by order: FFV1 in Matroska keeps millisecond timestamps,
+    and both streams hold every frame slot."""
+    for ours, clean in zip(decode_frames(repaired), decode_frames(reference)):
+        yield clean, ours.luma()
+
+
 def lost_pixels_table(clips: list[str], rates: list[float], models: list[str], frames: int | None = None,
                       drift: str = "redecode") -> Table:
-    table = Table(["clip", "frames", "loss (effective)", *(f"{m} (dB)" for m in models), "lost MB/s (last model)"])
+    table = Table(["clip", "frames", "loss (effective)", "FFmpeg decode (dB)", *(f"{m} (dB)" for m in models),
+                   "lost MB/s (last model)"])
     out = work_dir() / "repaired.mkv"
     for name in clips:
         for rate in rates:
             damaged = damage(name, rate, frames=frames)
-            scores = []
+            scores = [lost_pixel_psnr(plain_decode(damaged.damaged, damaged.reference), damaged.truth)]
             for model in models:
                 summary = conceal(damaged.damaged, out, model=model, detect="truth", truth=damaged.truth,
                                   drift=drift, codec="ffv1", lossless=True, overwrite=True)
-                scores.append(lost_pixel_psnr(out, damaged.reference, damaged.truth))
+                scores.append(lost_pixel_psnr(repaired_pictures(out, damaged.reference), damaged.truth))
             table.add(name, damaged.summary.frames, loss_label(damaged), *(f"{s:.2f}" for s in scores),
                       f"{summary.macroblocks['lost'] / summary.seconds:.0f}")
     return table
