@@ -76,7 +76,10 @@ SECTIONS = [
              "--bframes", "3", "--variants", "flow:none,pipeline")),
     Section("lost-pixels", "Concealment quality over the lost pixels alone (issue 4)", lost_pixels,
             "Luma PSNR over the truth's lost macroblocks only (truth detection, default drift correction, lossless "
-            "FFV1), so that every model fills the same pixels. Target: the temporal model 3 dB above `ffmpeg`.",
+            "FFV1), so that every model fills the same pixels; `FFmpeg decode` is a plain FFmpeg decode over the "
+            "same pixels (its concealment, a frame lost whole repeating the last one shown), the `ffmpeg` model "
+            "FFmpeg's concealment of lost blocks inside `conceal` (lost frames rebuilt, drift corrected). Target: "
+            "the temporal model 3 dB above FFmpeg's concealment.",
             ("--clips", "foreman_cif_h264.mp4", "--rates", "0.1", "--frames", "30")),
     Section("detection", "Damage-map accuracy per detection mode (issue 3)", detection_accuracy,
             "Recall and precision against the macroblocks whose FFmpeg-concealed luma differs from the clean "
