@@ -171,19 +171,28 @@ def substitute_pps(sps_id: int) -> bytes:
     return writer.to_bytes()
 
 
+def substitute_slice_header(slice_type: int, sps: H264Sps, frame_num: int, poc_lsb: int | None,
+                            idr_pic_id: int | None = None) -> BitWriter:
+    """A writer holding a slice header of a whole picture under the substitutes' PPS, up to its POC (7.3.3)."""
+    writer = BitWriter()
+    writer.ue(0)  # first_mb_in_slice
+    writer.ue(slice_type)
+    writer.ue(SUBSTITUTE_PPS_ID)
+    writer.u(sps.log2_max_frame_num, frame_num)
+    if idr_pic_id is not None:
+        writer.ue(idr_pic_id)
+    if poc_lsb is not None:
+        writer.u(sps.log2_max_poc_lsb, poc_lsb)
+    return writer
+
+
 def _skip_slice(sps: H264Sps, frame_num: int, poc_lsb: int | None, mark: bool) -> bytes:
     """A P slice of the whole picture, deblocking off, in which every macroblock is skipped: P_Skip's
     vector is zero for the first macroblock (no neighbours) and so for every later one (a still
     neighbour), so the picture is an exact copy of the last reference frame. Marked, every
     macroblock is instead P_L0_16x16 with MARK_SHIFT as its vector and no residual: only the first
     codes a vector difference, the others' predicted vector (their neighbours') being the same."""
-    writer = BitWriter()
-    writer.ue(0)  # first_mb_in_slice
-    writer.ue(P_SLICE_ALL)
-    writer.ue(SUBSTITUTE_PPS_ID)
-    writer.u(sps.log2_max_frame_num, frame_num)
-    if poc_lsb is not None:
-        writer.u(sps.log2_max_poc_lsb, poc_lsb)
+    writer = substitute_slice_header(P_SLICE_ALL, sps, frame_num, poc_lsb)
     writer.u(1, 0)  # num_ref_idx_active_override_flag
     writer.u(1, 0)  # ref_pic_list_modification_flag_l0
     writer.u(1, 0)  # adaptive_ref_pic_marking_mode_flag (a reference picture: sliding window)

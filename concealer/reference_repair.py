@@ -53,7 +53,7 @@ from .bitstream import (
 )
 from .concealment import Picture
 from .decode import FFMPEG_CONCEALMENT, configure_decoder
-from .h264_repair import SUBSTITUTE_PPS_ID, H264GapRepair, substitute_pps
+from .h264_repair import SUBSTITUTE_PPS_ID, H264GapRepair, substitute_pps, substitute_slice_header
 from .media import open_video_input
 
 SPS, PPS, SLICE, IDR_SLICE = 7, 8, 1, 5
@@ -322,15 +322,7 @@ def _pcm_picture(sps: H264Sps, frame_num: int, poc_lsb: int | None, marking: tup
                  ref_idc: int, picture: Picture, idr_pic_id: int | None) -> bytes:
     """A one-slice I picture (CAVLC, under the stand-ins' PPS, deblocking off) whose every macroblock is
     I_PCM with the samples of `picture`, edges repeated out to whole macroblocks: decoded, exactly `picture`."""
-    writer = BitWriter()
-    writer.ue(0)  # first_mb_in_slice
-    writer.ue(I_SLICE_ALL)
-    writer.ue(SUBSTITUTE_PPS_ID)
-    writer.u(sps.log2_max_frame_num, frame_num)
-    if idr_pic_id is not None:
-        writer.ue(idr_pic_id)
-    if poc_lsb is not None:
-        writer.u(sps.log2_max_poc_lsb, poc_lsb)
+    writer = substitute_slice_header(I_SLICE_ALL, sps, frame_num, poc_lsb, idr_pic_id)
     reader, start, end = marking
     writer.copy(reader, start, end)  # dec_ref_pic_marking(), as the damaged picture had it
     writer.ue(0)  # slice_qp_delta
