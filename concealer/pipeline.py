@@ -215,7 +215,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
         # holding up the repair of the next ones (bbb 720p at 5% loss: 4.92 s with a queue of 4, 4.75 / 4.73 s
         # with 16 / 28; the backfill holds 24 there).
         with written_behind(write, depth=max(PREFETCH, backfill.window + 1 if backfill else 0)) as put:
-            previous = before_previous = last_decoded = last_shown = None
+            previous = before_previous = last_decoded = last_shown = last_arrived = None
             steps_since_shown = 0
             for damaged, ahead in _look_ahead(decoded_ahead(detect_damage(source, mode=detect, truth=truth), PREFETCH)):
                 frame, damage = damaged.frame, damaged.damage
@@ -226,7 +226,8 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                     lost_in_a_row = steps_since_shown + len(ahead) - 1  # between the last picture and the next
                     picture = rebuild_missing(last_shown, next_decoded,
                                               steps_since_shown / lost_in_a_row if next_decoded else 1.0,
-                                              steps_since_shown / (lost_in_a_row + 1), source_format.reordered)
+                                              steps_since_shown / (lost_in_a_row + 1), source_format.reordered,
+                                              last_arrived)
                     if picture is None:
                         continue  # no picture anywhere near: nothing to rebuild from
                     if redecoder:
@@ -250,7 +251,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                         redecoder.repaired(picture)
                     if corrector and (not source_format.reordered or frame.picture.pict_type != PictureType.B):
                         corrector.remember(decoded, picture)
-                    last_decoded, last_shown, steps_since_shown = decoded, picture, 0
+                    last_decoded, last_shown, last_arrived, steps_since_shown = decoded, picture, damaged, 0
                 before_previous, previous = previous, picture
                 held = HeldFrame(damaged, picture, None if frame.missing else decoded)
                 for slot in backfill.hold(held) if backfill else [held]:
