@@ -110,6 +110,7 @@ class ConcealSummary(DetectionSummary):
     """What `conceal` did: the damage found, the frames rebuilt, and how fast."""
 
     frames_rebuilt: int = 0
+    drift: str = ""  # the drift correction that ran: `redecode` falls back to `carry` where the stream needs it
     seconds: float = 0.0
     # Against --reference, measured on the repaired pictures before they are re-encoded:
     psnr: float | None = None  # sequence luma PSNR, from the mean MSE (inf: identical)
@@ -194,6 +195,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
         if redecoder:
             stack.enter_context(redecoder)
         carrying = drift == "carry" or (drift == "redecode" and redecoder is None)
+        summary.drift = "carry" if carrying else drift
         corrector = DriftCorrector(height, width) if carrying else None
         backfill = KeyframeBackfill(height, width) if drift in ("carry", "redecode") else None
 

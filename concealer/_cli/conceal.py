@@ -100,6 +100,7 @@ def _summary_rows(summary: ConcealSummary, report: Path | None) -> list[tuple[st
     rows = [("frames / damaged / rebuilt", f"{summary.frames} / {summary.damaged_frames} / {summary.frames_rebuilt}"),
             ("macroblocks lost / propagated / missing",
              f"{blocks['lost']} / {blocks['propagated']} / {blocks['missing_frame']}"),
+            ("drift correction", summary.drift),
             ("time / speed", f"{summary.seconds:.1f} s / {summary.fps:.1f} frames/s")]
     if summary.psnr is not None:
         worst = f"{format_db(summary.worst_psnr)} dB at {summary.worst_time:.3f} s (pts {summary.worst_pts})"
