@@ -225,9 +225,9 @@ class ReferenceRepair:
             units = nal_units(data, Codec.H264, self._framing, self._length_size)
             nals = [data[unit.payload_start:unit.end] for unit in units]
             slices = [(index, *parse_h264_slice_header(nal, self._sps, self._pps))
-                      for index, nal in enumerate(nals) if nal[0] & 0x1F in (SLICE, IDR_SLICE)]
+                      for index, nal in enumerate(nals) if nal and nal[0] & 0x1F in (SLICE, IDR_SLICE)]
         except BitstreamError:
-            return None
+            return None  # a damaged header: the picture stays a reference as FFmpeg concealed it
         if not slices:
             return None
         first = slices[0][1]
@@ -239,8 +239,11 @@ class ReferenceRepair:
         awaiting = _Awaiting(first, BitReader(slices[0][2].data), packet.pts)
         if first.idr:
             return packet, awaiting
-        for index, header, reader in slices:
-            nals[index] = _non_reference(nals[index], header, reader)
+        try:
+            for index, header, reader in slices:
+                nals[index] = _non_reference(nals[index], header, reader)
+        except BitstreamError:
+            return None
         rewritten = av.Packet(framed(nals, self._framing, self._length_size))
         _stamp(rewritten, packet)
         return rewritten, awaiting
@@ -311,16 +314,16 @@ def open_reference_repair(path: Path) -> ReferenceRepair | None:
         if context.name != "h264" or context.has_b_frames:
             return None
         packets = (packet for packet in container.demux(stream) if packet.size)
-        first = next(packets, None)
+        try:
+            first = next(packets, None)
+            config = parse_decoder_config(Codec.H264, context.extradata)
+            units = [unit for unit in config.parameter_sets if unit] if config else []
+            sequences = [parse_h264_sps(unit) for unit in units if unit[0] & 0x1F == SPS]
+            pictures = [parse_h264_pps(unit) for unit in units if unit[0] & 0x1F == PPS]
+        except (BitstreamError, IndexError, av.error.FFmpegError):
+            return None  # a damaged codec record or container: the pipeline carries, as on any other stream
         if first is None or first.pts is None:
             return None  # raw Annex B: no timestamps to keep the two decodes' pictures in step by
-        try:
-            config = parse_decoder_config(Codec.H264, context.extradata)
-        except BitstreamError:
-            return None
-        units = list(config.parameter_sets) if config else []
-        sequences = [parse_h264_sps(unit) for unit in units if unit[0] & 0x1F == SPS]
-        pictures = [parse_h264_pps(unit) for unit in units if unit[0] & 0x1F == PPS]
         if not all(_rewritable(sps) for sps in sequences) or any(p.pps_id == SUBSTITUTE_PPS_ID for p in pictures):
             return None
         framing = Framing.LENGTH_PREFIXED if config else Framing.ANNEX_B

@@ -101,3 +101,16 @@ def test_annex_b_streams_are_redecoded_when_their_packets_have_timestamps(tmp_pa
     if repair:
         with repair:
             assert repair.picture(min(decode_luma(target)), lost=False) is not None
+
+
+def test_a_damaged_codec_record_leaves_the_stream_to_carrying(tmp_path):
+    """An SPS in the MP4's codec record garbled past its level (its parser raises): no redecode, no error."""
+    stream = tmp_path / "stream.mp4"
+    _encode(clip("foreman_cif_h264.mp4"), stream, 5, "cabac=1")
+    data = bytearray(stream.read_bytes())
+    record = data.find(b"avcC") + 4
+    sps_length = int.from_bytes(data[record + 6:record + 8], "big")
+    data[record + 12:record + 8 + sps_length] = bytes(sps_length - 4)  # zeros: no exp-Golomb code ends
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    assert open_reference_repair(damaged) is None
