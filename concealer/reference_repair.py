@@ -198,11 +198,12 @@ class ReferenceRepair:
         return self._queued[0]
 
     def _units(self, data: bytes) -> list[bytes]:
+        """The packet's NAL units (header byte onwards), empty ones left out; none when its framing is broken."""
         try:
-            return [data[unit.payload_start:unit.end]
-                    for unit in nal_units(data, Codec.H264, self._framing, self._length_size)]
-        except BitstreamError:
+            units = nal_units(data, Codec.H264, self._framing, self._length_size)
+        except (BitstreamError, IndexError):
             return []
+        return [nal for unit in units if (nal := data[unit.payload_start:unit.end])]
 
     def _learn(self, unit: bytes) -> None:
         try:
@@ -221,11 +222,10 @@ class ReferenceRepair:
         if not self._usable:
             return None
         data = bytes(packet)
+        nals = self._units(data)
         try:
-            units = nal_units(data, Codec.H264, self._framing, self._length_size)
-            nals = [data[unit.payload_start:unit.end] for unit in units]
             slices = [(index, *parse_h264_slice_header(nal, self._sps, self._pps))
-                      for index, nal in enumerate(nals) if nal and nal[0] & 0x1F in (SLICE, IDR_SLICE)]
+                      for index, nal in enumerate(nals) if nal[0] & 0x1F in (SLICE, IDR_SLICE)]
         except BitstreamError:
             return None  # a damaged header: the picture stays a reference as FFmpeg concealed it
         if not slices:
