@@ -164,11 +164,7 @@ class ReferenceRepair:
             return
         self._queued.pop(0)
         try:
-            units = self._units(bytes(packet))
-            for unit in units:
-                if unit[0] & 0x1F == PPS:
-                    self._learn(unit)  # the stand-ins' own
-            slice_nal = next(nal for nal in units if nal[0] & 0x1F == SLICE)
+            slice_nal = next(nal for nal in self._units(bytes(packet)) if nal[0] & 0x1F == SLICE)
             header, reader = parse_h264_slice_header(slice_nal, self._sps, self._pps)
         except (BitstreamError, StopIteration):
             self._decode(packet)
@@ -192,9 +188,10 @@ class ReferenceRepair:
             if packet is None:
                 return None
             self._queued = self._gap.packets(packet)
-            for unit in self._units(bytes(packet)):
-                if unit[0] & 0x1F in (SPS, PPS):
-                    self._learn(unit)
+            for queued in self._queued:  # the stand-ins' own PPS too, which their rebuilds parse them with
+                for unit in self._units(bytes(queued)):
+                    if unit[0] & 0x1F in (SPS, PPS):
+                        self._learn(unit)
         return self._queued[0]
 
     def _units(self, data: bytes) -> list[bytes]:
@@ -293,8 +290,7 @@ class ReferenceRepair:
         changed[:height, :width] = picture.y != whole.y[:height, :width]
         kept = ~changed.reshape(full_height // 16, 16, full_width // 16, 16).any(axis=(1, 3))
         planes = []
-        for part, own in zip((picture.y, picture.u, picture.v), (whole.y, whole.u, whole.v)):
-            size = 16 * part.shape[0] // height if part.shape[0] < height else 16
+        for part, own, size in zip((picture.y, picture.u, picture.v), (whole.y, whole.u, whole.v), (16, 8, 8)):
             padded = np.pad(part, ((0, own.shape[0] - part.shape[0]), (0, own.shape[1] - part.shape[1])), mode="edge")
             hidden = np.kron(kept, np.ones((size, size), bool))[:own.shape[0], :own.shape[1]]
             hidden[:part.shape[0], :part.shape[1]] = False
