@@ -132,6 +132,11 @@ def add_emulation_prevention(rbsp: bytes) -> bytes:
 _EMULATED = re.compile(b"\x00\x00(?=[\x00-\x03])")
 
 
+def h264_nal_unit(header: int, rbsp: bytes) -> bytes:
+    """An H.264 NAL unit: its header byte (nal_ref_idc, nal_unit_type) and the RBSP, escaped."""
+    return bytes([header]) + add_emulation_prevention(rbsp)
+
+
 def framed(nals: Sequence[bytes], framing: Framing, length_size: int = 4) -> bytes:
     """NAL units (header byte(s) onwards, escaped) joined into an access unit of the stream's framing."""
     if framing is Framing.ANNEX_B:

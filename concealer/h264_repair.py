@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import av
 
-from .bitstream import (BitstreamError, BitWriter, Codec, Framing, H264Sps, add_emulation_prevention, framed,
-                        header_reader, nal_units, parse_decoder_config, parse_h264_sps)
+from .bitstream import (BitstreamError, BitWriter, Codec, Framing, H264Sps, framed, h264_nal_unit, header_reader,
+                        nal_units, parse_decoder_config, parse_h264_sps)
 
 SPS, PPS, SLICE, IDR_SLICE = 7, 8, 1, 5
 SUBSTITUTE_PPS_ID = 255  # the last id: streams number theirs from 0
@@ -146,7 +146,7 @@ class H264GapRepair:
         return out
 
     def _nal(self, header: int, rbsp: bytes) -> bytes:
-        return framed([bytes([header]) + add_emulation_prevention(rbsp)], self._framing, self._length_size)
+        return framed([h264_nal_unit(header, rbsp)], self._framing, self._length_size)
 
 
 def substitute_pps(sps_id: int) -> bytes:

@@ -44,8 +44,8 @@ from .bitstream import (
     H264Pps,
     H264SliceHeader,
     H264Sps,
-    add_emulation_prevention,
     framed,
+    h264_nal_unit,
     nal_units,
     parse_decoder_config,
     parse_h264_pps,
@@ -247,7 +247,7 @@ class ReferenceRepair:
 
     def _decode_own(self, sps: H264Sps, frame_num: int, poc_lsb: int | None, marking: tuple[BitReader, int, int],
                     ref_idc: int, picture: Picture, idr_pic_id: int | None, pts: int | None) -> None:
-        pps = bytes([0x68]) + add_emulation_prevention(substitute_pps(sps.sps_id))
+        pps = h264_nal_unit(0x60 | PPS, substitute_pps(sps.sps_id))
         own = _pcm_picture(sps, frame_num, poc_lsb, marking, ref_idc, picture, idr_pic_id)
         packet = av.Packet(framed([pps, own], self._framing, self._length_size))
         packet.pts = packet.dts = pts
@@ -362,7 +362,7 @@ def _non_reference(nal: bytes, header: H264SliceHeader, reader: BitReader) -> by
         writer.copy(reader, header.marking[1], stop)
         writer.align_with_one()
         body = writer.to_bytes()
-    return bytes([nal[0] & 0x9F]) + add_emulation_prevention(body)
+    return h264_nal_unit(nal[0] & 0x9F, body)
 
 
 def _pcm_picture(sps: H264Sps, frame_num: int, poc_lsb: int | None, marking: tuple[BitReader, int, int],
@@ -385,4 +385,4 @@ def _pcm_picture(sps: H264Sps, frame_num: int, poc_lsb: int | None, marking: tup
     macroblocks = np.concatenate([prefix, *blocks], axis=1)
     body = writer.to_bytes() + macroblocks[0, len(I_PCM_PREFIX):].tobytes() + macroblocks[1:].tobytes()
     header = ref_idc << 5 | (IDR_SLICE if idr_pic_id is not None else SLICE)
-    return bytes([header]) + add_emulation_prevention(body + RBSP_TRAILING_BITS)
+    return h264_nal_unit(header, body + RBSP_TRAILING_BITS)
