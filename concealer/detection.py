@@ -4,7 +4,8 @@ Every detector sits behind one small interface, `DamageDetector.process_frame`, 
 sees the frames of the primary decode (FFmpeg's concealment on, motion vectors
 exported) one at a time, so that memory stays flat in the video's length.
 
-Propagation is traced forward along the decoder's motion vectors, and a macroblock counts
+Propagation is traced forward along the decoder's motion vectors (or, for decoders that export none, the
+motion measured between the decoded pictures), and a macroblock counts
 as damaged while its estimated squared error exceeds the reference map's threshold (MSE > 4
 against the clean decode). With a truth file, the estimate itself is carried (an inter block
 inherits the error of the block it was predicted from; an intra block starts clean). Blind,
@@ -20,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol
 
+import av
 import cv2
 import numpy as np
 
 from .decode import FFMPEG_CONCEALMENT, NO_CONCEALMENT, DecodedFrame, decode_frames
 from .errors import InputError, UsageError
 from .media import probe_video_format
+from .motion import dense_flow
 from .truth import load_truth, write_npz
 from .workers import decoded_ahead
 
@@ -247,6 +250,26 @@ class MotionField:
         return cv2.remap(error, x, y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) * predicted
 
 
+class MeasuredMotion(MotionField):
+    """The motion field of a picture whose decoder exports no vectors (HEVC, VP9, AV1): measured by dense optical
+    flow from the decoded picture to the one decoded before it. Damage moves with the content it was predicted
+    into, so the decoded pictures' own motion says where it spread; every cell of an inter picture counts as
+    predicted (its intra blocks are not known), and an intra picture has no motion from the past."""
+
+    def __init__(self, grid: CellGrid, luma: np.ndarray, previous: np.ndarray | None):
+        super().__init__(grid, None)
+        self._pair: tuple[np.ndarray, np.ndarray] | None = None if previous is None else (luma, previous)
+
+    @functools.cached_property
+    def cell_motion(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        if self._pair is None:
+            return None
+        flow = dense_flow(*self._pair)
+        self._pair = None  # measured once: the pictures need not be kept
+        dx, dy = (self.grid.cell_mean(np.ascontiguousarray(flow[..., index])) for index in (0, 1))
+        return dx, dy, np.ones(self.grid.shape, bool)
+
+
 class ErrorTracer:
     """Carries a per-cell squared-error estimate forward along the decoder's motion vectors."""
 
@@ -345,7 +368,8 @@ class BitstreamDetector:
     pixels: the part of the difference that the previous frame's difference does not explain (traced
     along the motion vectors) is new concealment, its error is estimated from the local motion
     between the two previous frames (concealment copies motion-compensated past content, which is
-    right where nothing moves), and the error is traced along the vectors as by the truth.
+    right where nothing moves), and the error is traced as by the truth, along the motion measured
+    between the decoded pictures (MeasuredMotion).
     """
 
     def __init__(self, path: Path, grid: CellGrid, vectors_exported: bool):
@@ -500,8 +524,15 @@ def detect_damage(path: Path, *, mode: str = "auto", truth: Path | None = None) 
         detector = PixelDetector(grid.mb_shape)
     else:
         detector = TruthDetector(truth, grid) if use_truth else BitstreamDetector(path, grid, vectors_exported)
+    previous_luma = None  # of the last picture decoded, where motion is measured rather than exported
     for frame in decoded_ahead(decode_frames(path, concealment=FFMPEG_CONCEALMENT, motion_vectors=True)):
-        motion = MotionField(grid, frame.motion_vectors)
+        if vectors_exported or frame.missing:
+            motion = MotionField(grid, frame.motion_vectors)
+        else:
+            luma = frame.luma()
+            motion = MeasuredMotion(grid, luma, None if frame.picture.pict_type == av.video.frame.PictureType.I
+                                    else previous_luma)
+            previous_luma = luma
         damage = detector.process_frame(frame, motion)
         if frame.drifted:  # predicted from a stale reference, and no vectors to say where it shows
             damage = DamageMap(damage.pts, np.where(damage.labels == DamageLabel.CLEAN, DamageLabel.PROPAGATED,

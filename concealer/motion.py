@@ -67,13 +67,19 @@ class Warp:
         return remap_planes(planes, self.dx, self.dy)
 
 
+def dense_flow(current: np.ndarray, neighbour: np.ndarray) -> np.ndarray:
+    """HxWx2 float32: how far (dx, dy) each pixel of `current` lies from where it shows in `neighbour` (HxW
+    uint8 luma), by OpenCV's DIS optical flow at its fastest preset."""
+    return cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST).calc(current, neighbour, None)
+
+
 def estimate_warp(neighbour: np.ndarray, current: np.ndarray, hole: np.ndarray) -> Warp:
     """The motion from `current` (whose `hole` pixels are unknown) to `neighbour` (both HxWx3 or HxW uint8)."""
     hole = hole.astype(bool)
     target = _gray(current).copy()
     source = _gray(neighbour)
     target[hole] = source[hole]  # no false edges for the flow to lock on to
-    flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST).calc(target, source, None)
+    flow = dense_flow(target, source)
     if hole.any():
         kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * HOLE_MARGIN + 1, 2 * HOLE_MARGIN + 1))
         flow = _fill_flow(flow, cv2.dilate(hole.astype(np.uint8), kernel).astype(bool))

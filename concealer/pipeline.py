@@ -31,7 +31,7 @@ from .detection import (
     detect_damage,
     write_damage_maps,
 )
-from .drift import DriftCorrector, HeldFrame, KeyframeBackfill
+from .drift import CARRIED_CODECS, DriftCorrector, HeldFrame, KeyframeBackfill
 from .encode import EncoderSettings, add_output_encoder
 from .errors import InputError, Interrupted, UsageError
 from .media import (
@@ -159,7 +159,8 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
     then corrects the frames before the next keyframe from it (drift.KeyframeBackfill, which holds
     up to 32 frames back, fewer from 720p up); `redecode` has a second decoder predict every picture from
     the repairs themselves where the stream allows it (H.264 without B-frames, 8-bit 4:2:0: see
-    concealer.reference_repair) and carries elsewhere, with the same backfill; `reconceal` fills the
+    concealer.reference_repair) and carries elsewhere, with the same backfill (carrying needs to know what the
+    decoder predicts from after a loss: VP9 and AV1 carry nothing, see drift.CARRIED_CODECS); `reconceal` fills the
     propagated blocks with the model as if they were lost, `none` leaves them.
     `reference` (the clean stream, same timestamps) is decoded in step and every repaired picture
     scored against it; `report` is a JSON file of the summary and one row per frame slot, written
@@ -194,9 +195,10 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
         redecoder = open_reference_repair(source) if drift == "redecode" else None
         if redecoder:
             stack.enter_context(redecoder)
-        carrying = drift == "carry" or (drift == "redecode" and redecoder is None)
-        summary.drift = "carry" if carrying else drift
-        corrector = DriftCorrector(height, width) if carrying else None
+        summary.drift = "carry" if drift == "redecode" and redecoder is None else drift
+        if summary.drift == "carry" and source_format.codec not in CARRIED_CODECS:
+            summary.drift = "none"  # the decoder's references after a loss are unknown: nothing to carry
+        corrector = DriftCorrector(height, width) if summary.drift == "carry" else None
         backfill = KeyframeBackfill(height, width) if drift in ("carry", "redecode") else None
 
         def write(outgoing: _Outgoing) -> None:

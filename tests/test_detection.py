@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from concealer import LossOptions, PacketisationOptions, simulate_loss
+from concealer.bitstream import Codec
 from concealer.decode import decode_frames
 from concealer.detection import CellGrid, DamageLabel, MotionField, detect_damage, macroblock_mean
+from concealer.encode import EncoderSettings
 from concealer.errors import InputError
 from concealer.truth import load_truth
 
@@ -118,6 +120,17 @@ def test_hevc_damage_is_found(tmp_path):
     maps = [d.damage for d in detect_damage(result.damaged)]
     assert len(maps) == 60
     assert any((m.labels == DamageLabel.MISSING_FRAME).all() for m in maps)
+
+
+def test_hevc_propagated_damage_is_traced_along_measured_motion(tmp_path):
+    """HEVC's decoder exports no motion vectors: the damage is traced along optical flow between the decoded
+    pictures instead (benchmarks.detection_accuracy, foreman_cif_hevc at 10% loss: recall / precision 0.081 /
+    0.854 with nothing traced, 0.996 / 0.818 along measured motion)."""
+    result = simulate_loss(clip("foreman_cif_hevc.mp4"), tmp_path / "d.mp4",
+                           loss=LossOptions(model="gilbert", loss_rate=0.1, burst=2, seed=1),
+                           packets=PacketisationOptions(encoder=EncoderSettings(codec=Codec.HEVC)))
+    recall, precision = accuracy(result, "bitstream")
+    assert recall > 0.95 and precision > 0.75, (recall, precision)
 
 
 def test_not_a_video_is_a_clear_error(tmp_path):
