@@ -48,7 +48,8 @@ class DecodedFrame:
     motion_vectors: np.ndarray | None = None
     # 16x16 macroblocks whose lost data the stream repair substituted before decoding (HEVC), if any.
     substituted: np.ndarray | None = None
-    # Predicted from a reference that a lost frame left stale (VP9): damaged everywhere, to an unknown degree.
+    # Predicted from a reference that a lost frame left stale (VP9; H.264 with B-frames, where FFmpeg stands an
+    # older picture in for a lost reference): damaged everywhere, to an unknown degree.
     drifted: bool = False
 
     @property
@@ -145,12 +146,12 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
                 if repair is not None and repair.hidden(picture.pts):
                     continue  # a lost frame's stand-in (H.264): its slot stays a lost frame
                 vectors = _motion_vectors(picture) if motion_vectors else None
+                drifted = verdict is Verdict.DRIFTED or (repair is not None and repair.drifted(picture.pts))
                 for slot in slots.fill(picture, vectors):
                     substituted = repair.substituted(slot.pts) if repair is not None and not slot.missing else None
                     if substituted is not None:
                         slot = replace(slot, substituted=substituted)
-                    yield replace(slot, drifted=True) if slot.pts == picture.pts and verdict is Verdict.DRIFTED \
-                        else slot
+                    yield replace(slot, drifted=True) if slot.pts == picture.pts and drifted else slot
         yield from slots.finish()
 
 

@@ -657,20 +657,23 @@ class PacketRepair:
         """Every picture this repair makes is shown (rebuilt ones too)."""
         return False
 
+    def drifted(self, pts: int | None) -> bool:
+        """No picture is predicted from a stale reference: lost ones are rebuilt before they are needed."""
+        return False
+
 
 def open_stream_repair(path: Path, stream: av.video.stream.VideoStream, marked_substitutes: bool = False
                        ) -> PacketRepair | H264GapRepair | None:
     """A repairer for the first video stream of `path` when it is HEVC or H.264 (None otherwise);
-    `marked_substitutes` is H264GapRepair's `mark`.
+    `marked_substitutes` is H264GapRepair's `mark`. H.264 with B-frames gets no substitutes, only its
+    drifted pictures marked.
 
     Learning HEVC's slice layout reads the packets once more before decoding (no decode).
     """
     context = stream.codec_context
     if context.name == "h264":
-        if context.has_b_frames:  # reordered pictures: see H264GapRepair
-            return None
-        try:
-            return H264GapRepair(context.extradata, marked_substitutes)
+        try:  # with reordered pictures it substitutes nothing and only says which pictures drifted
+            return H264GapRepair(context.extradata, marked_substitutes, reordered=bool(context.has_b_frames))
         except BitstreamError:
             return None
     if context.name != "hevc":

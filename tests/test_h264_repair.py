@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, strategies as st
 
 from concealer import LossOptions, simulate_loss
-from concealer.bitstream import Codec, parse_decoder_config, parse_h264_sps
+from concealer.bitstream import Codec, Framing, nal_units, parse_decoder_config, parse_h264_sps
 from concealer.decode import NO_CONCEALMENT, decode_frames
 from concealer.h264_repair import H264GapRepair
 
@@ -74,9 +74,41 @@ def test_a_stream_with_b_frames_is_left_alone_even_when_its_header_does_not_say_
     path = clip("foreman_cif_h264.mp4")
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        assert stream.codec_context.has_b_frames  # open_stream_repair would not even build a repair
+        assert stream.codec_context.has_b_frames  # open_stream_repair tells the repair so
         repair = H264GapRepair(stream.codec_context.extradata)
         packets = [p for p in container.demux(stream) if p.size]
         out = [q for number, p in enumerate(packets) if number % 7 != 3 for q in repair.packets(p)]
     assert len(out) == len(packets) - len(range(3, len(packets), 7))  # no stand-in inserted
     assert not any(repair.hidden(p.pts) for p in packets)
+
+
+def _reference_flags(path):
+    """(pts, nal_ref_idc of its first slice) of every packet, in decoding order."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        config = parse_decoder_config(Codec.H264, stream.codec_context.extradata)
+        flags = []
+        for packet in container.demux(stream):
+            if packet.dts is None:
+                continue
+            data = bytes(packet)
+            first = next(u for u in nal_units(data, Codec.H264, Framing.LENGTH_PREFIXED, config.length_size)
+                         if u.nal_type in (1, 5))
+            flags.append((packet.pts, data[first.payload_start] >> 5 & 3))
+    return flags
+
+
+def test_in_a_b_frame_stream_the_pictures_after_a_lost_reference_are_marked_drifted(tmp_path):
+    """With B-frames nothing is substituted (see above): FFmpeg stands an older picture in for a lost reference
+    frame, and every picture decoded after it until the next IDR picture may be predicted from it. A lost
+    B picture nothing refers to leaves frame_num alone and marks nothing."""
+    path = clip("foreman_cif_h264.mp4")
+    flags = _reference_flags(path)
+    lost_reference = next(n for n, (_, ref) in enumerate(flags) if n > 10 and ref)
+    lost_b = next(n for n, (_, ref) in enumerate(flags) if n > 10 and not ref)
+    for dropped, expected in ((lost_reference, {pts for pts, _ in flags[lost_reference + 1:]}), (lost_b, set())):
+        damaged = tmp_path / f"without-{dropped}.mp4"
+        remux_without(path, damaged, {dropped})
+        slots = list(decode_frames(damaged))
+        assert sum(slot.missing for slot in slots) == 1
+        assert {slot.pts for slot in slots if slot.drifted} == expected, dropped
