@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import dataclasses
-import functools
 import itertools
 import json
 import os
@@ -34,6 +32,7 @@ from .detection import (
 from .drift import CARRIED_CODECS, DriftCorrector, HeldFrame, KeyframeBackfill
 from .encode import EncoderSettings, add_output_encoder
 from .errors import InputError, Interrupted, UsageError
+from .heap import tune_malloc
 from .media import (
     AtomicOutputs,
     add_stream_copy,
@@ -174,7 +173,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
     if threads < 1:
         raise UsageError(f"--threads must be 1 or more, not {threads}")
     concealer = make_concealer(model)
-    _keep_large_blocks()
+    tune_malloc()
     started = time.perf_counter()
     summary = ConcealSummary()
     source_format = probe_video_format(source)
@@ -282,25 +281,6 @@ def _stop_on_interrupt(source: Path, summary: DetectionSummary) -> Iterator[None
         total = frame_count(source)
         raise Interrupted(f"interrupted after {summary.frames}{f' of {total}' if total else ''} frames, "
                           "no output written") from exc
-
-
-# glibc returns every freed block above its mmap threshold to the kernel and faults it back in on
-# the next allocation, and the repair allocates and frees many frame-sized arrays: on bbb 720p at 5%
-# loss that was 3.2 s of system time in a 9.8 s run. Serving them from the heap instead: 7.7 s, with
-# peak memory 474 / 478 MB for a 10 s / 40 s input (429 / 449 MB before), still flat in the length.
-MMAP_THRESHOLD = 64 << 20
-TRIM_THRESHOLD = 256 << 20
-
-
-@functools.cache
-def _keep_large_blocks() -> None:
-    """Tell glibc's malloc (process-wide, once) to keep frame-sized blocks for reuse; elsewhere, nothing."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, TRIM_THRESHOLD)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 # Frame slots decoded and mapped ahead of the repair by a worker thread: decoding and damage detection

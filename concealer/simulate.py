@@ -25,6 +25,7 @@ from .bitstream import (BitstreamError, Codec, Framing, PictureGeometry, h264_ge
 from .channel import BernoulliLoss, BitErrors, ChannelLog, GilbertElliottLoss, LossModel, PatternLoss
 from .encode import EncoderSettings, add_video_encoder
 from .errors import InputError, OutputError, UsageError
+from .heap import tune_malloc
 from .media import (AtomicOutputs, add_stream_copy, copy_stream_description, nominal_rate, open_output,
                     open_video_input, rescale)
 from .truth import GroundTruth, LossEvent, LossSummary, truth_paths
@@ -128,6 +129,7 @@ def simulate_loss(source: Path, damaged: Path, *, reference: Path | None = None,
     if packets.transport == "ts" and damaged.suffix.lower() not in TS_SUFFIXES:
         raise UsageError(f"--transport ts writes MPEG-TS: give the output a .ts name, not {damaged.name}")
     loss_rng, error_rng, audio_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(loss.seed).spawn(3))
+    tune_malloc()  # the re-encode comes out the same every run (concealer.heap)
     with AtomicOutputs([damaged, reference, truth_json, truth_npz], overwrite,
                        inputs=[source, loss.pattern]) as outputs:
         source_container = open_video_input(source)
