@@ -770,6 +770,7 @@ class H264Sps:
     bit_depth: int = 8  # of luma and chroma, or 0 when they differ
     delta_pic_order_always_zero: bool = False  # poc_type 1 only
     cropped_origin: tuple[int, int] = (0, 0)  # luma samples cropped off the top and the left
+    gaps_allowed: bool = False  # gaps_in_frame_num_value_allowed_flag: a frame_num gap is no loss
 
     @property
     def mb_count(self) -> int:
@@ -818,7 +819,7 @@ def parse_h264_sps(nal: bytes) -> H264Sps:
     elif poc_type != 2:
         raise BitstreamError(f"H.264 SPS with pic_order_cnt_type {poc_type}")
     reader.ue()  # max_num_ref_frames
-    reader.skip(1)  # gaps_in_frame_num_value_allowed_flag
+    gaps_allowed = reader.flag()  # gaps_in_frame_num_value_allowed_flag
     mbs_wide = reader.ue() + 1
     map_units_high = reader.ue() + 1
     frame_mbs_only = reader.flag()
@@ -832,7 +833,7 @@ def parse_h264_sps(nal: bytes) -> H264Sps:
         left, _, top, _ = (reader.ue() for _ in range(4))
         origin = (top * unit_y, left * unit_x)
     return H264Sps(sps_id, separate, log2_max_frame_num, poc_type, log2_max_poc_lsb, frame_mbs_only, mbs_wide,
-                   map_units_high, chroma_format, bit_depth, always_zero, origin)
+                   map_units_high, chroma_format, bit_depth, always_zero, origin, gaps_allowed)
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,7 @@ class H264GapRepair:
         reference lost in between."""
         if idr:
             self._stale = False
-        elif self._reference_frame_num is not None and \
+        elif self._reference_frame_num is not None and not sps.gaps_allowed and \
                 frame_num != (self._reference_frame_num + 1) % (1 << sps.log2_max_frame_num):
             self._stale = True
         if ref_idc:
@@ -155,7 +155,7 @@ class H264GapRepair:
 
     def _repairable(self, sps: H264Sps) -> bool:
         return sps.poc_type in (0, 2) and sps.frame_mbs_only and not sps.separate_colour_planes and \
-            SUBSTITUTE_PPS_ID not in self._pps_sps
+            not sps.gaps_allowed and SUBSTITUTE_PPS_ID not in self._pps_sps
 
     def _substitutes(self, packet: av.Packet, sps: H264Sps, previous: tuple[int, int, int | None],
                      current: tuple[int, int], missing: int, ref_idc: int) -> list[av.Packet]:

@@ -1,10 +1,11 @@
 """NAL framing and slice-header parsing, on generated bitstrings and on real encoded streams."""
 import av
+import pytest
 from hypothesis import given, strategies as st
 
-from concealer.bitstream import (BitReader, Codec, Framing, add_emulation_prevention, h264_geometry, hevc_geometry,
-                                 nal_type_of, nal_units, parse_decoder_config, parse_slice_header,
-                                 remove_emulation_prevention)
+from concealer.bitstream import (BitReader, BitWriter, Codec, Framing, add_emulation_prevention, h264_geometry,
+                                 h264_nal_unit, hevc_geometry, nal_type_of, nal_units, parse_decoder_config,
+                                 parse_h264_sps, parse_slice_header, remove_emulation_prevention)
 
 from conftest import clip
 
@@ -81,3 +82,24 @@ def test_real_h264_and_hevc_streams_parse():
     assert (geometry.width, geometry.height) == (352, 288)
     assert geometry.block_size in (16, 32, 64)
     assert addresses[0] == 0
+
+
+@pytest.mark.parametrize("gaps", [False, True])
+def test_h264_sps_says_whether_frame_num_may_skip(gaps):
+    """A stream that allows gaps in frame_num skips frame numbers on purpose: a gap there is no lost reference."""
+    writer = BitWriter()
+    writer.u(8, 66)  # profile_idc: baseline (no chroma format fields)
+    writer.u(8, 0)  # constraint flags
+    writer.u(8, 30)  # level_idc
+    for value in (0, 0, 2, 1):  # sps_id, log2_max_frame_num_minus4, pic_order_cnt_type, max_num_ref_frames
+        writer.ue(value)
+    writer.u(1, int(gaps))  # gaps_in_frame_num_value_allowed_flag
+    writer.ue(21)  # pic_width_in_mbs_minus1
+    writer.ue(17)  # pic_height_in_map_units_minus1
+    writer.u(1, 1)  # frame_mbs_only_flag
+    writer.u(1, 1)  # direct_8x8_inference_flag
+    writer.u(1, 0)  # frame_cropping_flag
+    writer.u(1, 0)  # vui_parameters_present_flag
+    writer.align_with_one()
+    sps = parse_h264_sps(h264_nal_unit(0x67, writer.to_bytes()))
+    assert (sps.mbs_wide, sps.map_units_high, sps.gaps_allowed) == (22, 18, gaps)

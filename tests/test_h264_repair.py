@@ -17,6 +17,7 @@ def test_sps_of_the_shared_clips():
     sps = parse_h264_sps(record.parameter_sets[0])
     assert (sps.mbs_wide, sps.map_units_high, sps.frame_mbs_only) == (22, 18, True)
     assert sps.log2_max_frame_num == 4 and sps.poc_type == 0 and sps.log2_max_poc_lsb >= 4
+    assert not sps.gaps_allowed  # a gap in frame_num is a lost reference frame
 
 
 def test_a_lost_frame_across_the_frame_num_wrap_no_longer_hides_the_next_ones(tmp_path):
