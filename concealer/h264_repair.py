@@ -53,7 +53,7 @@ class H264GapRepair:
         self._length_size = config.length_size if config else 4
         for unit in config.parameter_sets if config else ():
             self._learn(unit)
-        self._previous: tuple[int, int, int | None] | None = None  # (frame_num, POC lsb, pts) of the last picture
+        self._previous: tuple[int, int | None] | None = None  # (POC lsb, pts) of the last picture
         self._hidden: set[int] = set()
         self._reordered = reordered  # B-frames (said so, or a B slice was seen): no substitutes from then on
         self._reference_frame_num: int | None = None  # of the last reference picture that arrived
@@ -76,17 +76,14 @@ class H264GapRepair:
         except (BitstreamError, KeyError):
             return [packet]  # unreadable: the decoder copes on its own
         self._reordered = self._reordered or slice_type % 5 == B_SLICE
-        self._follow_references(sps, frame_num, nal[0] >> 5 & 3, first_slice.nal_type == IDR_SLICE, packet.pts)
+        ref_idc = nal[0] >> 5 & 3
+        missing = self._lost_references(sps, frame_num, ref_idc, first_slice.nal_type == IDR_SLICE, packet.pts)
         if self._reordered:
             return [packet]
-        previous, self._previous = self._previous, (frame_num, poc_lsb, packet.pts)
-        if first_slice.nal_type == IDR_SLICE or previous is None:
+        previous, self._previous = self._previous, (poc_lsb, packet.pts)
+        if previous is None or not 0 < missing <= MAX_SUBSTITUTES or not self._repairable(sps):
             return [packet]
-        limit = 1 << sps.log2_max_frame_num
-        missing = (frame_num - previous[0] - 1) % limit
-        if frame_num == previous[0] or not 0 < missing <= MAX_SUBSTITUTES or not self._repairable(sps):
-            return [packet]
-        return self._substitutes(packet, sps, previous, (frame_num, poc_lsb), missing, nal[0] >> 5 & 3) + [packet]
+        return self._substitutes(packet, sps, frame_num, previous, poc_lsb, missing, ref_idc) + [packet]
 
     def hidden(self, pts: int | None) -> bool:
         """Whether the picture at `pts` is a substitute, decoded only to keep the references in step."""
@@ -105,18 +102,26 @@ class H264GapRepair:
             return True
         return False
 
-    def _follow_references(self, sps: H264Sps, frame_num: int, ref_idc: int, idr: bool, pts: int | None) -> None:
-        """Every picture after a reference picture has frame_num one above that picture's (7.4.3): more is a
-        reference lost in between."""
+    def _lost_references(self, sps: H264Sps, frame_num: int, ref_idc: int, idr: bool, pts: int | None) -> int:
+        """How many reference pictures were lost just before this one. Every picture after a reference picture
+        has frame_num one above that picture's (7.4.3), a non-reference picture included, so the gap is counted
+        from the last reference picture: counted from the last picture, a reference picture lost after a
+        non-reference one (same frame_num) would go unseen. The lost ones are then stood in for (by substitutes,
+        or by FFmpeg's own gap filling), which makes frame_num - 1 the last reference either way."""
+        missing = 0
+        limit = 1 << sps.log2_max_frame_num
         if idr:
             self._stale = False
-        elif self._reference_frame_num is not None and not sps.gaps_allowed and \
-                frame_num != (self._reference_frame_num + 1) % (1 << sps.log2_max_frame_num):
-            self._stale = True
+        elif self._reference_frame_num is not None and not sps.gaps_allowed:
+            missing = (frame_num - self._reference_frame_num - 1) % limit
+            self._stale = self._stale or missing > 0
+        if missing:
+            self._reference_frame_num = (frame_num - 1) % limit
         if ref_idc:
             self._reference_frame_num = frame_num
         if self._stale and self._reordered and pts is not None:
             self._drifted.add(pts)
+        return missing
 
     def stands_in(self, packet: av.Packet) -> bool:
         """Whether `packet` is a substitute whose picture `hidden` will take out (it leaves it in place)."""
@@ -157,21 +162,23 @@ class H264GapRepair:
         return sps.poc_type in (0, 2) and sps.frame_mbs_only and not sps.separate_colour_planes and \
             not sps.gaps_allowed and SUBSTITUTE_PPS_ID not in self._pps_sps
 
-    def _substitutes(self, packet: av.Packet, sps: H264Sps, previous: tuple[int, int, int | None],
-                     current: tuple[int, int], missing: int, ref_idc: int) -> list[av.Packet]:
-        """One packet per lost frame, its timestamp and POC spread evenly between its neighbours'."""
+    def _substitutes(self, packet: av.Packet, sps: H264Sps, frame_num: int, previous: tuple[int, int | None],
+                     poc_lsb: int, missing: int, ref_idc: int) -> list[av.Packet]:
+        """One packet per lost frame, the `missing` frame_nums below this picture's `frame_num`, its timestamp
+        and POC spread evenly between the last picture's (`previous`: POC lsb, pts) and this one's."""
         pps = self._nal(0x60 | PPS, substitute_pps(sps.sps_id))
         lsb_limit = 1 << sps.log2_max_poc_lsb
-        lsb_step = (current[1] - previous[1]) % lsb_limit if sps.poc_type == 0 else 0
+        lsb_step = (poc_lsb - previous[0]) % lsb_limit if sps.poc_type == 0 else 0
+        last_pts = previous[1]
         out = []
         for step in range(1, missing + 1):
-            frame_num = (previous[0] + step) % (1 << sps.log2_max_frame_num)
-            poc_lsb = (previous[1] + lsb_step * step // (missing + 1)) % lsb_limit if sps.poc_type == 0 else None
-            slice_nal = self._nal((ref_idc or 2) << 5 | SLICE, _skip_slice(sps, frame_num, poc_lsb, self._mark))
+            lost_frame_num = (frame_num - missing - 1 + step) % (1 << sps.log2_max_frame_num)
+            lost_poc = (previous[0] + lsb_step * step // (missing + 1)) % lsb_limit if sps.poc_type == 0 else None
+            slice_nal = self._nal((ref_idc or 2) << 5 | SLICE, _skip_slice(sps, lost_frame_num, lost_poc, self._mark))
             substitute = av.Packet(pps + slice_nal)
             substitute.stream, substitute.time_base = packet.stream, packet.time_base
-            if packet.pts is not None and previous[2] is not None and packet.pts - previous[2] > missing:
-                substitute.pts = previous[2] + (packet.pts - previous[2]) * step // (missing + 1)
+            if packet.pts is not None and last_pts is not None and packet.pts - last_pts > missing:
+                substitute.pts = last_pts + (packet.pts - last_pts) * step // (missing + 1)
                 self._hidden.add(substitute.pts)
             out.append(substitute)
         return out
