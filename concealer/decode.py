@@ -10,6 +10,7 @@ as placeholders, so that every frame slot of the stream comes out, in order.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import heapq
 import math
@@ -59,7 +60,12 @@ class DecodedFrame:
     def luma(self) -> np.ndarray:
         """The Y plane as a read-only, contiguous HxW uint8 array, raw (limited range stays limited, as PSNR
         wants: a conversion to "gray" would stretch it to full range). A view of the picture where its rows
-        hold no padding: detection reads two planes a frame, and a copy of each cost as much as comparing them."""
+        hold no padding: detection reads two planes a frame, and a copy of each cost as much as comparing them.
+        Worked out once per frame: the motion measurement and the detector both read it."""
+        return self._luma
+
+    @functools.cached_property
+    def _luma(self) -> np.ndarray:
         picture = self.picture
         if picture.format.name not in PLANAR_8BIT_YUV:
             picture = picture.reformat(format="yuv420p")
