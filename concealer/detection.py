@@ -27,6 +27,7 @@ import numpy as np
 
 from .decode import FFMPEG_CONCEALMENT, NO_CONCEALMENT, DecodedFrame, decode_frames
 from .errors import InputError, UsageError
+from .heap import keep_large_blocks
 from .media import probe_video_format
 from .motion import dense_flow
 from .truth import load_truth, write_npz
@@ -510,6 +511,7 @@ def detect_damage(path: Path, *, mode: str = "auto", truth: Path | None = None) 
     """
     if mode not in DETECTION_MODES:
         raise UsageError(f"unknown detection mode {mode!r} (use {', '.join(DETECTION_MODES)})")
+    keep_large_blocks()
     if mode == "truth" and truth is None:
         truth = default_truth_path(path)
         if not truth.exists():
