@@ -31,6 +31,11 @@ class _RepairByDefault(click.Group):
         return super().parse_args(ctx, args)
 
 
+
+DETECT_HELP = ("Where the damage map comes from: truth (a simulate-loss truth file), bitstream (the damaged stream "
+               "itself), pixels (the decoded pictures alone: damage already baked into a re-encode), or auto "
+               "(truth when --truth is given, else bitstream).")
+
 @click.group(cls=_RepairByDefault, context_settings={"help_option_names": ["-h", "--help"]})
 def conceal() -> None:
     """Find and repair the macroblocks that transmission errors destroyed in a video.
@@ -57,7 +62,8 @@ def _table(title: str, rows: list[tuple[str, str]]) -> Table:
 @click.option("--model", type=click.Choice(CONCEALERS), default=DEFAULT_CONCEALER, show_default=True,
               help="How lost blocks are filled: flow moves the previous repaired picture along the optical flow "
                    "around them; ffmpeg keeps FFmpeg's own concealment.")
-@click.option("--detect", "mode", type=click.Choice(DETECTION_MODES), default="auto", show_default=True)
+@click.option("--detect", "mode", type=click.Choice(DETECTION_MODES), default="auto", show_default=True,
+              help=DETECT_HELP)
 @click.option("--truth", type=click.Path(path_type=Path), help="simulate-loss truth file (.truth.json).")
 @click.option("--drift", type=click.Choice(DRIFT_STRATEGIES), default="redecode", show_default=True,
               help="Damage spread by inter prediction: redecode the stream from the repairs (H.264 without "
@@ -147,7 +153,7 @@ def _progress_bar(source: Path, show: bool) -> Iterator[Callable[[int], None] | 
               help="Damage maps to write (.npz: pts, mb, label).")
 @click.option("--overlay", type=click.Path(path_type=Path), help="Also write a video with the damage drawn on.")
 @click.option("--detect", "mode", type=click.Choice(DETECTION_MODES), default="auto", show_default=True,
-              help="Where the map comes from: a simulate-loss truth file, or the damaged bitstream itself.")
+              help=DETECT_HELP)
 @click.option("--truth", type=click.Path(path_type=Path), help="simulate-loss truth file (.truth.json).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
