@@ -31,10 +31,10 @@ class _RepairByDefault(click.Group):
         return super().parse_args(ctx, args)
 
 
-
 DETECT_HELP = ("Where the damage map comes from: truth (a simulate-loss truth file), bitstream (the damaged stream "
                "itself), pixels (the decoded pictures alone: damage already baked into a re-encode), or auto "
                "(truth when --truth is given, else bitstream).")
+
 
 @click.group(cls=_RepairByDefault, context_settings={"help_option_names": ["-h", "--help"]})
 def conceal() -> None:
