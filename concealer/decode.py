@@ -24,6 +24,7 @@ import av
 
 from .h264_repair import H264GapRepair
 from .media import open_video_input
+from .picture_order import PictureOrder
 from .stream_repair import PacketRepair, open_stream_repair
 from .vp9 import ReferenceTracker, Verdict
 
@@ -129,8 +130,8 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
         stream = container.streams.video[0]
         configure_decoder(stream, concealment, threads, motion_vectors)
         duration = frame_duration(stream)
-        slots = _FrameSlots(duration, stream.time_base)
         repair = open_stream_repair(path, stream, marked_substitutes) if repairs else None
+        slots = _FrameSlots(duration, stream.time_base, repair.order if repair is not None else None)
         dependencies = _Vp9Dependencies(duration) if repairs and stream.codec_context.name == "vp9" else None
         for packet in _repaired(container.demux(stream), repair):
             if not packet.is_discard:  # before the edit list's start: not shown, so no slot (found by fuzzing)
@@ -269,11 +270,14 @@ class _FrameSlots:
     """Turns decoder output into a gap-free sequence of frame slots, in presentation order.
 
     Lost frames get the timestamps of the frame-rate grid through the first frame's timestamp,
-    rounded as a muxer rounds them (a 29.97 fps WebM loses its frame at 234 ms, not at 200 + 33)."""
+    rounded as a muxer rounds them (a 29.97 fps WebM loses its frame at 234 ms, not at 200 + 33).
+    Where the stream's picture order counts (`order`) say no picture is missing, a gap is a frame held
+    longer (a variable frame rate), not a lost one."""
 
-    def __init__(self, duration: Fraction | None, time_base: Fraction):
+    def __init__(self, duration: Fraction | None, time_base: Fraction, order: PictureOrder | None = None):
         self._duration = duration
         self._time_base = time_base
+        self._order = order
         self._expected: list[int] = []  # heap of packet timestamps not yet output
         self._last: int | None = None
         self._anchor: Fraction = Fraction(0)  # slot n is at anchor + n * duration, rounded
@@ -313,7 +317,8 @@ class _FrameSlots:
         else:
             if pts <= self._last:
                 return
-            if self._duration and (pts - self._last) * self._time_base <= MAX_LOST_SECONDS:
+            counted = self._order.missing_between(self._last, pts) if self._order and picture is not None else None
+            if self._duration and (pts - self._last) * self._time_base <= MAX_LOST_SECONDS and counted != 0:
                 lost = _frames_lost_between(self._last, pts, self._duration)
                 slot = self._slot(self._last)
                 on_grid = abs(self._last - self._slot_pts(slot)) <= 1  # else a variable rate: no grid

@@ -32,6 +32,7 @@ import av
 
 from .bitstream import (BitstreamError, BitWriter, Codec, Framing, H264Sps, framed, h264_nal_unit, header_reader,
                         nal_units, parse_decoder_config, parse_h264_sps)
+from .picture_order import PictureOrder
 
 SPS, PPS, SLICE, IDR_SLICE = 7, 8, 1, 5
 SUBSTITUTE_PPS_ID = 255  # the last id: streams number theirs from 0
@@ -59,6 +60,10 @@ class H264GapRepair:
         self._reference_frame_num: int | None = None  # of the last reference picture that arrived
         self._stale = False  # a reference picture was lost since the last IDR picture, and FFmpeg stood in for it
         self._drifted: set[int] = set()
+        self.order = PictureOrder()
+        self._sequence = 0  # IDR pictures so far: each starts its own picture order counts
+        self._previous_order = (0, 0)  # poc_type 0: (PicOrderCntMsb, pic_order_cnt_lsb) of the last reference picture
+        self._previous_offset = (0, None)  # poc_type 2: (FrameNumOffset, frame_num) of the last picture
 
     def packets(self, packet: av.Packet) -> list[av.Packet]:
         """The packet, preceded by a substitute for each reference frame lost just before it."""
@@ -76,8 +81,10 @@ class H264GapRepair:
         except (BitstreamError, KeyError):
             return [packet]  # unreadable: the decoder copes on its own
         self._reordered = self._reordered or slice_type % 5 == B_SLICE
-        ref_idc = nal[0] >> 5 & 3
-        missing = self._lost_references(sps, frame_num, ref_idc, first_slice.nal_type == IDR_SLICE, packet.pts)
+        ref_idc, idr = nal[0] >> 5 & 3, first_slice.nal_type == IDR_SLICE
+        self._sequence += idr
+        self.order.record(packet.pts, self._sequence, self._picture_order_count(sps, frame_num, poc_lsb, ref_idc, idr))
+        missing = self._lost_references(sps, frame_num, ref_idc, idr, packet.pts)
         if self._reordered:
             return [packet]
         previous, self._previous = self._previous, (poc_lsb, packet.pts)
@@ -122,6 +129,30 @@ class H264GapRepair:
         if self._stale and self._reordered and pts is not None:
             self._drifted.add(pts)
         return missing
+
+    def _picture_order_count(self, sps: H264Sps, frame_num: int, poc_lsb: int, ref_idc: int, idr: bool
+                             ) -> int | None:
+        """The picture's order count (8.2.1: TopFieldOrderCnt of a frame), for poc_type 0 and 2; None for 1."""
+        if sps.poc_type == 0:
+            limit = 1 << sps.log2_max_poc_lsb
+            previous_msb, previous_lsb = (0, 0) if idr else self._previous_order
+            msb = previous_msb
+            if poc_lsb < previous_lsb and previous_lsb - poc_lsb >= limit // 2:
+                msb += limit
+            elif poc_lsb > previous_lsb and poc_lsb - previous_lsb > limit // 2:
+                msb -= limit
+            if ref_idc:
+                self._previous_order = (msb, poc_lsb)
+            return msb + poc_lsb
+        if sps.poc_type == 2:
+            offset, previous_frame_num = self._previous_offset
+            if idr:
+                offset = 0
+            elif previous_frame_num is not None and previous_frame_num > frame_num:
+                offset += 1 << sps.log2_max_frame_num
+            self._previous_offset = (offset, frame_num)
+            return 0 if idr else 2 * (offset + frame_num) - (0 if ref_idc else 1)
+        return None
 
     def stands_in(self, packet: av.Packet) -> bool:
         """Whether `packet` is a substitute whose picture `hidden` will take out (it leaves it in place)."""

@@ -49,6 +49,7 @@ from .bitstream import (
 )
 from .h264_repair import H264GapRepair
 from .media import open_video_input
+from .picture_order import PictureOrder
 
 # CABAC tables (H.265 Tables 9-52 and 9-53, shared with H.264).
 _RANGE_LPS = (
@@ -341,6 +342,7 @@ class RepairedAccessUnit:
     ctbs_wide: int = 0
     poc: int | None = None  # the picture's order count, when known
     rebuilt: bool = False  # a picture lost whole that a later one refers to, rebuilt from substitutes
+    sequence: int = 0  # which coded video sequence `poc` counts in (each IDR or BLA picture starts one)
 
     def block_mask(self, height: int, width: int, block: int = 16) -> np.ndarray:
         """The substituted CTUs as a (ceil(H/block), ceil(W/block)) bool mask."""
@@ -392,11 +394,14 @@ class _PictureOrder:
     def __init__(self) -> None:
         self._previous: int | None = None  # POC of prevTid0Pic
         self._held: set[int] = set()
+        self.sequence = 0  # coded video sequences begun so far: the last picture's counts are in this one
 
     def picture_order(self, header: HevcSliceHeader, sps: HevcSps) -> int:
         if header.nal_type in HEVC_IDR_TYPES:
+            self.sequence += 1
             return 0
         if 16 <= header.nal_type <= 18 or self._previous is None:  # BLA, or a CRA that starts the stream
+            self.sequence += 1
             return header.poc_lsb
         max_lsb = 1 << sps.log2_max_poc_lsb
         previous_lsb = self._previous & (max_lsb - 1)
@@ -478,7 +483,7 @@ class HevcStreamRepair:
         except BitstreamError:  # a template header that ends early: leave the picture to the decoder
             substitutes, gaps = [], []
         yield RepairedAccessUnit(self._frame(picture.nals(substitutes)), tuple(gaps), sps.ctb_size, sps.ctbs_wide,
-                                 poc)
+                                 poc, sequence=self._order.sequence)
 
     def _rebuild(self, template: _Segment, sps: HevcSps, pps: HevcPps, poc: int) -> Iterator[RepairedAccessUnit]:
         """The pictures that `template`'s reference picture set names but the decoder never got, each
@@ -504,7 +509,7 @@ class HevcStreamRepair:
                 return
             self._order.held_too(missing)
             yield RepairedAccessUnit(self._frame(nals), ((0, sps.ctb_count),), sps.ctb_size, sps.ctbs_wide, missing,
-                                     rebuilt=True)
+                                     rebuilt=True, sequence=self._order.sequence)
 
     def segment_addresses(self, data: bytes) -> list[tuple[int, ...]]:
         """For each picture of an access unit, the first CTU of its readable slice segments, in order."""
@@ -606,6 +611,7 @@ class PacketRepair:
         self._substituted: dict[int, np.ndarray] = {}  # by pts, until its picture comes out
         self._last: tuple[int, int] | None = None  # (POC, pts) of the last picture that arrived
         self._ticks_per_poc: int | None = None
+        self.order = PictureOrder()
 
     def packets(self, packet: av.Packet) -> list[av.Packet]:
         """The packet's pictures repaired, each preceded by the pictures it needs that were lost whole.
@@ -617,6 +623,7 @@ class PacketRepair:
         units = self._repair.repair(bytes(packet))
         if len(units) == 1 and not units[0].substituted:
             self._learn_timing(units[0].poc, packet.pts)
+            self.order.record(packet.pts, units[0].sequence, units[0].poc)
             return [packet]
         anchor = next((u for u in units if not u.rebuilt), units[0])
         out = []
@@ -642,6 +649,7 @@ class PacketRepair:
 
     def _packet(self, unit: RepairedAccessUnit, original: av.Packet, pts: int | None, dts: int | None,
                 keyframe: bool) -> av.Packet:
+        self.order.record(pts, unit.sequence, unit.poc)
         if pts is not None and unit.substituted:
             self._substituted[pts] = unit.block_mask(*self._shape)
         out = av.Packet(unit.data)

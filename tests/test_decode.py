@@ -1,6 +1,7 @@
 """The decoder: FFmpeg's concealment really applies, lost frames come out as placeholders, streams stay whole."""
 import gc
 import threading
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -55,6 +56,43 @@ def test_clean_clips_have_no_missing_frames(name):
     assert len(frames) == len(decode_luma(clip(name)))
     assert not any(f.missing for f in frames)
     assert [f.pts for f in frames] == sorted(f.pts for f in frames)
+
+
+def held_frames(path, encoder, options):
+    """foreman re-encoded by `encoder` with every tenth frame held twice as long, as phones record in low light."""
+    with av.open(str(clip("foreman_cif_h264.mp4"))) as source, av.open(str(path), "w") as output:
+        stream = output.add_stream(encoder, rate=30, options=options)
+        stream.width, stream.height, stream.pix_fmt = 352, 288, "yuv420p"
+        stream.time_base = stream.codec_context.time_base = Fraction(1, 30000)
+        ticks = 0
+        for index, frame in enumerate(source.decode(video=0)):
+            frame = frame.reformat(format="yuv420p")
+            frame.pts, frame.time_base = ticks, stream.time_base
+            ticks += 2000 if index % 10 == 9 else 1000
+            output.mux(stream.encode(frame))
+        output.mux(stream.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("encoder,options", [("libx264", {"x264-params": "bframes=0"}), ("libx264", {}),
+                                             ("libx265", {"x265-params": "log-level=error"})],
+                         ids=["h264-p", "h264-b", "hevc"])
+def test_a_frame_held_longer_is_not_a_lost_one(tmp_path, encoder, options):
+    held = held_frames(tmp_path / "held.mp4", encoder, options)
+    frames = list(decode_frames(held))
+    assert not any(f.missing for f in frames)
+    assert [f.pts for f in frames] == sorted(decode_luma(held))
+
+
+def test_frames_lost_from_a_variable_rate_stream_are_still_found(tmp_path):
+    held = held_frames(tmp_path / "held.mp4", "libx264", {"x264-params": "bframes=0"})
+    result = simulate_loss(held, tmp_path / "d.mp4", loss=LossOptions(loss_rate=0.08, seed=3),
+                           packets=PacketisationOptions(as_is=True))
+    doc, _, _ = load_truth(result.truth)
+    assert doc["lost_frames"]
+    frames = list(decode_frames(result.damaged))
+    assert [f.pts for f in frames] == sorted(decode_luma(result.reference))
+    assert [f.pts for f in frames if f.missing] == doc["lost_frames"]
 
 
 def test_not_a_video_is_a_clear_error(tmp_path):

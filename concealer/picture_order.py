@@ -1,0 +1,47 @@
+"""Picture order counts by timestamp: what tells a variable frame rate from frames that were lost.
+
+A gap between two pictures' timestamps wider than a frame is either a frame that never arrived or a
+frame that was never there: phones record at a variable rate and hold a frame longer when the light is
+low. Timestamps alone cannot tell the two apart (a clean 60-frame clip with every tenth frame held twice
+as long came out of `conceal` with 65 frames, five of them invented). The slice headers can: H.264 and
+HEVC count the pictures of each coded video sequence in presentation order (the picture order count),
+and a lost picture leaves a hole in that count where a long-held one does not.
+"""
+from __future__ import annotations
+
+# Pictures in a row, one count step apart, before the step is trusted as the stream's cadence: a stream
+# that starts with a loss must not make the step of the gap its cadence.
+ESTABLISHED = 8
+
+
+class PictureOrder:
+    """The picture order count of each picture that arrived, by pts, as the stream repair parsed it; asked
+    in presentation order how many pictures are missing between two that came out."""
+
+    def __init__(self) -> None:
+        self._counts: dict[int, tuple[int, int]] = {}  # pts -> (coded video sequence, picture order count)
+        self._step: int | None = None  # the smallest count step seen between pictures that came out in a row
+        self._steps_seen = 0
+
+    def record(self, pts: int | None, sequence: int, count: int | None) -> None:
+        """Picture `pts` has order `count` in the `sequence`-th coded video sequence (None: not known)."""
+        if pts is not None and count is not None:
+            self._counts[pts] = (sequence, count)
+
+    def missing_between(self, earlier: int, later: int) -> int | None:
+        """How many pictures the order counts put between the pictures at `earlier` and `later`, which came out
+        one after the other; None where they cannot say (a count not parsed, another coded video sequence, a
+        cadence not yet established or not kept). Forgets every picture up to `earlier`."""
+        first, second = self._counts.get(earlier), self._counts.get(later)
+        for pts in [pts for pts in self._counts if pts <= earlier]:
+            del self._counts[pts]
+        if first is None or second is None or first[0] != second[0] or second[1] <= first[1]:
+            return None
+        step = second[1] - first[1]
+        if self._step is None or step < self._step:
+            self._step, self._steps_seen = step, 0
+        if step == self._step:
+            self._steps_seen += 1
+        if self._steps_seen < ESTABLISHED or step % self._step:
+            return None
+        return step // self._step - 1
