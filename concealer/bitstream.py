@@ -567,7 +567,7 @@ def hevc_geometry(sps: bytes, pps: bytes | None) -> PictureGeometry:
 class HevcSliceType(enum.IntEnum):
     B = 0
     P = 1
-    I = 2
+    I = 2  # noqa: E741 (the standard's name for an intra slice)
 
 
 HEVC_IDR_TYPES = (19, 20)  # IDR_W_RADL, IDR_N_LP: no POC or reference picture set in the slice header

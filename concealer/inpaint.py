@@ -138,5 +138,6 @@ def _fill_windows(arrays: list[np.ndarray], mask: np.ndarray, core: int, margin:
         repaired = run([np.stack([p[top:top + window, left:left + window] for top, left in chunk]) for p in padded])
         for (top, left), result in zip(chunk, repaired):
             rows_kept, cols_kept = min(core, height - top), min(core, width - left)
-            out[top:top + rows_kept, left:left + cols_kept] = result[margin:margin + rows_kept, margin:margin + cols_kept]
+            kept = result[margin:margin + rows_kept, margin:margin + cols_kept]
+            out[top:top + rows_kept, left:left + cols_kept] = kept
     return out

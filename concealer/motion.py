@@ -42,7 +42,8 @@ def _fill_flow(flow: np.ndarray, unreliable: np.ndarray) -> np.ndarray:
     for sigma in FILL_SIGMAS:
         weight = cv2.GaussianBlur(small_known, (0, 0), sigma / FILL_SCALE)
         reached = todo & (weight > 1e-3)
-        average[reached] = (cv2.GaussianBlur(small_flow, (0, 0), sigma / FILL_SCALE) / np.maximum(weight, 1e-6)[..., None])[reached]
+        blurred = cv2.GaussianBlur(small_flow, (0, 0), sigma / FILL_SCALE)
+        average[reached] = (blurred / np.maximum(weight, 1e-6)[..., None])[reached]
         todo &= ~reached
     average[todo] = small_flow.sum((0, 1)) / max(small_known.sum(), 1e-6)
     filled = flow.copy()  # OpenCV's masked copy: NumPy's boolean indexing took half the time at 720p

@@ -569,7 +569,8 @@ class _Simulation:
             options={"loss": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.loss).items()},
                      "packet_size": self.packets.packet_size,
                      "encoder": None if self.encoder_settings is None else {
-                         k: (v.value if isinstance(v, Codec) else v) for k, v in asdict(self.encoder_settings).items()}},
+                         k: (v.value if isinstance(v, Codec) else v)
+                         for k, v in asdict(self.encoder_settings).items()}},
             summary=self.summary, events=self.events, lost_frames=self.lost_frames,
             mb_pts=np.array([f.pts for f in self.damaged_frames], dtype=np.int64),
             mb_lost=np.array([f.lost_blocks for f in self.damaged_frames], dtype=bool).reshape(-1, rows, cols))
