@@ -22,6 +22,7 @@ from typing import Iterator
 
 import av
 
+from .errors import InputError
 from .h264_repair import H264GapRepair
 from .media import open_video_input
 from .picture_order import PictureOrder
@@ -133,6 +134,8 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
         repair = open_stream_repair(path, stream, marked_substitutes) if repairs else None
         slots = _FrameSlots(duration, stream.time_base, repair.order if repair is not None else None)
         dependencies = _Vp9Dependencies(duration) if repairs and stream.codec_context.name == "vp9" else None
+        size: tuple[int, int] | None = None  # of the first picture: every stage after this one is sized by it
+        decoded = 0
         for packet in _repaired(container.demux(stream), repair):
             if not packet.is_discard:  # before the edit list's start: not shown, so no slot (found by fuzzing)
                 slots.expect(packet.pts)
@@ -147,6 +150,12 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
                     dependencies.refused()
                 continue
             for picture in frames:
+                size = size or (picture.width, picture.height)
+                decoded += 1
+                if (picture.width, picture.height) != size:
+                    raise InputError(f"{path}: the picture size changes from {size[0]}x{size[1]} to "
+                                     f"{picture.width}x{picture.height} at decoded picture {decoded}, which is not "
+                                     f"supported: cut the file there and repair each part")
                 verdict = dependencies.verdict(picture.pts) if dependencies is not None else Verdict.CLEAN
                 if verdict is Verdict.UNDECODABLE:
                     continue  # garbage: its slot becomes a placeholder, rebuilt like a lost frame

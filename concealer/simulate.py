@@ -256,14 +256,21 @@ class _Simulation:
                 packet.stream = ref_video
                 reference.mux(packet)
 
+            timed = untimed = 0  # video packets with and without a timestamp (--as-is can place only the first)
             for packet in self.source.demux(self.video_in, *self._passthrough_streams()):
                 if packet.stream is self.video_in:
+                    if packet.size:
+                        timed, untimed = timed + (packet.dts is not None), untimed + (packet.dts is None)
                     self._feed_video(packet, ref_video, emit_video)
                 elif packet.dts is not None:
                     self._pass_through(packet, ref_others, dmg_others if damaged else {}, reference, damaged)
             if not self.packets.as_is:
                 for out in ref_video.encode(None):
                     emit_video(out)
+            elif untimed and not timed:
+                raise InputError(f"{self.source.name}: its video packets carry no timestamps (a raw elementary "
+                                 f"stream), which --as-is needs to keep the copies in step; drop --as-is to "
+                                 f"re-encode it, or remux it into MP4 or MKV first")
         return self._ground_truth() if damaged is not None else None
 
     def _add_reference_streams(self, reference: av.container.OutputContainer):

@@ -123,6 +123,45 @@ def test_output_equal_to_input_is_refused(tmp_path, command, make_args, message)
     assert [p.name for p in tmp_path.iterdir()] == ["clip.mp4"] and source.read_bytes() == before
 
 
+def raw_h264(path: Path, sizes: list[tuple[int, int]], frames: int = 12) -> Path:
+    """A raw Annex B H.264 stream (no container, no timestamps) of foreman, `frames` frames at each size in
+    turn: what a capture of a broadcast that switches resolution looks like."""
+    data = b""
+    for width, height in sizes:
+        part = path.with_suffix(f".{width}.h264")
+        with av.open(str(clip("foreman_cif_h264.mp4"))) as source, av.open(str(part), "w", format="h264") as sink:
+            stream = sink.add_stream("libx264", rate=30, options={"preset": "ultrafast"})
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            for number, frame in enumerate(source.decode(video=0)):
+                if number == frames:
+                    break
+                picture = frame.reformat(width=width, height=height, format="yuv420p")
+                picture.pts = number
+                sink.mux(stream.encode(picture))
+            sink.mux(stream.encode(None))
+        data += part.read_bytes()
+        part.unlink()
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("command", ["conceal", "detect"])
+def test_a_picture_size_change_mid_stream_is_one_line(tmp_path, command):
+    source = raw_h264(tmp_path / "switch.h264", [(352, 288), (176, 144)])
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = run(COMMANDS[command](str(source), out), out)
+    assert_clean_failure(proc, out, "the picture size changes from 352x288 to 176x144 at decoded picture 13")
+
+
+def test_as_is_damage_of_a_stream_without_timestamps_is_one_line(tmp_path):
+    source = raw_h264(tmp_path / "raw.h264", [(176, 144)])
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = run([script("simulate-loss"), str(source), "--as-is", "-o", f"{out}/damaged.mp4"], out)
+    assert_clean_failure(proc, out, "its video packets carry no timestamps")
+
+
 def test_ctrl_c_mid_repair_writes_nothing_and_says_how_far_it_got(tmp_path):
     source = clip("bikes_640x272.mp4")
     with av.open(str(source)) as probe:
