@@ -518,7 +518,13 @@ def detect_damage(path: Path, *, mode: str = "auto", truth: Path | None = None) 
             raise UsageError(f"--detect truth needs a truth file: none given and {truth} does not exist")
     video_format = probe_video_format(path)  # the pictures' size, which a damaged header may misstate
     grid = CellGrid(video_format.height, video_format.width)
-    vectors_exported = video_format.codec in VECTOR_EXPORTING_CODECS
+    # Interlaced pictures (field macroblock pairs, fields) are mapped as those of codecs without vectors are:
+    # from where a concealing and a plain decode differ, traced along measured motion. FFmpeg exports no guessed
+    # vector for a concealed field macroblock pair, and the vectors it does export count field lines. Foreman
+    # CIF coded by x264 as MBAFF (tff), 40 frames, 5% loss, seeds 0 / 2 / 3, recall / precision from the
+    # vectors 0.606 / 0.317, 0.681 / 0.987, 0.813 / 0.883, so 0.966 / 0.323, 0.999 / 0.926, 0.979 / 0.797;
+    # `conceal` 35.62 -> 35.83, 18.54 -> 23.39, 28.03 -> 29.26 dB.
+    vectors_exported = video_format.codec in VECTOR_EXPORTING_CODECS and not video_format.interlaced
     use_truth = mode == "truth" or (mode == "auto" and truth is not None)
     detector: DamageDetector
     if mode == "pixels":

@@ -238,6 +238,7 @@ class VideoFormat:
     tags: dict[str, str]  # the stream's content tags (language, title, handler)
     disposition: int
     reordered: bool = False  # pictures decode out of presentation order (B-frames)
+    interlaced: bool = False  # pictures coded as fields or field macroblock pairs (its first decodable picture)
 
 
 # Packets read to find the first decodable picture of a damaged stream.
@@ -262,7 +263,8 @@ def probe_video_format(path: Path) -> VideoFormat:
                           int(described.color_trc)),
             display_matrix=tuple(int(v) for v in np.frombuffer(bytes(matrix), "<i4")) if matrix is not None else None,
             sample_aspect_ratio=stream.sample_aspect_ratio, tags=content_tags(stream.metadata),
-            disposition=int(stream.disposition), reordered=bool(context.has_b_frames))
+            disposition=int(stream.disposition), reordered=bool(context.has_b_frames),
+            interlaced=bool(first is not None and first.interlaced_frame))
 
 
 def _first_picture(container: av.container.InputContainer, stream: av.video.stream.VideoStream
