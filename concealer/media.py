@@ -203,11 +203,15 @@ def copy_stream_description(source: av.stream.Stream, target: av.stream.Stream) 
 def add_stream_copy(container: av.container.OutputContainer, template: av.stream.Stream) -> av.stream.Stream:
     """An output stream for `template`'s packets, copied as they are, with its tags and disposition."""
     try:
-        stream = container.add_stream_from_template(template)
-    except av.codec.codec.UnknownCodecError:
-        # PyAV looks for an encoder of the decoder's name, and libdav1d (AV1) has none: copy the
-        # codec parameters without one.
-        stream = container.add_stream_from_template(template, opaque=True)
+        try:
+            stream = container.add_stream_from_template(template)
+        except av.codec.codec.UnknownCodecError:
+            # PyAV looks for an encoder of the decoder's name, and libdav1d (AV1) has none: copy the
+            # codec parameters without one.
+            stream = container.add_stream_from_template(template, opaque=True)
+    except ValueError as refused:  # the format cannot hold this codec (SRT subtitles in MP4, ...)
+        raise OutputError(f"the output's {refused} (the input's {template.type} stream {template.index}, which is "
+                          f"copied as it is): write a .mkv instead") from None
     copy_stream_description(template, stream)
     return stream
 

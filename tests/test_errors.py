@@ -162,6 +162,28 @@ def test_as_is_damage_of_a_stream_without_timestamps_is_one_line(tmp_path):
     assert_clean_failure(proc, out, "its video packets carry no timestamps")
 
 
+@pytest.mark.parametrize("command", ["conceal", "simulate-loss"])
+def test_a_stream_the_output_format_cannot_hold_is_one_line(tmp_path, command):
+    """SubRip subtitles, which MKV holds and MP4 does not: they are copied, not converted."""
+    subtitles = tmp_path / "subtitles.srt"
+    subtitles.write_text("1\n00:00:00,000 --> 00:00:01,000\nhello\n")
+    source = tmp_path / "with-subtitles.mkv"
+    with av.open(str(clip("carphone_qcif.mp4"))) as video, av.open(str(subtitles)) as text, \
+            av.open(str(source), "w") as sink:
+        streams = [(video, sink.add_stream_from_template(video.streams.video[0])),
+                   (text, sink.add_stream_from_template(text.streams.subtitles[0]))]
+        packets = [(packet, target) for container, target in streams for packet in container.demux()
+                   if packet.dts is not None]
+        for packet, target in sorted(packets, key=lambda item: item[0].dts * item[0].time_base):
+            packet.stream = target
+            sink.mux(packet)
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = run(COMMANDS[command](str(source), out), out)
+    assert_clean_failure(proc, out, "does not support 'srt' codec")
+    assert "write a .mkv instead" in proc.stderr
+
+
 def test_ctrl_c_mid_repair_writes_nothing_and_says_how_far_it_got(tmp_path):
     source = clip("bikes_640x272.mp4")
     with av.open(str(source)) as probe:
