@@ -117,7 +117,8 @@ def assert_faithful(source: Decoded, repaired: Decoded, *, exact=True):
     """Same frames at the same times, same format, colour, rotation and other streams (bit-exact)."""
     assert repaired.pts == source.pts
     # yuvj formats are FFmpeg's old names for full range: an encoder without them keeps the range in metadata.
-    assert repaired.size == source.size and repaired.pix_fmt.replace("yuvj", "yuv") == source.pix_fmt.replace("yuvj", "yuv")
+    assert repaired.size == source.size
+    assert repaired.pix_fmt.replace("yuvj", "yuv") == source.pix_fmt.replace("yuvj", "yuv")
     assert repaired.colour == source.colour and repaired.rotation == source.rotation
     assert repaired.others == source.others
     if exact:

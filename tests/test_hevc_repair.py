@@ -150,7 +150,8 @@ def test_lost_segment_of_an_idr_becomes_flat_grey(damaged):
     extradata, units = access_units(damaged.reference)
     clean = decode_units(extradata, units[:1])
     addresses = ctu_addresses(extradata, units[0])
-    (repaired,) = HevcStreamRepair(extradata, learn_slice_layout(units, extradata)).repair(without_slices(units[0], {2}))
+    repair = HevcStreamRepair(extradata, learn_slice_layout(units, extradata))
+    (repaired,) = repair.repair(without_slices(units[0], {2}))
     assert repaired.substituted == ((addresses[2], addresses[3]),)
     (picture,) = decode_units(extradata, [repaired.data])
     for plane, (ours, truth) in enumerate(zip(picture, clean[0])):
