@@ -24,7 +24,7 @@ import av
 
 from .errors import InputError
 from .h264_repair import H264GapRepair
-from .media import open_video_input
+from .media import main_video, open_video_input
 from .picture_order import PictureOrder
 from .stream_repair import PacketRepair, open_stream_repair
 from .vp9 import ReferenceTracker, Verdict
@@ -128,7 +128,7 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
     `marked_substitutes` moves H.264's stand-ins for lost reference frames (see concealer.h264_repair).
     """
     with open_video_input(path) as container, _older_objects_frozen() if motion_vectors else contextlib.nullcontext():
-        stream = container.streams.video[0]
+        stream = main_video(container)
         configure_decoder(stream, concealment, threads, motion_vectors)
         duration = frame_duration(stream)
         repair = open_stream_repair(path, stream, marked_substitutes) if repairs else None
@@ -137,7 +137,11 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
         size: tuple[int, int] | None = None  # of the first picture: every stage after this one is sized by it
         decoded = 0
         for packet in _repaired(container.demux(stream), repair):
-            if not packet.is_discard:  # before the edit list's start: not shown, so no slot (found by fuzzing)
+            # Before the edit list's start: not shown, so no slot (found by fuzzing). A stand-in for a lost frame
+            # has a timestamp of our own, spread between its neighbours': the lost frame's slot is placed on the
+            # frame-rate grid instead, where the muxer put it (foreman at 29.97 fps in milliseconds lost frames
+            # 27-29 at 901, 934 and 968; the stand-ins sat at 901, 934 and 967).
+            if not packet.is_discard and not (repair is not None and repair.stands_in(packet)):
                 slots.expect(packet.pts)
             if dependencies is not None:
                 dependencies.arrived(packet)

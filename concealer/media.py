@@ -43,7 +43,7 @@ def open_video_input(path: Path) -> av.container.InputContainer:
     if not container.streams.video:
         container.close()
         raise InputError(f"{path}: not a video (no video stream in it)")
-    if container.streams.video[0].codec_context is None:
+    if main_video(container).codec_context is None:
         container.close()
         raise InputError(f"{path}: its video is in a codec FFmpeg does not know (a damaged codec tag?)")
     return container
@@ -84,10 +84,16 @@ def _iso_bmff_boxes(path: Path) -> list[bytes | None]:
     return boxes
 
 
+def main_video(container: av.container.InputContainer) -> av.video.stream.VideoStream:
+    """The video stream a player shows, as FFmpeg picks it (`av_find_best_stream`): a cover picture or a
+    thumbnail track stored before the video itself loses to it."""
+    return container.streams.best("video") or container.streams.video[0]
+
+
 def frame_count(path: Path) -> int | None:
     """The number of frames the container says its video stream has, or None when it does not say."""
     with open_video_input(path) as container:
-        return container.streams.video[0].frames or None
+        return main_video(container).frames or None
 
 
 def nominal_rate(stream: av.video.stream.VideoStream) -> Fraction:
@@ -253,7 +259,7 @@ def probe_video_format(path: Path) -> VideoFormat:
     """The format of the first video stream, taken from its first decodable picture where there is one:
     FFmpeg reports the rotation (a display matrix) on decoded frames only."""
     with open_video_input(path) as container:
-        stream = container.streams.video[0]
+        stream = main_video(container)
         context = stream.codec_context
         first = _first_picture(container, stream)
         described = first if first is not None else context

@@ -23,7 +23,7 @@ from .decode import FFMPEG_CONCEALMENT, DecodedFrame, decode_frames
 from .detection import DAMAGE_MSE, MB, DamageLabel, DamageMap, MotionField, macroblock_mean
 from .encode import EncoderSettings, add_video_encoder
 from .errors import InputError
-from .media import AtomicOutputs, nominal_rate, open_output, open_video_input
+from .media import AtomicOutputs, main_video, nominal_rate, open_output, open_video_input
 from .motion import Warp
 
 NETWORK = "pixel-detector"
@@ -124,7 +124,7 @@ def bake_damage(damaged: Path, output: Path, *, crf: float = 18.0, lossless: boo
     frames that never arrived left out: damaged video as it reaches a viewer, with no bitstream evidence left
     (test and tuning input for `PixelDetector`)."""
     with open_video_input(damaged) as probe:
-        stream = probe.streams.video[0]
+        stream = main_video(probe)
         width, height = stream.codec_context.width, stream.codec_context.height
         rate, time_base = nominal_rate(stream), stream.time_base
     settings = EncoderSettings(crf=crf, lossless=lossless, preset="veryfast")

@@ -55,7 +55,7 @@ from .bitstream import (
 from .concealment import Picture
 from .decode import FFMPEG_CONCEALMENT, configure_decoder, plane_samples
 from .h264_repair import SUBSTITUTE_PPS_ID, H264GapRepair, substitute_pps, substitute_slice_header
-from .media import open_video_input
+from .media import main_video, open_video_input
 
 SPS, PPS, SLICE, IDR_SLICE = 7, 8, 1, 5
 I_SLICE_ALL = 7  # slice_type: I, and every slice of the picture is I
@@ -91,7 +91,7 @@ class ReferenceRepair:
     def __init__(self, container: av.container.InputContainer, packets: Iterator[av.Packet], config_sets: list[bytes],
                  framing: Framing, length_size: int):
         self._container = container
-        stream = container.streams.video[0]
+        stream = main_video(container)
         configure_decoder(stream, FFMPEG_CONCEALMENT, threads=1)
         self._visible = (stream.codec_context.height, stream.codec_context.width)
         # Whole macroblocks out: the rows and columns a crop hides are still what later vectors may point into.
@@ -251,7 +251,7 @@ class ReferenceRepair:
         own = _pcm_picture(sps, frame_num, poc_lsb, marking, ref_idc, picture, idr_pic_id)
         packet = av.Packet(framed([pps, own], self._framing, self._length_size))
         packet.pts = packet.dts = pts
-        packet.time_base = self._container.streams.video[0].time_base
+        packet.time_base = main_video(self._container).time_base
         self._decode(packet)  # its picture is the repair itself: not shown again
 
     def _decode(self, packet: av.Packet) -> list[av.VideoFrame]:
@@ -305,7 +305,7 @@ def open_reference_repair(path: Path) -> ReferenceRepair | None:
     container = open_video_input(path)
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(container.close)
-        stream = container.streams.video[0]
+        stream = main_video(container)
         context = stream.codec_context
         if context.name != "h264" or context.has_b_frames:
             return None

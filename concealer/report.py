@@ -44,7 +44,7 @@ from .concealment import Picture
 from .decode import DecodedFrame, decode_frames, frame_duration
 from .detection import MB
 from .errors import InputError, OutputError, UsageError
-from .media import nominal_rate, open_video_input, require_folder_of
+from .media import main_video, nominal_rate, open_video_input, require_folder_of
 from .metrics import frame_scores, json_safe, psnr
 from .overlay import missing_frame_picture
 from .truth import load_truth
@@ -196,7 +196,7 @@ def _write_frames(reference: Path, inputs: list[tuple[str, Path]], folder: Path,
 def _probe(path: Path) -> tuple[int, int, Fraction]:
     """(width, height, half a frame interval in seconds), or InputError if `path` is not a video."""
     with open_video_input(path) as container:
-        stream = container.streams.video[0]
+        stream = main_video(container)
         ticks = frame_duration(stream)
         interval = ticks * stream.time_base if ticks else 1 / nominal_rate(stream)
         return stream.codec_context.width, stream.codec_context.height, interval / 2

@@ -27,7 +27,7 @@ from .encode import EncoderSettings, add_video_encoder
 from .errors import InputError, OutputError, UsageError
 from .heap import tune_malloc
 from .media import (AtomicOutputs, add_stream_copy, copy_stream_description, nominal_rate, open_output,
-                    open_video_input, rescale)
+                    main_video, open_video_input, rescale)
 from .truth import GroundTruth, LossEvent, LossSummary, truth_paths
 
 PASSTHROUGH_TYPES = ("audio", "subtitle")
@@ -160,7 +160,7 @@ class _Simulation:
     def __init__(self, source: av.container.InputContainer, loss: LossOptions, packets: PacketisationOptions,
                  loss_rng: np.random.Generator, error_rng: np.random.Generator, audio_rng: np.random.Generator):
         self.source = source
-        self.video_in = source.streams.video[0]
+        self.video_in = main_video(source)
         self.loss = loss
         self.packets = packets
         self.channel = loss.make_channel(loss_rng)
@@ -484,7 +484,7 @@ class _Simulation:
     def lose_transport_packets(self, clean_ts: Path, damaged_ts: Path) -> GroundTruth:
         """Drop 7-packet datagrams from the muxed clean TS, then record which NAL units they hit."""
         with av.open(str(clean_ts)) as probe:
-            video_pid = probe.streams.video[0].id
+            video_pid = main_video(probe).id
             exposed_pids = {s.id for s in probe.streams.audio} if self.loss.damage_audio else set()
         self.time_base = Fraction(1, 90000)
         protected_packets: set[int] = set()

@@ -48,7 +48,7 @@ from .bitstream import (
     parse_hevc_slice_header,
 )
 from .h264_repair import H264GapRepair
-from .media import open_video_input
+from .media import main_video, open_video_input
 from .picture_order import PictureOrder
 
 # CABAC tables (H.265 Tables 9-52 and 9-53, shared with H.264).
@@ -665,6 +665,10 @@ class PacketRepair:
         """Every picture this repair makes is shown (rebuilt ones too)."""
         return False
 
+    def stands_in(self, packet: av.Packet) -> bool:
+        """No packet stands in for a frame slot: a rebuilt picture is the lost frame itself."""
+        return False
+
     def drifted(self, pts: int | None) -> bool:
         """No picture is predicted from a stale reference: lost ones are rebuilt before they are needed."""
         return False
@@ -688,7 +692,7 @@ def open_stream_repair(path: Path, stream: av.video.stream.VideoStream, marked_s
         return None
     try:
         with open_video_input(path) as container:
-            layout = learn_slice_layout((bytes(p) for p in container.demux(container.streams.video[0]) if p.size),
+            layout = learn_slice_layout((bytes(p) for p in container.demux(main_video(container)) if p.size),
                                         context.extradata)
         return PacketRepair(HevcStreamRepair(context.extradata, layout), context.height, context.width)
     except BitstreamError:  # an unreadable codec record: the decoder gets the stream as it is

@@ -49,6 +49,17 @@ def test_lost_frames_become_placeholders(damaged):
     assert [f.pts for f in frames if f.missing] == doc["lost_frames"]
 
 
+def test_lost_frames_sit_where_the_muxer_put_them(tmp_path):
+    """29.97 fps in milliseconds (MKV): frame times are rounded, and three frames lost in a row must not be spread
+    evenly between their neighbours (the third at 967 ms where the muxer wrote 968)."""
+    result = simulate_loss(clip("foreman_cif_h264.mp4"), tmp_path / "d.mkv", loss=LossOptions(loss_rate=0.05))
+    doc, _, _ = load_truth(result.truth)
+    assert 968 in doc["lost_frames"]
+    frames = list(decode_frames(result.damaged))
+    assert [f.pts for f in frames] == sorted(decode_luma(result.reference))
+    assert [f.pts for f in frames if f.missing] == doc["lost_frames"]
+
+
 @pytest.mark.parametrize("name", ["foreman_cif_h264.mp4", "foreman_cif_hevc.mp4", "foreman_cif_vp9.webm",
                                   "realshort_320x240_aac.mp4"])
 def test_clean_clips_have_no_missing_frames(name):

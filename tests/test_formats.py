@@ -235,3 +235,25 @@ def test_raw_annex_b_input_gets_regular_timestamps(tmp_path):
     repaired = decode(out)
     assert len(repaired.pts) == 10 and repaired.size == (128, 96)
     assert len(set(np.diff(repaired.pts))) == 1
+
+
+def test_the_video_is_chosen_over_a_cover_picture_stored_before_it(tmp_path):
+    """A still picture in the first video stream (cover art) and the video in the second: FFmpeg's pick, the
+    video, is what is repaired (the cover picture alone came out before)."""
+    source = tmp_path / "with-cover.mkv"
+    with av.open(str(clip("foreman_cif_h264.mp4"))) as video, av.open(str(source), "w") as sink:
+        cover = sink.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 64, 64, "yuvj420p"
+        main = sink.add_stream_from_template(video.streams.video[0])
+        still = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24").reformat(format="yuvj420p")
+        still.pts = 0
+        for packet in [*cover.encode(still), *cover.encode(None)]:
+            sink.mux(packet)
+        for packet in video.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = main
+                sink.mux(packet)
+    out = tmp_path / "out.mkv"
+    summary = conceal(source, out, preset="ultrafast")
+    assert summary.frames == 60 == len(list(decode_frames(source)))
+    assert decode(out).size == (352, 288)
