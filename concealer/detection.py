@@ -55,8 +55,12 @@ LOST_RUN_GAP = 8
 # Concealing at all keeps it deterministic (left unconcealed, lost blocks hold whatever FFmpeg's buffer
 # pool held: maps of chaplin at 3% loss differed in 10155 of 66375 damaged macroblocks between two runs).
 SECOND_OPINION = "favor_inter"
-# Decoders that export motion vectors (`+export_mvs`), which blind detection reads lost blocks from.
-VECTOR_EXPORTING_CODECS = ("h264", "mpeg2video", "mpeg4", "mpeg1video", "h263")
+# Decoders whose exported motion vectors (`+export_mvs`) show where FFmpeg concealed: its H.264 error
+# concealment writes the vectors it guessed into them, which blind detection reads lost blocks from. MPEG-1/2/4
+# export vectors too, but not the guessed ones: foreman in MPEG-2 over MPEG-TS with 2% of its TS packets lost
+# (with B-frames / without), recall 0.000 read from the vectors, 0.920 / 0.745 (precision 0.797 / 0.781) as for
+# codecs without vectors, and `conceal` 24.34 -> 26.19 / 22.42 -> 22.61 dB.
+VECTOR_EXPORTING_CODECS = ("h264",)
 
 
 class DamageLabel(enum.IntEnum):

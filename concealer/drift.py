@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from .concealment import Picture
-from .detection import MB, VECTOR_EXPORTING_CODECS, CellGrid, DamagedFrame, DamageLabel, DamageMap, blocks_to_pixels
+from .detection import MB, CellGrid, DamagedFrame, DamageLabel, DamageMap, blocks_to_pixels
 from .intra import carry_into_intra
 from .motion import estimate_warp, pixel_grid
 
@@ -43,7 +43,7 @@ from .motion import estimate_warp, pixel_grid
 # stand-in for a lost frame (the last picture), or the substitutes of the HEVC stream repair. VP9 and AV1 decoders
 # predict from whatever stale reference a lost frame left: carried along measured motion there, carphone_qcif
 # in AV1 at 3 / 10 / 20% loss went from 18.94 / 18.51 / 25.19 to 18.05 / 17.62 / 23.97 dB.
-CARRIED_CODECS = VECTOR_EXPORTING_CODECS + ("hevc",)
+CARRIED_CODECS = ("h264", "hevc", "mpeg2video", "mpeg4", "mpeg1video", "h263")
 # Reference pictures tried per cell: x264's default `ref` (preset medium).
 REFERENCES = 3
 
