@@ -13,12 +13,13 @@ import contextlib
 import functools
 import gc
 import heapq
+import itertools
 import math
 import threading
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import av
 
@@ -95,7 +96,7 @@ def configure_decoder(stream: av.video.stream.VideoStream, concealment: str, thr
     context.options = options
 
 
-def frame_duration(stream: av.video.stream.VideoStream) -> Fraction | None:
+def frame_duration(stream: av.video.stream.VideoStream, timestamps: Sequence[int | None] = ()) -> Fraction | None:
     """The nominal frame duration in stream time-base ticks, exactly (29.97 fps in milliseconds is
     1001/30 ticks: frames sit at 0, 33, 67, 100, ...), or None for a stream without a rate.
 
@@ -103,14 +104,33 @@ def frame_duration(stream: av.video.stream.VideoStream) -> Fraction | None:
     But when FFmpeg finds no regular rate (phone clips with variable frame times) it reports the time
     base itself (fire2_720p_rotated: 90000 fps, 10.5 on average), which would turn every gap into
     thousands of lost frames: a base rate over twice the average is not a frame rate, the average is.
+    And where the `timestamps` of the first packets step by a whole multiple of the rate's duration, that
+    multiple is the frame duration: FFmpeg reports the field rate of some streams (foreman in MPEG-1 over
+    MPEG-TS at 25 fps: 50), which read every other frame as lost.
     """
     rate = stream.base_rate or stream.guessed_rate
     if rate and stream.average_rate and rate > 2 * stream.average_rate:
         rate = stream.average_rate
     if not rate or not stream.time_base:
         return None
-    ticks = 1 / (rate * stream.time_base)
-    return Fraction(ticks) if ticks >= 1 else None
+    ticks = Fraction(1 / (rate * stream.time_base))
+    step = _usual_step(timestamps)
+    if step is not None and step >= 1.5 * ticks and abs(step - round(step / ticks) * ticks) <= 1:
+        ticks *= round(step / ticks)
+    return ticks if ticks >= 1 else None
+
+
+# Packets read before decoding begins, whose timestamps check the frame duration the container states.
+CADENCE_PACKETS = 64
+
+
+def _usual_step(timestamps: Sequence[int | None]) -> int | None:
+    """The most common step between the timestamps in presentation order; None for fewer than 8 steps."""
+    ordered = np.unique([t for t in timestamps if t is not None])
+    if len(ordered) < 9:
+        return None
+    steps, counts = np.unique(np.diff(ordered), return_counts=True)
+    return int(steps[counts.argmax()])
 
 
 def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads: int = 1,
@@ -130,13 +150,15 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
     with open_video_input(path) as container, _older_objects_frozen() if motion_vectors else contextlib.nullcontext():
         stream = main_video(container)
         configure_decoder(stream, concealment, threads, motion_vectors)
-        duration = frame_duration(stream)
+        packets = container.demux(stream)
+        first = list(itertools.islice(packets, CADENCE_PACKETS))
+        duration = frame_duration(stream, [packet.pts for packet in first if packet.size])
         repair = open_stream_repair(path, stream, marked_substitutes) if repairs else None
         slots = _FrameSlots(duration, stream.time_base, repair.order if repair is not None else None)
         dependencies = _Vp9Dependencies(duration) if repairs and stream.codec_context.name == "vp9" else None
         size: tuple[int, int] | None = None  # of the first picture: every stage after this one is sized by it
         decoded = 0
-        for packet in _repaired(container.demux(stream), repair):
+        for packet in _repaired(itertools.chain(first, packets), repair):
             # Before the edit list's start: not shown, so no slot (found by fuzzing). A stand-in for a lost frame
             # has a timestamp of our own, spread between its neighbours': the lost frame's slot is placed on the
             # frame-rate grid instead, where the muxer put it (foreman at 29.97 fps in milliseconds lost frames

@@ -85,6 +85,23 @@ def held_frames(path, encoder, options):
     return path
 
 
+def test_a_stated_field_rate_does_not_make_every_other_frame_lost(tmp_path):
+    """foreman in MPEG-1 over MPEG-TS at 25 fps, for which FFmpeg states 50 (r_frame_rate)."""
+    path = tmp_path / "mpeg1.ts"
+    with av.open(str(clip("foreman_cif_h264.mp4"))) as source, av.open(str(path), "w") as sink:
+        stream = sink.add_stream("mpeg1video", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 352, 288, "yuv420p"
+        for number, frame in enumerate(source.decode(video=0)):
+            picture = frame.reformat(format="yuv420p")
+            picture.pts, picture.time_base = number, Fraction(1, 25)
+            sink.mux(stream.encode(picture))
+        sink.mux(stream.encode(None))
+    with av.open(str(path)) as probe:
+        assert probe.streams.video[0].base_rate == 50
+    frames = list(decode_frames(path))
+    assert len(frames) == 60 and not any(f.missing for f in frames)
+
+
 @pytest.mark.parametrize("encoder,options", [("libx264", {"x264-params": "bframes=0"}), ("libx264", {}),
                                              ("libx265", {"x265-params": "log-level=error"})],
                          ids=["h264-p", "h264-b", "hevc"])
