@@ -162,18 +162,21 @@ def test_a_stream_with_b_frames_is_carried_and_the_summary_says_so(tmp_path):
     assert summary.drift == "carry" and summary.as_json()["drift"] == "carry"
 
 
-def test_nothing_is_carried_back_from_a_keyframe_at_a_scene_cut(tmp_path):
-    """x264 left to choose its keyframes puts them at scene cuts (bikes has three in its first 150 frames): the
-    keyframe backfill must not pull the next scene into the frames before the cut (it did: 30.69 dB against
-    33.49 for FFmpeg's own concealment, intra refresh on, 5% loss)."""
+@pytest.mark.parametrize("params,frames,margin", [
+    ("bframes=0:intra-refresh=1:keyint=50:slice-max-size=1200", 150, 1.0),
+    ("slice-max-size=1200", 250, 0.0),  # B-frames: every picture after a lost reference is marked damaged whole
+], ids=["intra-refresh", "b-frames"])
+def test_nothing_is_carried_back_from_a_keyframe_at_a_scene_cut(tmp_path, params, frames, margin):
+    """x264 left to choose its keyframes puts them at scene cuts (bikes has five): the keyframe backfill must not
+    pull the next scene into the frames before the cut. It did: with intra refresh 30.69 dB against 33.49 for
+    FFmpeg's own concealment, with B-frames 23.60 against 26.98 (5% loss)."""
     source = tmp_path / "cuts.mp4"
     with av.open(str(clip("bikes_640x272.mp4"))) as clean, av.open(str(source), "w") as sink:
-        stream = sink.add_stream("libx264", rate=25, options={
-            "preset": "veryfast", "x264-params": "bframes=0:intra-refresh=1:keyint=50:slice-max-size=1200"})
+        stream = sink.add_stream("libx264", rate=25, options={"preset": "veryfast", "x264-params": params})
         stream.width, stream.height, stream.pix_fmt = 640, 272, "yuv420p"
         tick = stream.time_base = stream.codec_context.time_base = Fraction(1, 25)
         for number, frame in enumerate(clean.decode(video=0)):
-            if number == 150:
+            if number == frames:
                 break
             picture = frame.reformat(format="yuv420p")
             picture.pts, picture.time_base = number, tick
@@ -184,4 +187,4 @@ def test_nothing_is_carried_back_from_a_keyframe_at_a_scene_cut(tmp_path):
     psnr = {model: conceal(damaged.damaged, tmp_path / f"{model}.mkv", codec="ffv1", lossless=True, model=model,
                            drift=drift, reference=damaged.reference).psnr
             for model, drift in (("flow", "redecode"), ("ffmpeg", "none"))}
-    assert psnr["flow"] > psnr["ffmpeg"] + 1, psnr
+    assert psnr["flow"] > psnr["ffmpeg"] + margin, psnr
