@@ -134,8 +134,8 @@ def _usual_step(timestamps: Sequence[int | None]) -> int | None:
 
 
 def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads: int = 1,
-                  motion_vectors: bool = False, repairs: bool = True, marked_substitutes: bool = False
-                  ) -> Iterator[DecodedFrame]:
+                  motion_vectors: bool = False, repairs: bool = True, marked_substitutes: bool = False,
+                  gaps_are_losses: bool = False) -> Iterator[DecodedFrame]:
     """Yield every frame slot of the first video stream in presentation order, lost frames included.
 
     A slot is lost when the container has a packet for it but the decoder gave no picture
@@ -146,6 +146,9 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
     `repairs=False` decodes as a plain player does: no repair below the decoder (HEVC, H.264)
     and VP9's garbage pictures shown; what a report on the damaged file itself must measure.
     `marked_substitutes` moves H.264's stand-ins for lost reference frames (see concealer.h264_repair).
+    `gaps_are_losses`: every gap in the timestamps is lost frames, whatever the picture order counts say (they
+    tell a frame held longer from a lost one in the stream as coded, but a re-encode of damaged video that left
+    its lost frames out numbers its pictures without gaps: what `pixels` detection reads).
     """
     with open_video_input(path) as container, _older_objects_frozen() if motion_vectors else contextlib.nullcontext():
         stream = main_video(container)
@@ -154,7 +157,8 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
         first = list(itertools.islice(packets, CADENCE_PACKETS))
         duration = frame_duration(stream, [packet.pts for packet in first if packet.size])
         repair = open_stream_repair(path, stream, marked_substitutes) if repairs else None
-        slots = _FrameSlots(duration, stream.time_base, repair.order if repair is not None else None)
+        order = repair.order if repair is not None and not gaps_are_losses else None
+        slots = _FrameSlots(duration, stream.time_base, order)
         dependencies = _Vp9Dependencies(duration) if repairs and stream.codec_context.name == "vp9" else None
         size: tuple[int, int] | None = None  # of the first picture: every stage after this one is sized by it
         decoded = 0

@@ -537,7 +537,8 @@ def detect_damage(path: Path, *, mode: str = "auto", truth: Path | None = None) 
     else:
         detector = TruthDetector(truth, grid) if use_truth else BitstreamDetector(path, grid, vectors_exported)
     previous_luma = None  # of the last picture decoded, where motion is measured rather than exported
-    for frame in decoded_ahead(decode_frames(path, concealment=FFMPEG_CONCEALMENT, motion_vectors=True)):
+    frames = decode_frames(path, concealment=FFMPEG_CONCEALMENT, motion_vectors=True, gaps_are_losses=mode == "pixels")
+    for frame in decoded_ahead(frames):
         if vectors_exported or frame.missing:
             motion = MotionField(grid, frame.motion_vectors)
         else:

@@ -1,6 +1,7 @@
 """Shared fixtures: real clips from ../shared/data, and helpers to decode them with real FFmpeg."""
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -35,6 +36,37 @@ def decode_luma(path: Path, **codec_options: str) -> dict[int, np.ndarray]:
                 continue
             planes.update((f.pts, f.reformat(format="yuv420p").to_ndarray()[:f.height]) for f in frames)
     return planes
+
+
+def reencode(out: Path, source: str = "foreman_cif_h264.mp4", *, frames: int | None = None,
+             size: tuple[int, int] | None = None, pix_fmt: str = "yuv420p", encoder: str = "libx264",
+             options: dict[str, str] | None = None, ticks: list[int] | None = None,
+             colour: dict[str, int] | None = None, bit_rate: int | None = None, format: str | None = None) -> Path:
+    """A real clip's first `frames` frames (all by default) encoded anew by `encoder` at 25 fps (libx264 at preset
+    ultrafast unless `options` say otherwise); `ticks`: the pts steps in 1/90000 s, for a variable frame rate
+    (MPEG-1/2 encoders take only their standard rates: they count in frames)."""
+    per_frame = encoder in ("mpeg1video", "mpeg2video")
+    with av.open(str(clip(source))) as source_file, av.open(str(out), "w", format=format) as sink:
+        video = source_file.streams.video[0]
+        stream = sink.add_stream(encoder, rate=25)
+        width, height = size or (video.width, video.height)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        tick = stream.time_base = stream.codec_context.time_base = Fraction(1, 25 if per_frame else 90000)
+        if bit_rate:
+            stream.bit_rate = bit_rate
+        for name, value in (colour or {}).items():
+            setattr(stream.codec_context, name, value)
+        stream.options = {"preset": "ultrafast", **(options or {})} if encoder == "libx264" else options or {}
+        pts = 0
+        for number, frame in enumerate(source_file.decode(video)):
+            if number == frames:
+                break
+            picture = frame.reformat(width=width, height=height, format=pix_fmt)
+            picture.pts, picture.time_base = pts, tick
+            pts += 1 if per_frame else ticks[number] if ticks else 3600
+            sink.mux(stream.encode(picture))
+        sink.mux(stream.encode(None))
+    return out
 
 
 def stream_packets(path: Path, kind: str) -> list[bytes]:

@@ -1,7 +1,6 @@
 """Damage maps on real damaged clips: accuracy against the clean decode, missing frames, codecs, CLI."""
 import subprocess
 import sys
-from fractions import Fraction
 from types import SimpleNamespace
 
 import av
@@ -16,7 +15,7 @@ from concealer.encode import EncoderSettings
 from concealer.errors import InputError
 from concealer.truth import load_truth
 
-from conftest import clip, remux_without
+from conftest import clip, reencode, remux_without
 
 
 @pytest.fixture(scope="module")
@@ -136,18 +135,7 @@ def test_hevc_propagated_damage_is_traced_along_measured_motion(tmp_path):
 
 def test_interlaced_h264_damage_is_found(tmp_path):
     """x264's MBAFF pictures: FFmpeg exports no guessed vectors for their concealed macroblock pairs."""
-    source = tmp_path / "mbaff.mp4"
-    with av.open(str(clip("foreman_cif_h264.mp4"))) as clean, av.open(str(source), "w") as sink:
-        stream = sink.add_stream("libx264", rate=25, options={"x264-params": "tff=1:keyint=20"})
-        stream.width, stream.height, stream.pix_fmt = 352, 288, "yuv420p"
-        tick = stream.time_base = stream.codec_context.time_base = Fraction(1, 25)
-        for number, frame in enumerate(clean.decode(video=0)):
-            if number == 40:
-                break
-            picture = frame.reformat(format="yuv420p")
-            picture.pts, picture.time_base = number, tick
-            sink.mux(stream.encode(picture))
-        sink.mux(stream.encode(None))
+    source = reencode(tmp_path / "mbaff.mp4", frames=40, options={"preset": "medium", "x264-params": "tff=1:keyint=20"})
     result = simulate_loss(source, tmp_path / "d.mp4", loss=LossOptions(loss_rate=0.05, seed=2),
                            packets=PacketisationOptions(as_is=True))
     recall, precision = accuracy(result, "bitstream")
@@ -156,16 +144,7 @@ def test_interlaced_h264_damage_is_found(tmp_path):
 
 def test_mpeg2_damage_is_found(tmp_path):
     """MPEG-2 over MPEG-TS, 2% of its TS packets lost: FFmpeg's MPEG-2 decoder exports no guessed vectors."""
-    clean = tmp_path / "mpeg2.ts"
-    with av.open(str(clip("foreman_cif_h264.mp4"))) as source, av.open(str(clean), "w") as sink:
-        stream = sink.add_stream("mpeg2video", rate=25, options={"bf": "2", "g": "15"})
-        stream.width, stream.height, stream.pix_fmt, stream.bit_rate = 352, 288, "yuv420p", 2_000_000
-        tick = Fraction(1, 25)
-        for number, frame in enumerate(source.decode(video=0)):
-            picture = frame.reformat(format="yuv420p")
-            picture.pts, picture.time_base = number, tick
-            sink.mux(stream.encode(picture))
-        sink.mux(stream.encode(None))
+    clean = reencode(tmp_path / "mpeg2.ts", encoder="mpeg2video", options={"bf": "2", "g": "15"}, bit_rate=2_000_000)
     data = clean.read_bytes()
     packets = [data[start:start + 188] for start in range(0, len(data), 188)]
     dropped = set(np.random.default_rng(4).choice(np.arange(20, len(packets)), len(packets) // 50, replace=False))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import av
 import pytest
-from conftest import DATA, clip
+from conftest import DATA, clip, reencode
 
 from concealer.errors import ConcealerError
 from concealer.models import WEIGHTS_DIR, load_network, read_weights
@@ -126,22 +126,11 @@ def test_output_equal_to_input_is_refused(tmp_path, command, make_args, message)
 def raw_h264(path: Path, sizes: list[tuple[int, int]], frames: int = 12) -> Path:
     """A raw Annex B H.264 stream (no container, no timestamps) of foreman, `frames` frames at each size in
     turn: what a capture of a broadcast that switches resolution looks like."""
-    data = b""
-    for width, height in sizes:
-        part = path.with_suffix(f".{width}.h264")
-        with av.open(str(clip("foreman_cif_h264.mp4"))) as source, av.open(str(part), "w", format="h264") as sink:
-            stream = sink.add_stream("libx264", rate=30, options={"preset": "ultrafast"})
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            for number, frame in enumerate(source.decode(video=0)):
-                if number == frames:
-                    break
-                picture = frame.reformat(width=width, height=height, format="yuv420p")
-                picture.pts = number
-                sink.mux(stream.encode(picture))
-            sink.mux(stream.encode(None))
-        data += part.read_bytes()
+    parts = [reencode(path.with_suffix(f".{width}.h264"), frames=frames, size=(width, height), format="h264")
+             for width, height in sizes]
+    path.write_bytes(b"".join(part.read_bytes() for part in parts))
+    for part in parts:
         part.unlink()
-    path.write_bytes(data)
     return path
 
 

@@ -11,7 +11,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from conftest import clip
+from conftest import clip, reencode
 
 from concealer import LossOptions, PacketisationOptions, simulate_loss
 from concealer.decode import decode_frames
@@ -67,30 +67,6 @@ def _samples(frame: av.VideoFrame, index: int) -> np.ndarray:
     return rows[:plane.height, :plane.width]
 
 
-def derive(out, source="foreman_cif_h264.mp4", *, frames=8, size=None, pix_fmt="yuv420p", encoder="libx264",
-           options=None, ticks=None, colour=None):
-    """Re-encode the first `frames` frames of a real clip in another form; `ticks`: pts steps in 1/90000 s."""
-    steps = ticks or [3600] * frames
-    with av.open(str(clip(source))) as source_file, av.open(str(out), "w") as sink:
-        stream = sink.add_stream(encoder, rate=25)
-        width, height = size or (source_file.streams.video[0].width, source_file.streams.video[0].height)
-        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-        stream.time_base = stream.codec_context.time_base = Fraction(1, 90000)
-        for name, value in (colour or {}).items():
-            setattr(stream.codec_context, name, value)
-        stream.options = {"preset": "ultrafast", **(options or {})} if encoder == "libx264" else options or {}
-        pts = 0
-        for number, frame in enumerate(source_file.decode(video=0)):
-            if number == frames:
-                break
-            picture = frame.reformat(width=width, height=height, format=pix_fmt)
-            picture.pts, picture.time_base = pts, stream.time_base
-            pts += steps[number]
-            sink.mux(stream.encode(picture))
-        sink.mux(stream.encode(None))
-    return out
-
-
 def remux(source, out, *, audio_copies=1, format=None):
     """Copy a clip's packets into another container, its audio `audio_copies` times (as separate tracks)."""
     with av.open(str(source)) as source_file, av.open(str(out), "w", format=format) as sink:
@@ -134,7 +110,7 @@ def assert_faithful(source: Decoded, repaired: Decoded, *, exact=True):
 ])
 def test_undamaged_clip_comes_out_sample_exact(tmp_path, size, pix_fmt, colour):
     """Lossless output of an undamaged clip is the input, sample for sample, in its own format."""
-    source = derive(tmp_path / "in.mp4", size=size, pix_fmt=pix_fmt, colour=colour)
+    source = reencode(tmp_path / "in.mp4", frames=8, size=size, pix_fmt=pix_fmt, colour=colour)
     out = tmp_path / "out.mkv"
     conceal(source, out, codec="ffv1", lossless=True)
     assert_faithful(decode(source), decode(out))
@@ -146,7 +122,7 @@ def test_undamaged_clip_comes_out_sample_exact(tmp_path, size, pix_fmt, colour):
                         "into later frames, so no second decode can be the reference here"))])
 def test_damaged_high_fidelity_formats_change_only_the_lost_macroblocks(tmp_path, pix_fmt):
     """4:4:4 and 10-bit are repaired in an 8-bit 4:2:0 working space; only the repaired samples leave it."""
-    source = derive(tmp_path / "in.mp4", frames=12, size=(160, 128), pix_fmt=pix_fmt, colour=BT709,
+    source = reencode(tmp_path / "in.mp4", frames=12, size=(160, 128), pix_fmt=pix_fmt, colour=BT709,
                     options={"x264-params": "slice-max-size=300:keyint=6"})
     damaged = simulate_loss(source, tmp_path / "damaged.mp4", loss=LossOptions(loss_rate=0.15, seed=3),
                             packets=PacketisationOptions(as_is=True, packet_size=300))
@@ -174,7 +150,7 @@ def test_variable_frame_rate_keeps_every_timestamp(tmp_path):
     """Irregular frame times stay as they are, a frame held twice as long included (the picture order counts
     say that no picture is missing there)."""
     ticks = [3600, 3000, 4500, 3600, 5000, 1800, 3600, 4800, 3003, 3600, 3600, 7200, 3600, 3600]
-    source = derive(tmp_path / "vfr.mp4", frames=len(ticks), size=(128, 96), ticks=ticks)
+    source = reencode(tmp_path / "vfr.mp4", frames=len(ticks), size=(128, 96), ticks=ticks)
     out = tmp_path / "out.mp4"
     conceal(source, out, preset="ultrafast")
     assert_faithful(decode(source), decode(out), exact=False)
@@ -196,7 +172,7 @@ def test_phone_clip_keeps_rotation_timing_audio_and_metadata(tmp_path):
 
 
 def test_b_frames_come_out_in_presentation_order(tmp_path):
-    source = derive(tmp_path / "in.mp4", frames=16, size=(176, 144),
+    source = reencode(tmp_path / "in.mp4", frames=16, size=(176, 144),
                     options={"x264-params": "bframes=3:b-pyramid=normal:slice-max-size=300:keyint=8"})
     damaged = simulate_loss(source, tmp_path / "damaged.mp4", loss=LossOptions(loss_rate=0.1, seed=2),
                             packets=PacketisationOptions(as_is=True, packet_size=300))
@@ -229,7 +205,7 @@ def test_mpeg_ts_input_and_output(tmp_path):
 
 def test_raw_annex_b_input_gets_regular_timestamps(tmp_path):
     """A .h264 elementary stream has no timestamps: frames come out in order at the stream's frame rate."""
-    source = remux(derive(tmp_path / "in.mp4", frames=10, size=(128, 96)), tmp_path / "in.h264", audio_copies=0)
+    source = remux(reencode(tmp_path / "in.mp4", frames=10, size=(128, 96)), tmp_path / "in.h264", audio_copies=0)
     out = tmp_path / "out.mp4"
     conceal(source, out, preset="ultrafast")
     repaired = decode(out)

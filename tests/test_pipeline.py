@@ -3,7 +3,6 @@ import json
 import subprocess
 import sys
 import threading
-from fractions import Fraction
 
 import av
 import numpy as np
@@ -16,7 +15,7 @@ from concealer.errors import OutputError
 from concealer.pipeline import conceal
 from concealer.workers import written_behind
 
-from conftest import clip, decode_luma, stream_packets
+from conftest import clip, decode_luma, reencode, stream_packets
 
 
 @pytest.fixture(scope="module")
@@ -170,18 +169,8 @@ def test_nothing_is_carried_back_from_a_keyframe_at_a_scene_cut(tmp_path, params
     """x264 left to choose its keyframes puts them at scene cuts (bikes has five): the keyframe backfill must not
     pull the next scene into the frames before the cut. It did: with intra refresh 30.69 dB against 33.49 for
     FFmpeg's own concealment, with B-frames 23.60 against 26.98 (5% loss)."""
-    source = tmp_path / "cuts.mp4"
-    with av.open(str(clip("bikes_640x272.mp4"))) as clean, av.open(str(source), "w") as sink:
-        stream = sink.add_stream("libx264", rate=25, options={"preset": "veryfast", "x264-params": params})
-        stream.width, stream.height, stream.pix_fmt = 640, 272, "yuv420p"
-        tick = stream.time_base = stream.codec_context.time_base = Fraction(1, 25)
-        for number, frame in enumerate(clean.decode(video=0)):
-            if number == frames:
-                break
-            picture = frame.reformat(format="yuv420p")
-            picture.pts, picture.time_base = number, tick
-            sink.mux(stream.encode(picture))
-        sink.mux(stream.encode(None))
+    source = reencode(tmp_path / "cuts.mp4", "bikes_640x272.mp4", frames=frames,
+                      options={"preset": "veryfast", "x264-params": params})
     damaged = simulate_loss(source, tmp_path / "d.mp4", loss=LossOptions(loss_rate=0.05, seed=2),
                             packets=PacketisationOptions(as_is=True))
     psnr = {model: conceal(damaged.damaged, tmp_path / f"{model}.mkv", codec="ffv1", lossless=True, model=model,
