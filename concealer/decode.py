@@ -136,7 +136,7 @@ def _usual_step(timestamps: Sequence[int | None]) -> int | None:
 def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads: int = 1,
                   motion_vectors: bool = False, repairs: bool = True, marked_substitutes: bool = False,
                   gaps_are_losses: bool = False) -> Iterator[DecodedFrame]:
-    """Yield every frame slot of the first video stream in presentation order, lost frames included.
+    """Yield every frame slot of the main video stream in presentation order, lost frames included.
 
     A slot is lost when the container has a packet for it but the decoder gave no picture
     (FFmpeg's HEVC decoder drops pictures it cannot start), or when the container has no

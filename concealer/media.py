@@ -234,7 +234,7 @@ class Colour:
 
 @dataclass(frozen=True)
 class VideoFormat:
-    """What a re-encode of a file's first video stream must keep to look and play as the original did."""
+    """What a re-encode of a file's main video stream must keep to look and play as the original did."""
 
     codec: str  # FFmpeg's decoder name (h264, hevc, vp9, ...)
     width: int
@@ -256,7 +256,7 @@ PROBE_PACKETS = 300
 
 
 def probe_video_format(path: Path) -> VideoFormat:
-    """The format of the first video stream, taken from its first decodable picture where there is one:
+    """The format of the main video stream (`main_video`), taken from its first decodable picture where there is one:
     FFmpeg reports the rotation (a display matrix) on decoded frames only."""
     with open_video_input(path) as container:
         stream = main_video(container)

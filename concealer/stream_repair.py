@@ -676,7 +676,7 @@ class PacketRepair:
 
 def open_stream_repair(path: Path, stream: av.video.stream.VideoStream, marked_substitutes: bool = False
                        ) -> PacketRepair | H264GapRepair | None:
-    """A repairer for the first video stream of `path` when it is HEVC or H.264 (None otherwise);
+    """A repairer for the main video stream of `path` (`stream`) when it is HEVC or H.264 (None otherwise);
     `marked_substitutes` is H264GapRepair's `mark`. H.264 with B-frames gets no substitutes, only its
     drifted pictures marked.
 
