@@ -32,7 +32,7 @@ import av
 
 from .bitstream import (BitstreamError, BitWriter, Codec, Framing, H264Sps, framed, h264_nal_unit, header_reader,
                         nal_units, parse_decoder_config, parse_h264_sps)
-from .picture_order import PictureOrder
+from .picture_order import PictureOrder, order_count
 
 SPS, PPS, SLICE, IDR_SLICE = 7, 8, 1, 5
 SUBSTITUTE_PPS_ID = 255  # the last id: streams number theirs from 0
@@ -62,7 +62,7 @@ class H264GapRepair:
         self._drifted: set[int] = set()
         self.order = PictureOrder()
         self._sequence = 0  # IDR pictures so far: each starts its own picture order counts
-        self._previous_order = (0, 0)  # poc_type 0: (PicOrderCntMsb, pic_order_cnt_lsb) of the last reference picture
+        self._reference_order = 0  # poc_type 0: the order count of the last reference picture
         self._previous_offset = (0, None)  # poc_type 2: (FrameNumOffset, frame_num) of the last picture
 
     def packets(self, packet: av.Packet) -> list[av.Packet]:
@@ -134,16 +134,10 @@ class H264GapRepair:
                              ) -> int | None:
         """The picture's order count (8.2.1: TopFieldOrderCnt of a frame), for poc_type 0 and 2; None for 1."""
         if sps.poc_type == 0:
-            limit = 1 << sps.log2_max_poc_lsb
-            previous_msb, previous_lsb = (0, 0) if idr else self._previous_order
-            msb = previous_msb
-            if poc_lsb < previous_lsb and previous_lsb - poc_lsb >= limit // 2:
-                msb += limit
-            elif poc_lsb > previous_lsb and poc_lsb - previous_lsb > limit // 2:
-                msb -= limit
+            count = order_count(0 if idr else self._reference_order, poc_lsb, 1 << sps.log2_max_poc_lsb)
             if ref_idc:
-                self._previous_order = (msb, poc_lsb)
-            return msb + poc_lsb
+                self._reference_order = count
+            return count
         if sps.poc_type == 2:
             offset, previous_frame_num = self._previous_offset
             if idr:

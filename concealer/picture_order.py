@@ -9,6 +9,19 @@ and a lost picture leaves a hole in that count where a long-held one does not.
 """
 from __future__ import annotations
 
+def order_count(previous: int, lsb: int, limit: int) -> int:
+    """A picture's order count from its pic_order_cnt_lsb (`lsb`) and the order count of the picture it is counted
+    from (`previous`), `limit` being MaxPicOrderCntLsb: the high part steps by `limit` where the low part wrapped
+    (H.264 8.2.1.1, H.265 8.3.1)."""
+    previous_lsb = previous & (limit - 1)
+    msb = previous - previous_lsb
+    if lsb < previous_lsb and previous_lsb - lsb >= limit // 2:
+        msb += limit
+    elif lsb > previous_lsb and lsb - previous_lsb > limit // 2:
+        msb -= limit
+    return msb + lsb
+
+
 # Pictures in a row, one count step apart, before the step is trusted as the stream's cadence: a stream
 # that starts with a loss must not make the step of the gap its cadence.
 ESTABLISHED = 8

@@ -97,6 +97,7 @@ class ReferenceRepair:
         # Whole macroblocks out: the rows and columns a crop hides are still what later vectors may point into.
         stream.codec_context.options = {**stream.codec_context.options, "apply_cropping": "0"}
         self._decoder = stream.codec_context
+        self._time_base = stream.time_base
         self._framing, self._length_size = framing, length_size
         self._gap = H264GapRepair(stream.codec_context.extradata)
         self._sps: dict[int, H264Sps] = {}
@@ -251,7 +252,7 @@ class ReferenceRepair:
         own = _pcm_picture(sps, frame_num, poc_lsb, marking, ref_idc, picture, idr_pic_id)
         packet = av.Packet(framed([pps, own], self._framing, self._length_size))
         packet.pts = packet.dts = pts
-        packet.time_base = main_video(self._container).time_base
+        packet.time_base = self._time_base
         self._decode(packet)  # its picture is the repair itself: not shown again
 
     def _decode(self, packet: av.Packet) -> list[av.VideoFrame]:

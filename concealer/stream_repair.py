@@ -49,7 +49,7 @@ from .bitstream import (
 )
 from .h264_repair import H264GapRepair
 from .media import main_video, open_video_input
-from .picture_order import PictureOrder
+from .picture_order import PictureOrder, order_count
 
 # CABAC tables (H.265 Tables 9-52 and 9-53, shared with H.264).
 _RANGE_LPS = (
@@ -403,14 +403,7 @@ class _PictureOrder:
         if 16 <= header.nal_type <= 18 or self._previous is None:  # BLA, or a CRA that starts the stream
             self.sequence += 1
             return header.poc_lsb
-        max_lsb = 1 << sps.log2_max_poc_lsb
-        previous_lsb = self._previous & (max_lsb - 1)
-        msb = self._previous - previous_lsb
-        if header.poc_lsb < previous_lsb and previous_lsb - header.poc_lsb >= max_lsb // 2:
-            msb += max_lsb
-        elif header.poc_lsb > previous_lsb and header.poc_lsb - previous_lsb > max_lsb // 2:
-            msb -= max_lsb
-        return msb + header.poc_lsb
+        return order_count(self._previous, header.poc_lsb, 1 << sps.log2_max_poc_lsb)
 
     def holds(self, poc: int) -> bool:
         return poc in self._held
