@@ -90,6 +90,32 @@ def main_video(container: av.container.InputContainer) -> av.video.stream.VideoS
     return container.streams.best("video") or container.streams.video[0]
 
 
+# Kinds of stream copied packet for packet beside the repaired video: sound, subtitles, timed data (timecode, KLV,
+# GPS) and any other video (a cover picture, another camera angle), which goes out as it came in.
+COPIED_TYPES = ("audio", "subtitle", "data", "video")
+
+
+def copied_streams(container: av.container.InputContainer) -> list[av.stream.Stream]:
+    """The streams an output carries as they are: all but the main video (the one repaired) and the attachments
+    (`copy_attachments`), which have no packets."""
+    video = main_video(container).index
+    return [s for s in container.streams if s.index != video and s.type in COPIED_TYPES]
+
+
+def is_copied(packet: av.Packet) -> bool:
+    """Whether a demuxed packet of a copied stream goes into the output: those with a decoding time, and the
+    picture of a cover-art stream, which has none (the empty packets that end each stream have none either)."""
+    return packet.dts is not None or bool(packet.size and
+                                          packet.stream.disposition & av.stream.Disposition.attached_pic)
+
+
+def copy_attachments(source: av.container.InputContainer, sink: av.container.OutputContainer) -> None:
+    """Put the input's attachments (Matroska's fonts for styled subtitles, cover images) into the output whole."""
+    for stream in source.streams:
+        if stream.type == "attachment":
+            sink.add_attachment(stream.name, stream.mimetype, bytes(stream.data))
+
+
 def frame_count(path: Path) -> int | None:
     """The number of frames the container says its video stream has, or None when it does not say."""
     with open_video_input(path) as container:
@@ -171,18 +197,23 @@ class AtomicOutputs:
 
 
 @contextlib.contextmanager
-def open_output(path: Path, format: str | None = None) -> Iterator[av.container.OutputContainer]:
-    """Open an output container, turning FFmpeg's refusals into OutputError."""
+def open_output(path: Path, format: str | None = None, *, shown_as: Path | None = None,
+                input_suffix: str = ".mkv") -> Iterator[av.container.OutputContainer]:
+    """Open an output container, turning FFmpeg's refusals into OutputError about `shown_as` (the file the user
+    named, where `path` is its AtomicOutputs temporary). A container that cannot hold a stream copied from the
+    input is only found out when its header is written; the input's own kind of container (`input_suffix`) holds
+    them all."""
+    shown_as = shown_as or path
     try:
         container = av.open(str(path), "w", format=format)
     except (av.error.FFmpegError, ValueError) as exc:
-        raise OutputError(f"{path}: cannot write this container ({exc})") from exc
+        raise OutputError(f"{shown_as}: cannot write this container ({exc})") from exc
     try:
         yield container
         container.close()
     except av.error.FFmpegError as exc:
-        raise OutputError(f"{path}: the muxer refused the streams ({exc}); "
-                          "try another container, e.g. .mkv") from exc
+        raise OutputError(f"{shown_as}: the muxer refused the streams ({exc.strerror or exc}): this container cannot "
+                          f"hold one the input carries; write a {input_suffix} instead") from exc
     finally:
         with contextlib.suppress(Exception):
             container.close()
@@ -217,7 +248,8 @@ def add_stream_copy(container: av.container.OutputContainer, template: av.stream
             stream = container.add_stream_from_template(template, opaque=True)
     except ValueError as refused:  # the format cannot hold this codec (SRT subtitles in MP4, ...)
         raise OutputError(f"the output's {refused} (the input's {template.type} stream {template.index}, which is "
-                          f"copied as it is): write a .mkv instead") from None
+                          f"copied as it is): write a {Path(template.container.name).suffix or '.mkv'} instead") \
+            from None
     copy_stream_description(template, stream)
     return stream
 

@@ -36,8 +36,11 @@ from .heap import tune_malloc
 from .media import (
     AtomicOutputs,
     add_stream_copy,
+    copied_streams,
+    copy_attachments,
     content_tags,
     frame_count,
+    is_copied,
     open_output,
     open_video_input,
     probe_video_format,
@@ -183,7 +186,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
             AtomicOutputs([output] + ([report] if report else []), overwrite,
                           inputs=[source, truth, reference]) as outputs, \
             (open(outputs[report], "w") if report else contextlib.nullcontext()) as report_file, \
-            open_output(outputs[output]) as sink, \
+            open_output(outputs[output], shown_as=output, input_suffix=Path(source).suffix) as sink, \
             open_video_input(source) as passthrough_source, \
             contextlib.ExitStack() as stack:
         tally = _Tally(summary, reference, report_file, progress)
@@ -324,18 +327,21 @@ class _Outgoing:
 
 
 class _PassThrough:
-    """Copies the input's audio and subtitle packets into the output, in time order with the video."""
+    """Copies the input's other streams (`copied_streams`: audio, subtitles, data, ...) into the output, packets in
+    time order with the video, and its attachments."""
 
     def __init__(self, source, sink):
-        streams = [s for s in source.streams if s.type in ("audio", "subtitle")]
+        streams = copied_streams(source)
+        copy_attachments(source, sink)
         self._targets = {s.index: add_stream_copy(sink, s) for s in streams}
-        self._packets = (p for p in source.demux(*streams) if p.dts is not None) if streams else iter(())
+        self._packets = (p for p in source.demux(*streams) if is_copied(p)) if streams else iter(())
         self._sink = sink
         self._next = next(self._packets, None)
 
     def mux_until(self, seconds) -> None:
-        """Mux the packets due before `seconds` (all that are left when None)."""
-        while self._next is not None and (seconds is None or self._next.dts * self._next.time_base <= seconds):
+        """Mux the packets due before `seconds` (all that are left when None); a cover picture is due at once."""
+        while self._next is not None and (seconds is None or self._next.dts is None or
+                                          self._next.dts * self._next.time_base <= seconds):
             packet, self._next = self._next, next(self._packets, None)
             packet.stream = self._targets[packet.stream.index]
             self._sink.mux(packet)

@@ -26,11 +26,10 @@ from .channel import BernoulliLoss, BitErrors, ChannelLog, GilbertElliottLoss, L
 from .encode import EncoderSettings, add_video_encoder
 from .errors import InputError, OutputError, UsageError
 from .heap import tune_malloc
-from .media import (AtomicOutputs, add_stream_copy, copy_stream_description, nominal_rate, open_output,
-                    main_video, open_video_input, rescale)
+from .media import (AtomicOutputs, add_stream_copy, copied_streams, copy_attachments, copy_stream_description,
+                    is_copied, nominal_rate, open_output, main_video, open_video_input, rescale)
 from .truth import GroundTruth, LossEvent, LossSummary, truth_paths
 
-PASSTHROUGH_TYPES = ("audio", "subtitle")
 # FFmpeg's decoder names for the codecs simulate-loss can damage as they are (--as-is).
 DAMAGEABLE_DECODERS = {"h264": Codec.H264, "hevc": Codec.HEVC, "vp9": Codec.VP9, "libvpx-vp9": Codec.VP9,
                        "av1": Codec.AV1, "libdav1d": Codec.AV1, "libaom-av1": Codec.AV1}
@@ -136,10 +135,10 @@ def simulate_loss(source: Path, damaged: Path, *, reference: Path | None = None,
         try:
             run = _Simulation(source_container, loss, packets, loss_rng, error_rng, audio_rng)
             if packets.transport == "ts":
-                run.write_streams(outputs[reference], None)
+                run.write_streams(outputs, reference, None)
                 ground_truth = run.lose_transport_packets(outputs[reference], outputs[damaged])
             else:
-                ground_truth = run.write_streams(outputs[reference], outputs[damaged])
+                ground_truth = run.write_streams(outputs, reference, damaged)
         finally:
             source_container.close()
         ground_truth.video.update(damaged=str(damaged), reference=str(reference))
@@ -201,9 +200,6 @@ class _Simulation:
                              f"this one is {name}; drop --as-is to re-encode it")
         return DAMAGEABLE_DECODERS[name]
 
-    def _passthrough_streams(self) -> list[av.stream.Stream]:
-        return [s for s in self.source.streams if s.type in PASSTHROUGH_TYPES]
-
     def _read_configuration(self, extradata: bytes | None) -> None:
         """Framing and, for HEVC, geometry from the codec configuration (avcC/hvcC or Annex B)."""
         if not self.codec.has_nal_units:
@@ -229,19 +225,25 @@ class _Simulation:
                 raise InputError(f"{self.source.name}: unreadable HEVC parameter sets ({exc})") from exc
 
     # --- streaming ------------------------------------------------------------------------------
-    def write_streams(self, reference_path: Path, damaged_path: Path | None) -> GroundTruth | None:
+    def write_streams(self, outputs: AtomicOutputs, reference_path: Path,
+                      damaged_path: Path | None) -> GroundTruth | None:
         """Mux the clean stream to `reference_path` and, access unit by access unit, its damaged copy
-        with its ground truth (None without one: MPEG-TS loses packets of the muxed reference later)."""
+        with its ground truth (None without one: MPEG-TS loses packets of the muxed reference later), each
+        through its temporary in `outputs`."""
         fmt = "mpegts" if self.packets.transport == "ts" else None
         with contextlib.ExitStack() as stack:
-            reference = stack.enter_context(open_output(reference_path, fmt))
+            suffix = Path(self.source.name).suffix
+            reference = stack.enter_context(open_output(outputs[reference_path], fmt, shown_as=reference_path,
+                                                        input_suffix=suffix))
             ref_video, ref_others = self._add_reference_streams(reference)
             reference.start_encoding()
             self.time_base = ref_video.time_base
             self._read_configuration(self.video_in.codec_context.extradata if self.packets.as_is
                                      else ref_video.codec_context.extradata)
-            damaged = stack.enter_context(open_output(damaged_path, fmt)) if damaged_path else None
+            damaged = stack.enter_context(open_output(outputs[damaged_path], fmt, shown_as=damaged_path,
+                                                      input_suffix=suffix)) if damaged_path else None
             if damaged is not None:
+                copy_attachments(self.source, damaged)
                 dmg_video = add_stream_copy(damaged, ref_video)
                 dmg_others = {i: add_stream_copy(damaged, s) for i, s in ref_others.items()}
                 damaged.start_encoding()
@@ -257,12 +259,12 @@ class _Simulation:
                 reference.mux(packet)
 
             timed = untimed = 0  # video packets with and without a timestamp (--as-is can place only the first)
-            for packet in self.source.demux(self.video_in, *self._passthrough_streams()):
+            for packet in self.source.demux(self.video_in, *copied_streams(self.source)):
                 if packet.stream is self.video_in:
                     if packet.size:
                         timed, untimed = timed + (packet.dts is not None), untimed + (packet.dts is None)
                     self._feed_video(packet, ref_video, emit_video)
-                elif packet.dts is not None:
+                elif is_copied(packet):
                     self._pass_through(packet, ref_others, dmg_others if damaged else {}, reference, damaged)
             if not self.packets.as_is:
                 for out in ref_video.encode(None):
@@ -288,7 +290,8 @@ class _Simulation:
             video = add_video_encoder(reference, self.encoder_settings, width=self.width, height=self.height,
                                       rate=rate, time_base=self.video_in.time_base)
             copy_stream_description(self.video_in, video)
-        others = {s.index: add_stream_copy(reference, s) for s in self._passthrough_streams()}
+        others = {s.index: add_stream_copy(reference, s) for s in copied_streams(self.source)}
+        copy_attachments(self.source, reference)
         return video, others
 
     def _feed_video(self, packet: av.Packet, encoder_stream, emit) -> None:

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
 import pytest
-from conftest import clip, reencode
+from conftest import clip, reencode, with_extras
 
 from concealer import LossOptions, PacketisationOptions, simulate_loss
 from concealer.decode import decode_frames
@@ -211,6 +212,34 @@ def test_raw_annex_b_input_gets_regular_timestamps(tmp_path):
     repaired = decode(out)
     assert len(repaired.pts) == 10 and repaired.size == (128, 96)
     assert len(set(np.diff(repaired.pts))) == 1
+
+
+def _extras(path: Path) -> list[tuple[str, bytes]]:
+    """Every stream of `path` but its main video: attachments with their data, others with their packets."""
+    with av.open(str(path)) as container:
+        main = container.streams.best("video")
+        extras = [(f"attachment {s.name} {s.mimetype}", bytes(s.data)) for s in container.streams
+                  if s.type == "attachment"]
+        others = [s for s in container.streams if s.index != main.index and s.type != "attachment"]
+        packets = {s.index: b"" for s in others}
+        for packet in container.demux(*others) if others else ():
+            packets[packet.stream.index] += bytes(packet)
+        return extras + [(f"{s.type} {s.codec_context.name if s.codec_context else s.name} {int(s.disposition)}",
+                          packets[s.index]) for s in others]
+
+
+@pytest.mark.parametrize("suffix", [".ts", ".mkv", ".mp4"])
+def test_data_streams_attachments_and_cover_pictures_are_copied(tmp_path, suffix):
+    """What is neither the video nor sound nor subtitles goes through simulate-loss and conceal bit-exact: it was
+    dropped before (the file plays, the metadata is gone)."""
+    source = with_extras(reencode(tmp_path / "video.mp4", frames=20), tmp_path / f"source{suffix}")
+    expected = _extras(source)
+    assert expected and all(data for _, data in expected)
+    damaged = simulate_loss(source, tmp_path / f"damaged{suffix}", loss=LossOptions(loss_rate=0.1, seed=1))
+    repaired = tmp_path / f"repaired{suffix}"
+    conceal(damaged.damaged, repaired, preset="ultrafast")
+    for path in (damaged.reference, damaged.damaged, repaired):
+        assert _extras(path) == expected, path
 
 
 def test_the_video_is_chosen_over_a_cover_picture_stored_before_it(tmp_path):
