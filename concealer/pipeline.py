@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 from av.video.frame import PictureType
 
-from .concealment import (DEFAULT_CONCEALER, Neighbours, NetworkConcealer, Picture, keeps_decoded_samples,
-                          make_concealer, same_scene)
+from .concealment import (DECODER_CONCEALING_CODECS, DEFAULT_CONCEALER, Neighbours, NetworkConcealer, Picture,
+                          keeps_decoded_samples, make_concealer, same_scene)
 from .decode import DecodedFrame, decode_frames
 from .detection import (
     DamagedFrame,
@@ -202,6 +202,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
             summary.drift = "none"  # the decoder's references after a loss are unknown: nothing to carry
         corrector = DriftCorrector(height, width) if summary.drift == "carry" else None
         backfill = KeyframeBackfill(height, width) if drift in ("carry", "redecode") else None
+        decoder_concealed = source_format.codec in DECODER_CONCEALING_CODECS
 
         def write(outgoing: _Outgoing) -> None:
             out = outgoing.picture.to_frame(video.codec_context.pix_fmt, outgoing.original)
@@ -252,7 +253,8 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                         earlier = previous if previous is not None and same_scene(previous, picture, mask) else None
                         motion_before = before_previous if earlier is not None and before_previous is not None and \
                             same_scene(before_previous, earlier, np.zeros_like(mask)) else None
-                        picture = concealer.conceal(picture, mask, Neighbours(earlier, following, motion_before))
+                        picture = concealer.conceal(picture, mask, Neighbours(earlier, following, motion_before,
+                                                                              decoder_concealed))
                     if redecoder and lost:
                         redecoder.repaired(picture)
                     if corrector and (not source_format.reordered or frame.picture.pict_type != PictureType.B):

@@ -21,6 +21,17 @@ def clip(name: str) -> Path:
     return path
 
 
+def plain_decode_psnr(damaged: Path, reference: Path) -> float:
+    """Sequence luma PSNR against `reference` of what a player shows of `damaged`: FFmpeg's decode with its
+    concealment on, a picture that never came out leaving the last one shown on screen."""
+    plain, clean = decode_luma(damaged, ec="guess_mvs+deblock"), decode_luma(reference)
+    shown = [plain.get(p) for p in sorted(clean)]
+    for index, picture in enumerate(shown):
+        shown[index] = picture if picture is not None else shown[index - 1]
+    return 10 * np.log10(255 ** 2 / np.mean([np.mean((a.astype(float) - clean[p]) ** 2)
+                                              for a, p in zip(shown, sorted(clean))]))
+
+
 def decode_luma(path: Path, **codec_options: str) -> dict[int, np.ndarray]:
     """Decode every frame single-threaded (so H.264 options like ec apply): raw Y planes keyed by pts.
     Packets the decoder refuses are skipped, as a player skips them."""

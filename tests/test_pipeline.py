@@ -15,7 +15,7 @@ from concealer.errors import OutputError
 from concealer.pipeline import conceal
 from concealer.workers import written_behind
 
-from conftest import clip, decode_luma, reencode, stream_packets
+from conftest import clip, decode_luma, plain_decode_psnr, reencode, stream_packets
 
 
 @pytest.fixture(scope="module")
@@ -135,13 +135,22 @@ def test_a_stream_with_b_frames_keeps_every_picture_and_is_repaired_above_a_plai
     plain, clean = decode_luma(damaged.damaged, ec="guess_mvs+deblock"), decode_luma(damaged.reference)
     slots = list(decode_frames(damaged.damaged))
     assert len(slots) == len(clean) and sum(s.missing for s in slots) == len(clean) - len(plain)
-    shown = [plain.get(p) for p in sorted(clean)]
-    for index, picture in enumerate(shown):  # a picture that never came out: the last one shown stays
-        shown[index] = picture if picture is not None else shown[index - 1]
-    plain_psnr = 10 * np.log10(255 ** 2 / np.mean([np.mean((a.astype(float) - clean[p]) ** 2)
-                                                    for a, p in zip(shown, sorted(clean))]))
+    plain_psnr = plain_decode_psnr(damaged.damaged, damaged.reference)
     summary = conceal(damaged.damaged, tmp_path / "fixed.mkv", codec="ffv1", lossless=True, reference=damaged.reference)
     assert summary.psnr > plain_psnr + 0.6, (summary.psnr, plain_psnr)
+
+
+def test_fire_is_repaired_above_a_plain_decode(tmp_path):
+    """Flames move in no way the flow around a hole predicts: the flow fill came out below FFmpeg's own
+    concealment (this clip: 20.60 dB against 20.81 for a plain decode). Where the decoder's fill of a
+    macroblock joins its intact surroundings clearly better, it is kept (21.16). Not every case is won: over
+    seeds 1-8 of this clip the repair was below the plain decode on six before, and on three (by 0.11-0.36
+    dB) after."""
+    source = reencode(tmp_path / "fire.mp4", "fire2_720p_rotated.mp4", frames=30, size=(640, 360))
+    damaged = simulate_loss(source, tmp_path / "damaged.mp4",
+                            loss=LossOptions(model="gilbert", loss_rate=0.05, burst=2, seed=7))
+    summary = conceal(damaged.damaged, tmp_path / "fixed.mkv", codec="ffv1", lossless=True, reference=damaged.reference)
+    assert summary.psnr > plain_decode_psnr(damaged.damaged, damaged.reference) + 0.2, summary.psnr
 
 
 def test_redecoding_from_the_repairs_beats_carrying_them(damaged_foreman, tmp_path):
