@@ -320,6 +320,7 @@ class _FrameSlots:
         self._expected: list[int] = []  # heap of packet timestamps not yet output
         self._last: int | None = None
         self._anchor: Fraction = Fraction(0)  # slot n is at anchor + n * duration, rounded
+        self._spare: tuple[av.VideoFrame, np.ndarray | None] | None = None  # a second picture at the last time
 
     def _slot_pts(self, slot: int) -> int:
         return _round_half_up(self._anchor + slot * self._duration)
@@ -338,7 +339,9 @@ class _FrameSlots:
                 return
             pts = 0 if self._last is None else self._slot_pts(self._slot(self._last) + 1)
         if self._last is not None and pts <= self._last:
-            return  # a duplicate or out-of-order frame: its slot is already filled
+            if pts == self._last:  # a picture stamped with its predecessor's time (a muxer's slip): it goes
+                self._spare = (picture, vectors)  # into the gap after it if there is one, else nowhere
+            return  # an out-of-order frame: its slot is already filled
         while self._expected and self._expected[0] < pts:
             yield from self._advance(heapq.heappop(self._expected), None, None)
         while self._expected and self._expected[0] == pts:
@@ -364,6 +367,7 @@ class _FrameSlots:
                 for step in range(1, lost + 1):
                     missing = self._slot_pts(slot + step) if on_grid else \
                         _round_half_up(self._last + step * self._duration)
-                    yield DecodedFrame(missing, self._time_base, None)
-        self._last = pts
+                    spare, self._spare = self._spare, None
+                    yield DecodedFrame(missing, self._time_base, *(spare or (None,)))
+        self._last, self._spare = pts, None
         yield DecodedFrame(pts, self._time_base, picture, vectors)

@@ -37,9 +37,10 @@ class PictureOrder:
         self._steps_seen = 0
 
     def record(self, pts: int | None, sequence: int, count: int | None) -> None:
-        """Picture `pts` has order `count` in the `sequence`-th coded video sequence (None: not known)."""
+        """Picture `pts` has order `count` in the `sequence`-th coded video sequence (None: not known). A second
+        picture stamped with the same time keeps the first one's count: the first is the one shown there."""
         if pts is not None and count is not None:
-            self._counts[pts] = (sequence, count)
+            self._counts.setdefault(pts, (sequence, count))
 
     def missing_between(self, earlier: int, later: int) -> int | None:
         """How many pictures the order counts put between the pictures at `earlier` and `later`, which came out

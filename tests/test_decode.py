@@ -103,6 +103,31 @@ def test_frames_lost_from_a_variable_rate_stream_are_still_found(tmp_path):
     assert [f.pts for f in frames if f.missing] == doc["lost_frames"]
 
 
+def restamped(source, out, index: int):
+    """`source` remuxed into Matroska with picture `index` stamped with the time of the one before it, as a
+    muxer that slips does."""
+    with av.open(str(source)) as container, av.open(str(out), "w") as sink:
+        stream = sink.add_stream_from_template(container.streams.video[0])
+        stamps = []
+        for number, packet in enumerate(p for p in container.demux(video=0) if p.dts is not None):
+            stamps.append(packet.pts)
+            if number == index:
+                packet.pts = packet.dts = stamps[-2]
+            packet.stream = stream
+            sink.mux(packet)
+    return out
+
+
+def test_a_picture_stamped_with_its_predecessors_time_takes_the_free_slot_after_it(tmp_path):
+    """It was dropped, and its own slot rebuilt as if lost: the picture that arrived goes there instead."""
+    source = reencode(tmp_path / "clean.mp4", frames=20, size=(176, 144), options={"x264-params": "bframes=0"})
+    clean = decode_luma(source)
+    frames = list(decode_frames(restamped(source, tmp_path / "slipped.mkv", 11)))
+    assert len(frames) == 20 and not any(f.missing for f in frames)
+    for frame, pts in zip(frames, sorted(clean)):
+        assert np.array_equal(frame.picture.to_ndarray()[:144], clean[pts])
+
+
 def test_not_a_video_is_a_clear_error(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("not a video\n")
