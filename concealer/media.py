@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import secrets
 from collections.abc import Iterator, Sequence
@@ -93,13 +94,48 @@ def main_video(container: av.container.InputContainer) -> av.video.stream.VideoS
 # Kinds of stream copied packet for packet beside the repaired video: sound, subtitles, timed data (timecode, KLV,
 # GPS) and any other video (a cover picture, another camera angle), which goes out as it came in.
 COPIED_TYPES = ("audio", "subtitle", "data", "video")
+# Kinds an output must carry, or the run fails: a repair without its sound or subtitles is no repair.
+REQUIRED_TYPES = ("audio", "subtitle")
 
 
-def copied_streams(container: av.container.InputContainer) -> list[av.stream.Stream]:
-    """The streams an output carries as they are: all but the main video (the one repaired) and the attachments
-    (`copy_attachments`), which have no packets."""
-    video = main_video(container).index
-    return [s for s in container.streams if s.index != video and s.type in COPIED_TYPES]
+@dataclass(frozen=True)
+class StreamCopies:
+    """What goes into an output beside the repaired video, as it came in."""
+
+    streams: list[av.stream.Stream]  # copied packet for packet
+    attachments: list[av.stream.Stream]  # Matroska attachments (fonts for styled subtitles), written into the header
+    left_out: list[str]  # the others, which the output's format cannot hold (an iPhone's metadata tracks in MP4)
+
+
+def _can_hold(format_name: str, stream: av.stream.Stream) -> bool:
+    """Whether a container of `format_name` holds `stream` copied as it is: FFmpeg tells only when a header is
+    written, so one is, to memory."""
+    try:
+        with av.open(io.BytesIO(), "w", format=format_name) as probe:
+            if stream.type == "attachment":
+                probe.add_attachment(stream.name, stream.mimetype, b"")
+            else:
+                probe.add_stream_from_template(stream, opaque=True)
+            probe.start_encoding()
+    except (av.error.FFmpegError, ValueError):
+        return False
+    return True
+
+
+def plan_copies(source: av.container.InputContainer, format_name: str) -> StreamCopies:
+    """Every stream of `source` but its main video (the one repaired), for an output of `format_name`: sound and
+    subtitles always (a format that refuses them fails the run, in `add_stream_copy`), the rest where the format
+    holds them."""
+    main = main_video(source).index
+    streams, attachments, left_out = [], [], []
+    for stream in source.streams:
+        if stream.index == main or stream.type not in (*COPIED_TYPES, "attachment"):
+            continue
+        if stream.type in REQUIRED_TYPES or _can_hold(format_name, stream):
+            (attachments if stream.type == "attachment" else streams).append(stream)
+        else:
+            left_out.append(f"{stream.type} stream {stream.index} ({getattr(stream, 'name', None) or 'unnamed'})")
+    return StreamCopies(streams, attachments, left_out)
 
 
 def is_copied(packet: av.Packet) -> bool:
@@ -109,11 +145,10 @@ def is_copied(packet: av.Packet) -> bool:
                                           packet.stream.disposition & av.stream.Disposition.attached_pic)
 
 
-def copy_attachments(source: av.container.InputContainer, sink: av.container.OutputContainer) -> None:
-    """Put the input's attachments (Matroska's fonts for styled subtitles, cover images) into the output whole."""
-    for stream in source.streams:
-        if stream.type == "attachment":
-            sink.add_attachment(stream.name, stream.mimetype, bytes(stream.data))
+def copy_attachments(copies: StreamCopies, sink: av.container.OutputContainer) -> None:
+    """Put the planned attachments into the output whole."""
+    for stream in copies.attachments:
+        sink.add_attachment(stream.name, stream.mimetype, bytes(stream.data))
 
 
 def frame_count(path: Path) -> int | None:

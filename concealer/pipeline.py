@@ -36,13 +36,13 @@ from .heap import tune_malloc
 from .media import (
     AtomicOutputs,
     add_stream_copy,
-    copied_streams,
     copy_attachments,
     content_tags,
     frame_count,
     is_copied,
     open_output,
     open_video_input,
+    plan_copies,
     probe_video_format,
 )
 from .metrics import FrameScores, frame_scores, json_safe, psnr
@@ -120,6 +120,8 @@ class ConcealSummary(DetectionSummary):
     worst_psnr: float | None = None  # the lowest frame PSNR, and where that frame is
     worst_pts: int | None = None
     worst_time: float | None = None  # seconds
+    # Streams of the input the output's format cannot hold (data, other video, attachments), described.
+    streams_left_out: list[str] = field(default_factory=list)
 
     @property
     def fps(self) -> float:
@@ -193,6 +195,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
         video = add_output_encoder(sink, codec, EncoderSettings(crf=crf, preset=preset, lossless=lossless,
                                                                 threads=threads), source_format)
         copies = _PassThrough(passthrough_source, sink)
+        summary.streams_left_out = copies.left_out
         sink.metadata.update(content_tags(passthrough_source.metadata))
         redecoder = open_reference_repair(source) if drift == "redecode" else None
         if redecoder:
@@ -329,12 +332,14 @@ class _Outgoing:
 
 
 class _PassThrough:
-    """Copies the input's other streams (`copied_streams`: audio, subtitles, data, ...) into the output, packets in
-    time order with the video, and its attachments."""
+    """Copies the input's other streams (`plan_copies`: audio, subtitles, data, ...) into the output, packets in
+    time order with the video, and its attachments; `left_out`: those the output's format cannot hold."""
 
     def __init__(self, source, sink):
-        streams = copied_streams(source)
-        copy_attachments(source, sink)
+        copies = plan_copies(source, sink.format.name)
+        self.left_out = copies.left_out
+        streams = copies.streams
+        copy_attachments(copies, sink)
         self._targets = {s.index: add_stream_copy(sink, s) for s in streams}
         self._packets = (p for p in source.demux(*streams) if is_copied(p)) if streams else iter(())
         self._sink = sink

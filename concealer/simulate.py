@@ -26,8 +26,8 @@ from .channel import BernoulliLoss, BitErrors, ChannelLog, GilbertElliottLoss, L
 from .encode import EncoderSettings, add_video_encoder
 from .errors import InputError, OutputError, UsageError
 from .heap import tune_malloc
-from .media import (AtomicOutputs, add_stream_copy, copied_streams, copy_attachments, copy_stream_description,
-                    is_copied, nominal_rate, open_output, main_video, open_video_input, rescale)
+from .media import (AtomicOutputs, StreamCopies, add_stream_copy, copy_attachments, copy_stream_description,
+                    is_copied, nominal_rate, open_output, main_video, open_video_input, plan_copies, rescale)
 from .truth import GroundTruth, LossEvent, LossSummary, truth_paths
 
 # FFmpeg's decoder names for the codecs simulate-loss can damage as they are (--as-is).
@@ -109,6 +109,7 @@ class SimulationResult:
     truth: Path
     truth_maps: Path
     summary: LossSummary
+    streams_left_out: list[str] = field(default_factory=list)  # streams the outputs' format cannot hold
 
 
 def default_reference_path(damaged: Path) -> Path:
@@ -144,7 +145,7 @@ def simulate_loss(source: Path, damaged: Path, *, reference: Path | None = None,
         ground_truth.video.update(damaged=str(damaged), reference=str(reference))
         ground_truth.write(outputs[truth_json], outputs[truth_npz], truth_npz.name)
         outputs.commit()
-    return SimulationResult(damaged, reference, truth_json, truth_npz, ground_truth.summary)
+    return SimulationResult(damaged, reference, truth_json, truth_npz, ground_truth.summary, run.copies.left_out)
 
 
 @dataclass
@@ -160,6 +161,7 @@ class _Simulation:
                  loss_rng: np.random.Generator, error_rng: np.random.Generator, audio_rng: np.random.Generator):
         self.source = source
         self.video_in = main_video(source)
+        self.copies = StreamCopies([], [], [])  # planned when the reference output is opened
         self.loss = loss
         self.packets = packets
         self.channel = loss.make_channel(loss_rng)
@@ -243,7 +245,7 @@ class _Simulation:
             damaged = stack.enter_context(open_output(outputs[damaged_path], fmt, shown_as=damaged_path,
                                                       input_suffix=suffix)) if damaged_path else None
             if damaged is not None:
-                copy_attachments(self.source, damaged)
+                copy_attachments(self.copies, damaged)
                 dmg_video = add_stream_copy(damaged, ref_video)
                 dmg_others = {i: add_stream_copy(damaged, s) for i, s in ref_others.items()}
                 damaged.start_encoding()
@@ -259,7 +261,7 @@ class _Simulation:
                 reference.mux(packet)
 
             timed = untimed = 0  # video packets with and without a timestamp (--as-is can place only the first)
-            for packet in self.source.demux(self.video_in, *copied_streams(self.source)):
+            for packet in self.source.demux(self.video_in, *self.copies.streams):
                 if packet.stream is self.video_in:
                     if packet.size:
                         timed, untimed = timed + (packet.dts is not None), untimed + (packet.dts is None)
@@ -290,8 +292,9 @@ class _Simulation:
             video = add_video_encoder(reference, self.encoder_settings, width=self.width, height=self.height,
                                       rate=rate, time_base=self.video_in.time_base)
             copy_stream_description(self.video_in, video)
-        others = {s.index: add_stream_copy(reference, s) for s in copied_streams(self.source)}
-        copy_attachments(self.source, reference)
+        self.copies = plan_copies(self.source, reference.format.name)
+        others = {s.index: add_stream_copy(reference, s) for s in self.copies.streams}
+        copy_attachments(self.copies, reference)
         return video, others
 
     def _feed_video(self, packet: av.Packet, encoder_stream, emit) -> None:

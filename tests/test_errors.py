@@ -13,7 +13,7 @@ from pathlib import Path
 
 import av
 import pytest
-from conftest import DATA, clip, reencode, with_extras
+from conftest import DATA, clip, reencode
 
 from concealer.errors import ConcealerError
 from concealer.models import WEIGHTS_DIR, load_network, read_weights
@@ -171,17 +171,6 @@ def test_a_stream_the_output_format_cannot_hold_is_one_line(tmp_path, command):
     proc = run(COMMANDS[command](str(source), out), out)
     assert_clean_failure(proc, out, "does not support 'srt' codec")
     assert "write a .mkv instead" in proc.stderr
-
-
-@pytest.mark.parametrize("command", ["conceal", "simulate-loss"])
-def test_a_stream_only_the_header_refuses_names_a_container_that_holds_it(tmp_path, command):
-    """KLV metadata from MPEG-TS, which MP4 cannot hold: FFmpeg says so only when the header is written, and the
-    input's own container is the one to suggest."""
-    source = with_extras(reencode(tmp_path / "video.mp4", frames=10, size=(128, 96)), tmp_path / "source.ts")
-    out = tmp_path / "out"
-    out.mkdir()
-    proc = run(COMMANDS[command](str(source), out), out)
-    assert_clean_failure(proc, out, "this container cannot hold one the input carries; write a .ts instead")
 
 
 def test_ctrl_c_mid_repair_writes_nothing_and_says_how_far_it_got(tmp_path):

@@ -5,6 +5,9 @@ Each test derives a few-frame clip from a real one with PyAV (or uses a real cli
 """
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -240,6 +243,21 @@ def test_data_streams_attachments_and_cover_pictures_are_copied(tmp_path, suffix
     conceal(damaged.damaged, repaired, preset="ultrafast")
     for path in (damaged.reference, damaged.damaged, repaired):
         assert _extras(path) == expected, path
+
+
+def test_a_stream_the_output_cannot_hold_is_left_out_and_said(tmp_path):
+    """KLV metadata from MPEG-TS into MP4, which cannot hold it (nor can Matroska; an iPhone's metadata tracks
+    are the common case): the repair goes ahead without it, and the summaries say what was left out."""
+    source = with_extras(reencode(tmp_path / "video.mp4", frames=20, size=(176, 144)), tmp_path / "source.ts")
+    damaged = simulate_loss(source, tmp_path / "damaged.mp4", loss=LossOptions(loss_rate=0.1, seed=1))
+    assert damaged.streams_left_out == ["data stream 1 (klv)"]
+    repaired = tmp_path / "repaired.mp4"
+    proc = subprocess.run([str(Path(sys.executable).with_name("conceal")), str(source), "-o", str(repaired), "--json"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["streams_left_out"] == ["data stream 1 (klv)"]
+    assert all(_extras(path) == [] for path in (damaged.reference, damaged.damaged, repaired))
+    assert len(decode(damaged.reference).pts) == len(decode(repaired).pts) == 20
 
 
 def test_the_video_is_chosen_over_a_cover_picture_stored_before_it(tmp_path):

@@ -80,6 +80,8 @@ def summary_table(result: SimulationResult) -> Table:
         table.add_row("bit errors", str(s.bits_corrupted))
     if s.audio_packets_lost:
         table.add_row("audio packets lost", str(s.audio_packets_lost))
+    if result.streams_left_out:
+        table.add_row("left out (the output's format cannot hold them)", ", ".join(result.streams_left_out))
     table.add_row("reference / truth", f"{result.reference} / {result.truth}")
     return table
 
