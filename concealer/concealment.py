@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from .decode import plane_samples
-from .detection import MB, DamagedFrame, DamageLabel
+from .detection import MB, DamagedFrame, DamageLabel, blocks_to_pixels
 from .errors import UsageError
 from .motion import KnownMotion, Warp, fill_motion
 
@@ -276,9 +276,7 @@ def with_decoder_fill(filled: Picture, decoded: Picture, mask: np.ndarray) -> Pi
     rows, cols = -(-height // MB), -(-width // MB)
     if rows < 2 or cols < 2:
         return filled
-    padded = np.zeros((rows * MB, cols * MB), bool)
-    padded[:height, :width] = mask
-    blocks = padded.reshape(rows, MB, cols, MB).any(axis=(1, 3))
+    blocks = _block_any(mask, (rows, cols))
     mean = Picture(*(((ours.astype(np.uint16) + theirs + 1) // 2).astype(np.uint8)
                      for ours, theirs in ((filled.y, decoded.y), (filled.u, decoded.u), (filled.v, decoded.v))))
     mismatch = side_mismatch(filled.y, blocks)
@@ -289,7 +287,7 @@ def with_decoder_fill(filled: Picture, decoded: Picture, mask: np.ndarray) -> Pi
         chosen = blocks & (choice == index)
         if chosen.any():
             filled = filled.pasted([candidate.y, candidate.u, candidate.v],
-                                   mask & np.repeat(np.repeat(chosen, MB, 0), MB, 1)[:height, :width])
+                                   mask & blocks_to_pixels(chosen, MB, height, width))
     return filled
 
 

@@ -108,16 +108,16 @@ class StreamCopies:
 
 
 def _can_hold(format_name: str, stream: av.stream.Stream) -> bool:
-    """Whether a container of `format_name` holds `stream` copied as it is: FFmpeg tells only when a header is
-    written, so one is, to memory."""
+    """Whether a container of `format_name` holds `stream` copied as it is (by `add_stream_copy`, as the output
+    will): FFmpeg tells only when a header is written, so one is, to memory."""
     try:
         with av.open(io.BytesIO(), "w", format=format_name) as probe:
             if stream.type == "attachment":
                 probe.add_attachment(stream.name, stream.mimetype, b"")
             else:
-                probe.add_stream_from_template(stream, opaque=True)
+                add_stream_copy(probe, stream)
             probe.start_encoding()
-    except (av.error.FFmpegError, ValueError):
+    except (av.error.FFmpegError, OutputError):
         return False
     return True
 

@@ -9,6 +9,7 @@ and a lost picture leaves a hole in that count where a long-held one does not.
 """
 from __future__ import annotations
 
+
 def order_count(previous: int, lsb: int, limit: int) -> int:
     """A picture's order count from its pic_order_cnt_lsb (`lsb`) and the order count of the picture it is counted
     from (`previous`), `limit` being MaxPicOrderCntLsb: the high part steps by `limit` where the low part wrapped
