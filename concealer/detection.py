@@ -185,14 +185,19 @@ class MotionField:
     @functools.cached_property
     def cell_motion(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """(dx, dy) in pixels from each cell to where it was predicted from in the previous frame,
-        and which cells were predicted so; None for a picture with no prediction from the past.
+        and which cells were predicted so; None for a picture with no prediction from the past."""
+        return None if self.vectors is None else self._painted(self.vectors[self.vectors["source"] < 0])
+
+    @functools.cached_property
+    def following_motion(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """As `cell_motion`, for the prediction of a B picture from the reference picture shown after it."""
+        return None if self.vectors is None else self._painted(self.vectors[self.vectors["source"] > 0])
+
+    def _painted(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Per cell, the (dx, dy) of the vector covering it and whether one does; None without vectors.
 
         Whole-macroblock partitions (most of them) are painted on the macroblock grid and scaled up,
         the smaller ones cell by cell: half the time of painting every cell (it ran on every frame)."""
-        vectors = self.vectors
-        if vectors is None:
-            return None
-        vectors = vectors[vectors["source"] < 0]  # only prediction from the past
         if not len(vectors):
             return None
         cell, per_mb = CellGrid.CELL, CellGrid.PER_MB

@@ -29,7 +29,7 @@ from .detection import (
     detect_damage,
     write_damage_maps,
 )
-from .drift import CARRIED_CODECS, DriftCorrector, HeldFrame, KeyframeBackfill
+from .drift import CARRIED_CODECS, DriftCorrector, FollowingCarry, HeldFrame, KeyframeBackfill
 from .encode import EncoderSettings, add_output_encoder
 from .errors import InputError, Interrupted, UsageError
 from .heap import tune_malloc
@@ -205,6 +205,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
             summary.drift = "none"  # the decoder's references after a loss are unknown: nothing to carry
         corrector = DriftCorrector(height, width) if summary.drift == "carry" else None
         backfill = KeyframeBackfill(height, width) if drift in ("carry", "redecode") else None
+        following_carry = FollowingCarry() if corrector and source_format.reordered else None
         decoder_concealed = source_format.codec in DECODER_CONCEALING_CODECS
 
         def write(outgoing: _Outgoing) -> None:
@@ -220,6 +221,11 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
             keep = slot.decoded is not None and \
                 keeps_decoded_samples(frame.picture.format.name, video.codec_context.pix_fmt)
             put(_Outgoing(slot.picture, frame.pts, frame.time_base, (frame.picture, slot.decoded) if keep else None))
+
+        def corrected_backwards(slots: list[HeldFrame]) -> None:
+            for ready in slots:
+                for slot in backfill.hold(ready) if backfill else [ready]:
+                    emit(slot)
 
         # A keyframe releases every frame the backfill held at once: the writer takes them all without
         # holding up the repair of the next ones (bbb 720p at 5% loss: 4.92 s with a queue of 4, 4.75 / 4.73 s
@@ -276,8 +282,8 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                         before_reference, reference = reference, picture
                 before_previous, previous = previous, picture
                 held = HeldFrame(damaged, picture, None if frame.missing else decoded)
-                for slot in backfill.hold(held) if backfill else [held]:
-                    emit(slot)
+                corrected_backwards(following_carry.hold(held) if following_carry else [held])
+            corrected_backwards(following_carry.release() if following_carry else [])
             for slot in backfill.release() if backfill else []:
                 emit(slot)
         if not summary.frames:

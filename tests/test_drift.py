@@ -1,4 +1,6 @@
 """Motion alignment and drift correction on real frames and a real damaged stream."""
+import dataclasses
+
 import av
 import numpy as np
 import pytest
@@ -6,13 +8,13 @@ import pytest
 from concealer import LossOptions, simulate_loss
 from concealer.concealment import FlowConcealer, Neighbours, Picture, with_decoder_fill
 from concealer.decode import decode_frames
-from concealer.detection import DamageLabel, detect_damage
+from concealer.detection import DamageLabel, DamageMap, detect_damage
 from concealer import drift, pipeline
 from concealer.drift import DriftCorrector, HeldFrame, KeyframeBackfill
 from concealer.motion import align
 from concealer.pipeline import conceal
 
-from conftest import clip
+from conftest import clip, reencode
 
 
 def rgb_frames(path, count):
@@ -283,3 +285,37 @@ def test_the_next_pictures_vectors_move_a_lost_slice_better(sliced_foreman):
         filled += 1
     assert filled >= 4
     assert errors["with"] < 0.9 * errors["without"]  # measured: 306 against 539 (sum of the pictures' MSEs)
+
+
+def test_a_b_picture_takes_the_correction_of_the_repaired_picture_after_it(tmp_path):
+    """A B picture shown before an I or P picture was predicted (in part) from it: once that picture is repaired,
+    the B picture's cells predicted from it alone take all of its correction, those predicted from both sides
+    half of it and half of the correction from before, the rest only the one from before; its lost blocks keep
+    their fill."""
+    source = reencode(tmp_path / "b.mp4", frames=12,
+                      options={"preset": "medium", "x264-params": "bframes=3:b-pyramid=none"})
+    slots = list(detect_damage(source))
+    b_type = av.video.frame.PictureType.B
+    index = next(i for i, slot in enumerate(slots[:-1]) if slot.frame.picture.pict_type == b_type
+                 and slots[i + 1].frame.picture.pict_type != b_type and slot.motion.following_motion is not None)
+    b_slot, anchor = slots[index], slots[index + 1]
+    decoded, anchor_decoded = Picture.from_frame(b_slot.frame.picture), Picture.from_frame(anchor.frame.picture)
+    labels = np.zeros_like(b_slot.damage.labels)
+    labels[0, 0] = DamageLabel.LOST
+    lost_b = dataclasses.replace(b_slot, damage=DamageMap(b_slot.damage.pts, labels))
+    shifted = [lambda plane, step=step: np.clip(plane.astype(int) + step, 0, 255).astype(np.uint8) for step in (4, 8)]
+    before = Picture(*(shifted[0](plane) for plane in (decoded.y, decoded.u, decoded.v)))  # corrected from before
+    before.y[:16, :16] = 0  # the lost block's fill
+    repaired = Picture(*(shifted[1](plane) for plane in (anchor_decoded.y, anchor_decoded.u, anchor_decoded.v)))
+    result = drift.carry_from_following(HeldFrame(lost_b, before, decoded),
+                                        [HeldFrame(anchor, repaired, anchor_decoded)]).picture
+    motion = b_slot.motion
+    after, behind = (motion.grid.to_pixels(field[2]) for field in (motion.following_motion, motion.cell_motion))
+    change = result.y.astype(int) - decoded.y
+    unclipped = decoded.y <= 240
+    lost = np.zeros_like(unclipped)
+    lost[:16, :16] = True
+    for cells, expected in ((after & ~behind, 12), (after & behind, 6), (~after, 4)):
+        where = cells & unclipped & ~lost
+        assert where.sum() > 100 and np.all(change[where] == expected), (expected, np.unique(change[where]))
+    assert np.all(result.y[lost] == 0)
