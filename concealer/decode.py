@@ -55,6 +55,8 @@ class DecodedFrame:
     # Predicted from a reference that a lost frame left stale (VP9; H.264 with B-frames, where FFmpeg stands an
     # older picture in for a lost reference): damaged everywhere, to an unknown degree.
     drifted: bool = False
+    # H.264: the first macroblock of each of its slices that arrived (the rest of the picture lies between them).
+    slice_starts: list[int] | None = None
 
     @property
     def missing(self) -> bool:
@@ -180,6 +182,7 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
                     dependencies.refused()
                 continue
             for picture in frames:
+                starts = repair.slice_starts(picture.pts) if isinstance(repair, H264GapRepair) else None
                 size = size or (picture.width, picture.height)
                 decoded += 1
                 if (picture.width, picture.height) != size:
@@ -197,6 +200,8 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
                     substituted = repair.substituted(slot.pts) if repair is not None and not slot.missing else None
                     if substituted is not None:
                         slot = replace(slot, substituted=substituted)
+                    if starts is not None and slot.pts == picture.pts:
+                        slot = replace(slot, slice_starts=starts)
                     yield replace(slot, drifted=True) if slot.pts == picture.pts and drifted else slot
         yield from slots.finish()
 

@@ -51,6 +51,8 @@ CONCEALMENT_RATIO = 1.5
 TRUTH_SEED_ERROR = 32.0 ** 2
 # Raster-order gaps between lost macroblocks that are taken to be lost too (see _concealed_blocks).
 LOST_RUN_GAP = 8
+# Blocks concealed at the end of a B slice's stretch, at least, to be taken for a lost slice (_unreceived_blocks).
+LOST_RUN_LEAST = 4
 # How the bitstream detector's second decode conceals: inter prediction without guessed motion vectors.
 # Concealing at all keeps it deterministic (left unconcealed, lost blocks hold whatever FFmpeg's buffer
 # pool held: maps of chaplin at 3% loss differed in 10155 of 66375 damaged macroblocks between two runs).
@@ -409,7 +411,11 @@ class BitstreamDetector:
         difference = np.zeros(self._grid.shape, np.float32) if other.missing else \
             self._grid.squared_difference(luma, other.luma())
         if self._vectors_exported:
-            seeds = _concealed_blocks(self._grid, motion, other.motion_vectors, difference)
+            if frame.picture.pict_type == av.video.frame.PictureType.B and frame.slice_starts is not None:
+                seeds = _unreceived_blocks(frame.slice_starts, motion.vectors, self._grid.mb_shape) \
+                    if frame.picture.is_corrupt else np.zeros(self._grid.mb_shape, bool)  # FFmpeg concealed nothing
+            else:
+                seeds = _concealed_blocks(self._grid, motion, other.motion_vectors, difference)
             mb_error = self._traced_ratio(luma, motion, difference, self._grid.expand_mbs(seeds))
         else:
             seeds, mb_error = self._traced_pixels(frame, luma, motion, difference)
@@ -477,6 +483,38 @@ def _concealed_blocks(grid: CellGrid, primary: MotionField, second_vectors: np.n
         if 1 < end - start <= LOST_RUN_GAP + 1:
             lost[start:end] = True
     return lost.reshape(rows, cols)
+
+
+def _unreceived_blocks(slice_starts: list[int], vectors: np.ndarray | None, mb_shape: tuple[int, int]) -> np.ndarray:
+    """The macroblocks of an H.264 B picture that no slice brought, from where its slices that arrived start.
+
+    FFmpeg conceals a B picture's lost blocks the same way whatever the concealment flags (a vector from the
+    picture after it), so the two decodes agree there and _concealed_blocks finds nothing. A slice covers the
+    macroblocks from its first one on, in raster order, up to the next slice's first: the lost ones of that
+    stretch are those at its end that FFmpeg concealed, each exported as one 16x16 vector from the past
+    (LOST_RUN_LEAST of them at least, as a slice that arrived may end in a few such blocks), and every block
+    before the first slice that arrived."""
+    rows, cols = mb_shape
+    total = rows * cols
+    lost = np.zeros(total, bool)
+    starts = sorted({start for start in slice_starts if 0 <= start < total})
+    if not starts:
+        return lost.reshape(mb_shape)
+    lost[:starts[0]] = True
+    if vectors is not None and len(vectors):
+        covering = (vectors["dst_y"] - vectors["h"] // 2) // MB * cols + (vectors["dst_x"] - vectors["w"] // 2) // MB
+        inside = (covering >= 0) & (covering < total)
+        covering, vectors = covering[inside], vectors[inside]
+        concealed_like = (vectors["w"] == MB) & (vectors["h"] == MB) & (vectors["source"] < 0)
+        count = np.bincount(covering, minlength=total)
+        like = (count == 1) & (np.bincount(covering, weights=concealed_like, minlength=total) == 1)
+        for start, end in itertools.pairwise(starts + [total]):
+            first = end
+            while first - 1 > start and like[first - 1]:
+                first -= 1
+            if end - first >= LOST_RUN_LEAST:
+                lost[first:end] = True
+    return lost.reshape(mb_shape)
 
 
 class TruthDetector:

@@ -60,6 +60,7 @@ class H264GapRepair:
         self._reference_frame_num: int | None = None  # of the last reference picture that arrived
         self._stale = False  # a reference picture was lost since the last IDR picture, and FFmpeg stood in for it
         self._drifted: set[int] = set()
+        self._slice_starts: dict[int, list[int]] = {}  # per picture (pts): first_mb_in_slice of its slices that arrived
         self.order = PictureOrder()
         self._sequence = 0  # IDR pictures so far: each starts its own picture order counts
         self._reference_order = 0  # poc_type 0: the order count of the last reference picture
@@ -73,9 +74,13 @@ class H264GapRepair:
             for unit in units:
                 if unit.nal_type in (SPS, PPS):
                     self._learn(data[unit.payload_start:unit.end])
-            first_slice = next((u for u in units if u.nal_type in (SLICE, IDR_SLICE)), None)
-            if first_slice is None:
+            slices = [u for u in units if u.nal_type in (SLICE, IDR_SLICE)]
+            if not slices:
                 return [packet]
+            first_slice = slices[0]
+            if packet.pts is not None:
+                self._slice_starts[packet.pts] = [header_reader(data[u.payload_start:u.end], Codec.H264, 8).ue()
+                                                  for u in slices]
             nal = data[first_slice.payload_start:first_slice.end]
             sps, slice_type, frame_num, poc_lsb = self._read_slice(nal)
         except (BitstreamError, KeyError):
@@ -108,6 +113,10 @@ class H264GapRepair:
             self._drifted.discard(pts)
             return True
         return False
+
+    def slice_starts(self, pts: int | None) -> list[int] | None:
+        """The first macroblock of each slice of the picture at `pts` that arrived (asked once per picture)."""
+        return self._slice_starts.pop(pts, None)
 
     def _lost_references(self, sps: H264Sps, frame_num: int, ref_idc: int, idr: bool, pts: int | None) -> int:
         """How many reference pictures were lost just before this one. Every picture after a reference picture
