@@ -86,6 +86,14 @@ SECTIONS = [
             "decode by MSE > 4, and the time of detection (decode + maps) over a plain decode of the same file. "
             "Targets: recall >= 0.95, precision >= 0.90, time at most 2x a plain decode (bitstream mode).",
             ("--clips", "foreman_cif_h264.mp4,foreman_cif_hevc.mp4", "--rates", "0.1", "--frames", "30")),
+    Section("detection-bframes", "Damage-map accuracy with B-frames", detection_accuracy,
+            "As the section above, bitstream mode, for the H.264 clips re-encoded with three B-frames (x264's "
+            "default). FFmpeg conceals a B picture's lost blocks alike whatever the concealment flags: they are "
+            "read from where the slices that arrived start.",
+            ("--clips", "bikes_640x272.mp4", "--rates", "0.1", "--frames", "60", "--bframes", "3", "--modes",
+             "bitstream"),
+            ("--clips", "foreman_cif_h264.mp4,carphone_qcif.mp4,bikes_640x272.mp4,chaplin_640x360_mp3.mp4",
+             "--bframes", "3", "--modes", "bitstream")),
     Section("hevc-repair", "HEVC repair below the decoder (issue 7)", hevc_repair,
             "Frames out and sequence luma PSNR of FFmpeg's decode alone and of the repaired decode (substitute "
             "slice segments, rebuilt pictures) of foreman_cif_hevc re-encoded by x265 (6 slices per picture), "

@@ -1,7 +1,7 @@
 """Damage-map accuracy per detection mode, and the time detection adds to a plain decode.
 
     python -m benchmarks.detection_accuracy [--clips a.mp4,b.mp4] [--rates 0.03,0.1,0.2] [--frames N]
-        [--modes bitstream,truth,pixels]
+        [--modes bitstream,truth,pixels] [--bframes N]
 
 Each clip (or its first N frames) is damaged by the standard damage step (benchmarks/common.py:
 Gilbert loss, mean burst 2, GOP 2 s, seed 1). The reference map
@@ -14,6 +14,7 @@ The last column scores the `lost` label alone against the truth file's lost macr
 (recall / precision): which blocks lost their data, whatever their error.
 `pixels` runs on a baked copy (the damaged stream decoded with FFmpeg's concealment and re-encoded
 at x264 crf 18, frames keeping their pts), scored against the same reference maps.
+`--bframes N` re-encodes with N B-frames (x264's default is 3).
 """
 from __future__ import annotations
 
@@ -95,12 +96,13 @@ def _drain(items: Iterator) -> None:
         pass
 
 
-def accuracy_table(clips: list[str], rates: list[float], modes: list[str], frames: int | None = None) -> Table:
+def accuracy_table(clips: list[str], rates: list[float], modes: list[str], frames: int | None = None,
+                   bframes: int = 0) -> Table:
     table = Table(["clip", "frames", "loss (effective)", "mode", "recall / precision", "time / plain decode",
                    "lost label vs truth"])
     for name in clips:
         for rate in rates:
-            result = damage(name, rate, frames=frames)
+            result = damage(name, rate, frames=frames, bframes=bframes)
             for mode in modes:
                 scored = score(result.damaged, result.reference, result.truth, mode)
                 table.add(name, result.summary.frames, loss_label(result), mode, scored.found.cell(),
@@ -111,11 +113,12 @@ def accuracy_table(clips: list[str], rates: list[float], modes: list[str], frame
 def parser() -> argparse.ArgumentParser:
     parser = clip_arguments(__doc__, CLIPS, RATES)
     parser.add_argument("--modes", type=names, default=MODES)
+    parser.add_argument("--bframes", type=int, default=0, help="B-frames in the damaged re-encode")
     return parser
 
 
 def run(args: argparse.Namespace) -> list[Table]:
-    return [accuracy_table(args.clips, args.rates, args.modes, args.frames)]
+    return [accuracy_table(args.clips, args.rates, args.modes, args.frames, args.bframes)]
 
 
 def main() -> None:
