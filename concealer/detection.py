@@ -488,8 +488,8 @@ def _concealed_blocks(grid: CellGrid, primary: MotionField, second_vectors: np.n
 def _unreceived_blocks(slice_starts: list[int], vectors: np.ndarray | None, mb_shape: tuple[int, int]) -> np.ndarray:
     """The macroblocks of an H.264 B picture that no slice brought, from where its slices that arrived start.
 
-    FFmpeg conceals a B picture's lost blocks the same way whatever the concealment flags (a vector from the
-    picture after it), so the two decodes agree there and _concealed_blocks finds nothing. A slice covers the
+    FFmpeg conceals a B picture's lost blocks the same way whatever the concealment flags (one 16x16 vector
+    into the picture before it), so the two decodes agree there and _concealed_blocks finds nothing. A slice covers the
     macroblocks from its first one on, in raster order, up to the next slice's first: the lost ones of that
     stretch are those at its end that FFmpeg concealed, each exported as one 16x16 vector from the past
     (LOST_RUN_LEAST of them at least, as a slice that arrived may end in a few such blocks), and every block

@@ -38,6 +38,8 @@ SPS, PPS, SLICE, IDR_SLICE = 7, 8, 1, 5
 SUBSTITUTE_PPS_ID = 255  # the last id: streams number theirs from 0
 P_SLICE_ALL = 5  # slice_type: P, and every slice of the picture is P
 B_SLICE = 1  # slice_type modulo 5
+# Pictures whose slice starts are kept until asked for: far more than a decoder holds back (16 at most in H.264).
+SLICE_STARTS_KEPT = 64
 MAX_SUBSTITUTES = 32  # a longer gap is a damaged frame_num, not lost frames
 MARK_SHIFT = (8, 0)  # quarter pixels: two pixels to the right
 
@@ -81,6 +83,8 @@ class H264GapRepair:
             if packet.pts is not None:
                 self._slice_starts[packet.pts] = [header_reader(data[u.payload_start:u.end], Codec.H264, 8).ue()
                                                   for u in slices]
+                if len(self._slice_starts) > SLICE_STARTS_KEPT:  # not asked for (a picture that never came out)
+                    del self._slice_starts[next(iter(self._slice_starts))]
             nal = data[first_slice.payload_start:first_slice.end]
             sps, slice_type, frame_num, poc_lsb = self._read_slice(nal)
         except (BitstreamError, KeyError):
