@@ -281,6 +281,23 @@ def carry_from_following(slot: HeldFrame, later: list[HeldFrame]) -> HeldFrame:
     return HeldFrame(slot.damaged, Picture(*planes), slot.decoded)
 
 
+def predicted_from_holes(earlier: DamagedFrame, holes: np.ndarray) -> np.ndarray:
+    """Per macroblock of `earlier`, a B picture shown just before the picture whose lost pixels are `holes`
+    (HxW bool): whether most of it was predicted from those pixels (its vectors from the picture after it
+    point into them), so that it holds FFmpeg's concealment of them rather than anything true."""
+    motion = earlier.motion.following_motion
+    grid = earlier.motion.grid
+    if motion is None:
+        return np.zeros(grid.mb_shape, bool)
+    dx, dy, predicted = motion
+    rows, cols = grid.shape
+    height, width = holes.shape
+    centre = CellGrid.CELL / 2
+    ys = np.clip(np.rint(np.arange(rows)[:, None] * CellGrid.CELL + centre + dy), 0, height - 1).astype(np.intp)
+    xs = np.clip(np.rint(np.arange(cols)[None, :] * CellGrid.CELL + centre + dx), 0, width - 1).astype(np.intp)
+    return grid.mb_mean((predicted & holes[ys, xs]).astype(np.float32)) >= 0.5
+
+
 # B pictures held for the I or P picture after them at most (x264 puts up to 3 in a row by default, x265 4):
 # memory stays bounded whatever the stream, and the earliest of a longer run go out uncorrected.
 MOST_AWAITING = 4

@@ -23,13 +23,15 @@ from .concealment import (DECODER_CONCEALING_CODECS, DEFAULT_CONCEALER, Neighbou
                           keeps_decoded_samples, make_concealer, same_scene)
 from .decode import DecodedFrame, decode_frames
 from .detection import (
+    MB,
     DamagedFrame,
     DamageLabel,
     DamageMap,
+    blocks_to_pixels,
     detect_damage,
     write_damage_maps,
 )
-from .drift import CARRIED_CODECS, DriftCorrector, FollowingCarry, HeldFrame, KeyframeBackfill
+from .drift import CARRIED_CODECS, DriftCorrector, FollowingCarry, HeldFrame, KeyframeBackfill, predicted_from_holes
 from .encode import EncoderSettings, add_output_encoder
 from .errors import InputError, Interrupted, UsageError
 from .heap import tune_malloc
@@ -259,20 +261,32 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                     decoded = Picture.from_frame(frame.picture)
                     picture = corrector.correct(decoded, damaged) if corrector else decoded
                     mask = damage.pixel_mask(height, width, None if drift == "reconceal" else DamageLabel.LOST)
-                    # In a stream with B-frames the pictures shown just before an I or P picture were predicted
-                    # from it, FFmpeg's concealment of its holes included: it is filled from the I or P picture
-                    # before it. Training clips with three B-frames, 3 / 10 / 20% loss: chaplin 29.96 / 24.99 /
-                    # 22.53 -> 30.46 / 26.10 / 23.16 dB, bikes 28.29 / 25.09 / 21.27 -> 28.36 / 25.11 / 21.22;
-                    # bbb 720p 5% 35.96 -> 35.84 (seed 2: 35.57 -> 35.39), 10% 29.06 -> 29.04; fire2 -0.02.
                     anchor = not source_format.reordered or frame.picture.pict_type != PictureType.B  # I or P
-                    fill_from, fill_from_before = (reference, before_reference) \
-                        if source_format.reordered and anchor and reference is not None else (previous, before_previous)
                     if mask.any():
-                        earlier = fill_from if fill_from is not None and same_scene(fill_from, picture, mask) else None
-                        motion_before = fill_from_before if earlier is not None and fill_from_before is not None and \
-                            same_scene(fill_from_before, earlier, np.zeros_like(mask)) else None
-                        picture = concealer.conceal(picture, mask, Neighbours(earlier, following, motion_before,
-                                                                              decoder_concealed))
+                        def filled(source: Picture | None, before: Picture | None) -> Picture:
+                            earlier = source if source is not None and same_scene(source, picture, mask) else None
+                            motion_before = before if earlier is not None and before is not None and \
+                                same_scene(before, earlier, np.zeros_like(mask)) else None
+                            return concealer.conceal(picture, mask, Neighbours(earlier, following, motion_before,
+                                                                               decoder_concealed))
+
+                        # In a stream with B-frames the B picture shown just before an I or P picture was predicted
+                        # from it, FFmpeg's concealment of its holes included (and a lost one's rebuild took in its
+                        # decoded holes): where it was, the holes are filled from the I or P picture before. Training
+                        # clips with three B-frames, 3 / 10 / 20% loss: chaplin 29.96 / 24.99 / 22.53 -> 30.90 /
+                        # 26.25 / 23.33 dB, bikes 28.29 / 25.09 / 21.27 -> 28.46 / 25.32 / 21.30, bbb 720p 5 / 10%
+                        # 35.96 / 29.06 -> 36.29 / 29.22 (with the B-picture carry and detection below); filling
+                        # every hole so: chaplin 30.54 / 26.28 / 23.27, bikes 28.36 / 25.13 / 21.20, bbb 36.21 / 29.20.
+                        from_reference = None
+                        if source_format.reordered and anchor and reference is not None and previous is not reference:
+                            from_reference = predicted_from_holes(last_arrived, mask) if previous is last_shown else \
+                                np.ones((-(-height // MB), -(-width // MB)), bool)
+                        repaired = filled(previous, before_previous)
+                        if from_reference is not None and from_reference.any():
+                            other = filled(reference, before_reference)
+                            repaired = repaired.pasted([other.y, other.u, other.v],
+                                                       mask & blocks_to_pixels(from_reference, MB, height, width))
+                        picture = repaired
                     if redecoder and lost:
                         redecoder.repaired(picture)
                     if corrector and anchor:

@@ -287,18 +287,24 @@ def test_the_next_pictures_vectors_move_a_lost_slice_better(sliced_foreman):
     assert errors["with"] < 0.9 * errors["without"]  # measured: 306 against 539 (sum of the pictures' MSEs)
 
 
-def test_a_b_picture_takes_the_correction_of_the_repaired_picture_after_it(tmp_path):
-    """A B picture shown before an I or P picture was predicted (in part) from it: once that picture is repaired,
-    the B picture's cells predicted from it alone take all of its correction, those predicted from both sides
-    half of it and half of the correction from before, the rest only the one from before; its lost blocks keep
-    their fill."""
+@pytest.fixture
+def b_before_anchor(tmp_path):
+    """A B picture of real x264 foreman and the P picture shown right after it, which it was predicted from."""
     source = reencode(tmp_path / "b.mp4", frames=12,
                       options={"preset": "medium", "x264-params": "bframes=3:b-pyramid=none"})
     slots = list(detect_damage(source))
     b_type = av.video.frame.PictureType.B
     index = next(i for i, slot in enumerate(slots[:-1]) if slot.frame.picture.pict_type == b_type
                  and slots[i + 1].frame.picture.pict_type != b_type and slot.motion.following_motion is not None)
-    b_slot, anchor = slots[index], slots[index + 1]
+    return slots[index], slots[index + 1]
+
+
+def test_a_b_picture_takes_the_correction_of_the_repaired_picture_after_it(b_before_anchor):
+    """A B picture shown before an I or P picture was predicted (in part) from it: once that picture is repaired,
+    the B picture's cells predicted from it alone take all of its correction, those predicted from both sides
+    half of it and half of the correction from before, the rest only the one from before; its lost blocks keep
+    their fill."""
+    b_slot, anchor = b_before_anchor
     decoded, anchor_decoded = Picture.from_frame(b_slot.frame.picture), Picture.from_frame(anchor.frame.picture)
     labels = np.zeros_like(b_slot.damage.labels)
     labels[0, 0] = DamageLabel.LOST
@@ -319,3 +325,22 @@ def test_a_b_picture_takes_the_correction_of_the_repaired_picture_after_it(tmp_p
         where = cells & unclipped & ~lost
         assert where.sum() > 100 and np.all(change[where] == expected), (expected, np.unique(change[where]))
     assert np.all(result.y[lost] == 0)
+
+
+def test_the_blocks_of_a_b_picture_predicted_from_the_holes_after_it_are_known(b_before_anchor):
+    """An I or P picture's holes are filled from the I or P picture before it where the B picture just before
+    was predicted from them: those blocks are the ones whose vectors into the picture after point into the
+    holes."""
+    b_slot, anchor = b_before_anchor
+    height, width = anchor.frame.picture.height, anchor.frame.picture.width
+    motion = b_slot.motion
+    from_after = motion.grid.mb_mean(motion.following_motion[2].astype(np.float32)) >= 0.5
+    assert 0 < from_after.sum() < from_after.size
+    everywhere = drift.predicted_from_holes(b_slot, np.ones((height, width), bool))
+    assert np.array_equal(everywhere, from_after)
+    assert not drift.predicted_from_holes(b_slot, np.zeros((height, width), bool)).any()
+    top = np.zeros((height, width), bool)
+    top[:height // 2] = True  # vectors move content a few pixels at most: the blocks near the top half's
+    found = drift.predicted_from_holes(b_slot, top)
+    assert found[:found.shape[0] // 2 - 1].sum() >= from_after[:found.shape[0] // 2 - 1].sum() * 0.9
+    assert not found[found.shape[0] // 2 + 1:].any()

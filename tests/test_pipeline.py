@@ -143,8 +143,9 @@ def test_a_stream_with_b_frames_keeps_every_picture_and_is_repaired_above_a_plai
 def test_an_i_or_p_picture_among_b_frames_is_filled_from_the_one_before_it(tmp_path):
     """With B-frames, the pictures shown just before a P picture were predicted from it, FFmpeg's concealment of
     its lost slices included: filled from them, its holes took back that concealment (chaplin, B-frames, 10% loss:
-    24.99 dB against 23.76 for a plain decode); filled from the I or P picture before it, 26.10 (26.27 with the
-    B pictures then corrected from it, drift.carry_from_following)."""
+    24.99 dB against 23.76 for a plain decode); filled from the I or P picture before it where the B picture just
+    before was predicted from them (drift.predicted_from_holes), 26.25 (with the B pictures then corrected from
+    its repair and their own lost slices found)."""
     damaged = simulate_loss(clip("chaplin_640x360_mp3.mp4"), tmp_path / "b.mp4",
                             loss=LossOptions(model="gilbert", loss_rate=0.1, burst=2, seed=1),
                             packets=PacketisationOptions(encoder=EncoderSettings(bframes=3)))
