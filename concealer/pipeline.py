@@ -263,8 +263,8 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                     mask = damage.pixel_mask(height, width, None if drift == "reconceal" else DamageLabel.LOST)
                     anchor = not source_format.reordered or frame.picture.pict_type != PictureType.B  # I or P
                     if mask.any():
-                        def filled(source: Picture | None, before: Picture | None) -> Picture:
-                            earlier = source if source is not None and same_scene(source, picture, mask) else None
+                        def filled(nearest: Picture | None, before: Picture | None) -> Picture:
+                            earlier = nearest if nearest is not None and same_scene(nearest, picture, mask) else None
                             motion_before = before if earlier is not None and before is not None and \
                                 same_scene(before, earlier, np.zeros_like(mask)) else None
                             return concealer.conceal(picture, mask, Neighbours(earlier, following, motion_before,
@@ -277,11 +277,13 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                         # 26.25 / 23.33 dB, bikes 28.29 / 25.09 / 21.27 -> 28.46 / 25.32 / 21.30, bbb 720p 5 / 10%
                         # 35.96 / 29.06 -> 36.29 / 29.22 (with the B-picture carry and detection below); filling
                         # every hole so: chaplin 30.54 / 26.28 / 23.27, bikes 28.36 / 25.13 / 21.20, bbb 36.21 / 29.20.
-                        from_reference = None
+                        nearest, before, from_reference = previous, before_previous, None
                         if source_format.reordered and anchor and reference is not None and previous is not reference:
-                            from_reference = predicted_from_holes(last_arrived, mask) if previous is last_shown else \
-                                np.ones((-(-height // MB), -(-width // MB)), bool)
-                        repaired = filled(previous, before_previous)
+                            if previous is last_shown:
+                                from_reference = predicted_from_holes(last_arrived, mask)
+                            else:  # a lost frame's rebuild, which took in this picture's decoded holes
+                                nearest, before = reference, before_reference
+                        repaired = filled(nearest, before)
                         if from_reference is not None and from_reference.any():
                             other = filled(reference, before_reference)
                             repaired = repaired.pasted([other.y, other.u, other.v],
