@@ -344,3 +344,37 @@ def test_the_blocks_of_a_b_picture_predicted_from_the_holes_after_it_are_known(b
     found = drift.predicted_from_holes(b_slot, top)
     assert found[:found.shape[0] // 2 - 1].sum() >= from_after[:found.shape[0] // 2 - 1].sum() * 0.9
     assert not found[found.shape[0] // 2 + 1:].any()
+
+
+@pytest.mark.parametrize("source, clean_left, offset_left", [("fire2_720p_rotated.mp4", 400, None),
+                                                             ("foreman_cif_h264.mp4", 25, 50)])
+def test_pictures_damaged_whole_weigh_the_keyframe_against_their_own_change(tmp_path, source, clean_left,
+                                                                            offset_left):
+    """In a stream with B-frames every picture after a lost reference frame is marked damaged whole, though it
+    may be right: no undamaged pixel is left to check the keyframe's estimate against, and trusted whole it
+    turned the last picture before the keyframe into the keyframe itself (fire at 176x144, decoded right: luma
+    MSE 1885 against its own decode; foreman 69). Weighed against the change from the picture before, a right
+    picture stays near itself (fire 235, foreman 12), and an error all the held pictures share (foreman, +30 in
+    a 64x48 patch: MSE 109) still mostly goes (34)."""
+    path = reencode(tmp_path / "clip.mp4", source, frames=9, size=(176, 144),
+                    options={"preset": "ultrafast", "x264-params": "keyint=8:min-keyint=8:scenecut=0:bframes=0"})
+    slots = list(detect_damage(path))
+    assert slots[8].frame.picture.key_frame and not any(s.damage.damaged.any() for s in slots)
+    key_picture = Picture.from_frame(slots[8].frame.picture)
+    keyframe = HeldFrame(slots[8], key_picture, key_picture)
+    for offset, left in ((0, clean_left), (30, offset_left)):
+        if left is None:
+            continue
+        backfill = KeyframeBackfill(144, 176)
+        truths = []
+        for damaged in slots[1:8]:
+            truth = Picture.from_frame(damaged.frame.picture)
+            luma = truth.y.astype(np.int16)
+            luma[48:96, 64:128] += offset
+            picture = Picture(np.clip(luma, 0, 255).astype(np.uint8), truth.u, truth.v)
+            whole = DamageMap(damaged.damage.pts, np.full_like(damaged.damage.labels, DamageLabel.PROPAGATED))
+            assert backfill.hold(HeldFrame(dataclasses.replace(damaged, damage=whole), picture, picture)) == []
+            truths.append(truth)
+        released = backfill.hold(keyframe)
+        assert len(released) == 8 and released[-1] is keyframe
+        assert np.mean((released[-2].picture.y.astype(float) - truths[-1].y) ** 2) < left
