@@ -111,6 +111,11 @@ SECTIONS = [
             "macroblocks per second it repairs; then each network alone on full batches of windows (target: at "
             "least 1000 damaged macroblocks per second).",
             ("--frames", "60", "--rounds", "3", "--batches", "2")),
+    Section("speed-bframes", "Speed of conceal with B-frames", speed,
+            "As the section above, the clip re-encoded with three B-frames (x264's default, and how most real "
+            "files come): the pipeline alone, against the same target.",
+            ("--frames", "60", "--rounds", "3", "--batches", "0", "--bframes", "3"),
+            ("--batches", "0", "--bframes", "3")),
     Section("simulate-speed", "Speed of simulate-loss (issue 2)", simulate_speed,
             "simulate-loss in re-encode mode against a plain decode + encode with its x264 settings, taking "
             "turns in one process (target: at most 1.3x).", ("--rounds", "3")),
@@ -118,6 +123,10 @@ SECTIONS = [
             "Peak RSS of the `conceal` CLI (default options, a fresh process) on inputs of the same content and "
             "different lengths (--quick: 4 s and 24 s). Target: the 60 s input's peak at most 100 MB above the "
             "10 s input's.", ("--seconds", "4,24")),
+    Section("memory-bframes", "Peak memory of conceal with B-frames", memory,
+            "As the section above, the clip re-encoded with three B-frames (x264's default), whose pictures the "
+            "repair holds until the I or P picture after them is repaired. Target: as above.",
+            ("--seconds", "4,24", "--bframes", "3"), ("--bframes", "3")),
 ]
 
 

@@ -1,11 +1,12 @@
 """Peak memory of `conceal` on a short and a long input of the same content.
 
-    python -m benchmarks.memory [--clip bbb_720p_vp8_30s.webm] [--seconds 10,60] [--loss-rate 0.05]
+    python -m benchmarks.memory [--clip bbb_720p_vp8_30s.webm] [--seconds 10,60] [--loss-rate 0.05] [--bframes N]
 
 The clip is looped (benchmarks/common.py `excerpt`) to each length, damaged by the standard
 damage step, and repaired by the `conceal` CLI with default options in a fresh process; the
 figure is that process's peak resident set size (ru_maxrss from wait4, in a small launcher). Memory must stay flat
-in the video's length: the longest input's peak at most 100 MB above the shortest's.
+in the video's length: the longest input's peak at most 100 MB above the shortest's. `--bframes N` damages a
+re-encode with N B-frames, whose pictures the repair holds until the I or P picture after them is repaired.
 """
 from __future__ import annotations
 
@@ -53,14 +54,14 @@ def conceal_command(source: Path, output: Path) -> list[str]:
             "--overwrite"]
 
 
-def memory_table(clip: str, durations: list[float], loss_rate: float) -> Table:
+def memory_table(clip: str, durations: list[float], loss_rate: float, bframes: int = 0) -> Table:
     with av.open(str(clip_path(clip))) as probe:
         rate = nominal_rate(probe.streams.video[0])
     table = Table(["input", "frames", "loss (effective)", "conceal wall s", "peak RSS (MB)", "above the shortest",
                    "bar"])
     peaks = []
     for seconds in durations:
-        damaged = damage(clip, loss_rate, frames=round(seconds * rate))
+        damaged = damage(clip, loss_rate, frames=round(seconds * rate), bframes=bframes)
         peak, wall = peak_rss(conceal_command(damaged.damaged, work_dir() / "repaired.mp4"))
         peaks.append(peak)
         growth = peak - peaks[0]
@@ -75,11 +76,12 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--clip", default="bbb_720p_vp8_30s.webm")
     parser.add_argument("--seconds", type=numbers, default="10,60", help="input lengths, shortest first")
     parser.add_argument("--loss-rate", type=float, default=0.05)
+    parser.add_argument("--bframes", type=int, default=0, help="B-frames in the damaged re-encode")
     return parser
 
 
 def run(args: argparse.Namespace) -> list[Table]:
-    return [memory_table(args.clip, args.seconds, args.loss_rate)]
+    return [memory_table(args.clip, args.seconds, args.loss_rate, args.bframes)]
 
 
 def main() -> None:

@@ -1,13 +1,14 @@
 """Speed of `conceal` against a plain decode + encode, and of the inpainting networks alone.
 
     python -m benchmarks.speed [--clip bbb_720p_h264.mp4] [--loss-rate 0.05] [--rounds 3] [--frames N]
-        [--batches 5]
+        [--batches 5] [--bframes N]
 
 Pipeline: the clip (or its first N frames) is damaged by the standard damage step
 (benchmarks/common.py); `concealer.conceal` with its default options and a plain PyAV decode of
 the same damaged file + x264 encode with conceal's encoder settings (crf, preset) take turns in
 this process. The figure is the ratio of their median wall times (target: at most 3x), with
-the damaged macroblocks (lost + propagated) the pipeline repairs per second.
+the damaged macroblocks (lost + propagated) the pipeline repairs per second. `--bframes N` damages a
+re-encode with N B-frames (x264's default is 3); `--batches 0` leaves the networks out.
 
 Inference: each network alone on full batches of windows cut from real frames, every window's
 core missing (16 macroblocks of 16x16), input conversion included (target: at least 1000
@@ -42,8 +43,8 @@ def conceal_settings() -> EncoderSettings:
     return EncoderSettings(crf=defaults["crf"].default, preset=defaults["preset"].default)
 
 
-def pipeline_table(clip: str, loss_rate: float, rounds: int, frames: int | None = None) -> Table:
-    damaged = damage(clip, loss_rate, frames=frames)
+def pipeline_table(clip: str, loss_rate: float, rounds: int, frames: int | None = None, bframes: int = 0) -> Table:
+    damaged = damage(clip, loss_rate, frames=frames, bframes=bframes)
     settings = conceal_settings()
     summaries: list[ConcealSummary] = []
     seconds = side_by_side({
@@ -53,7 +54,7 @@ def pipeline_table(clip: str, loss_rate: float, rounds: int, frames: int | None 
     plain, repair = statistics.median(seconds["plain"]), statistics.median(seconds["conceal"])
     summary = summaries[-1]
     damaged_blocks = summary.macroblocks["lost"] + summary.macroblocks["propagated"]
-    where = f"{clip}, {summary.frames} frames, loss {loss_label(damaged)}"
+    where = f"{clip}, {summary.frames} frames{f', {bframes} B-frames' if bframes else ''}, loss {loss_label(damaged)}"
     table = Table(["input", "job", "median s", "rounds (s)", "ratio to plain", "bar", "damaged MB/s (lost MB/s)"])
     table.add(where, f"plain decode + x264 encode (crf {settings.crf:g}, preset {settings.preset})", f"{plain:.2f}",
               ", ".join(f"{t:.2f}" for t in seconds["plain"]), "1.00", "", "")
@@ -132,12 +133,14 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--loss-rate", type=float, default=0.05)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--frames", type=int, help="only the first N frames of the clip")
-    parser.add_argument("--batches", type=int, default=5, help="timed batches per network")
+    parser.add_argument("--batches", type=int, default=5, help="timed batches per network (0: none)")
+    parser.add_argument("--bframes", type=int, default=0, help="B-frames in the damaged re-encode")
     return parser
 
 
 def run(args: argparse.Namespace) -> list[Table]:
-    return [pipeline_table(args.clip, args.loss_rate, args.rounds, args.frames), inference_table(args.batches)]
+    pipeline = pipeline_table(args.clip, args.loss_rate, args.rounds, args.frames, args.bframes)
+    return [pipeline, inference_table(args.batches)] if args.batches else [pipeline]
 
 
 def main() -> None:
