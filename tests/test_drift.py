@@ -378,3 +378,27 @@ def test_pictures_damaged_whole_weigh_the_keyframe_against_their_own_change(tmp_
         released = backfill.hold(keyframe)
         assert len(released) == 8 and released[-1] is keyframe
         assert np.mean((released[-2].picture.y.astype(float) - truths[-1].y) ** 2) < left
+
+
+def test_the_cells_of_a_b_picture_predicted_from_the_picture_after_alone_take_nothing_from_before(tmp_path):
+    """A B picture's cells predicted only from the picture after it are not intra blocks: the correction from the
+    pictures before reaches the cells predicted from them and leaves those alone (FollowingCarry corrects them
+    from the picture after). Taken for intra, they took their neighbours' correction by intra prediction."""
+    source = reencode(tmp_path / "b.mp4", frames=12,
+                      options={"preset": "medium", "x264-params": "bframes=3:b-pyramid=none"})
+    slots = list(detect_damage(source))
+    b_type = av.video.frame.PictureType.B
+    index = next(i for i, slot in enumerate(slots) if slot.frame.picture.pict_type == b_type and i > 0
+                 and slots[i - 1].frame.picture.pict_type != b_type and slot.motion.following_motion is not None)
+    b_slot, before = slots[index], slots[index - 1]
+    decoded_before = Picture.from_frame(before.frame.picture)
+    corrector = DriftCorrector(*decoded_before.y.shape)
+    corrector.remember(decoded_before, Picture(*(np.clip(p.astype(int) + 4, 0, 255).astype(np.uint8)
+                                                 for p in (decoded_before.y, decoded_before.u, decoded_before.v))))
+    decoded = Picture.from_frame(b_slot.frame.picture)
+    change = corrector.correct(decoded, b_slot).y.astype(int) - decoded.y
+    motion = b_slot.motion
+    after, behind = (motion.grid.to_pixels(field[2]) for field in (motion.following_motion, motion.cell_motion))
+    alone = after & ~behind
+    assert alone.sum() > 256 and np.all(change[alone] == 0)
+    assert np.mean(change[behind & (decoded.y < 240)] == 4) > 0.9
