@@ -182,7 +182,7 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
                     dependencies.refused()
                 continue
             for picture in frames:
-                starts = repair.slice_starts(picture.pts) if isinstance(repair, H264GapRepair) else None
+                starts = repair.slice_starts(picture.pts) if repair is not None else None
                 size = size or (picture.width, picture.height)
                 decoded += 1
                 if (picture.width, picture.height) != size:

@@ -666,6 +666,10 @@ class PacketRepair:
         """No picture is predicted from a stale reference: lost ones are rebuilt before they are needed."""
         return False
 
+    def slice_starts(self, pts: int | None) -> None:
+        """Not recorded: detection reads an HEVC picture's lost slices from the substituted blocks instead."""
+        return None
+
 
 def open_stream_repair(path: Path, stream: av.video.stream.VideoStream, marked_substitutes: bool = False
                        ) -> PacketRepair | H264GapRepair | None:
