@@ -595,7 +595,8 @@ def _scaled(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _noise_band(hole: np.ndarray, guessed: np.ndarray) -> np.ndarray:
-    """The undamaged pixels within NOISE_BAND of `hole`, outside what the keyframe's own damage `guessed`."""
+    """The undamaged pixels within NOISE_BAND of `hole`, outside `guessed` (what comes from the keyframe's own
+    damage)."""
     band = cv2.dilate(hole.astype(np.uint8), np.ones((2 * NOISE_BAND + 1,) * 2, np.uint8)).astype(bool)
     return band & ~hole & ~guessed
 
