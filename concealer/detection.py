@@ -180,6 +180,10 @@ class MotionField:
     weighted by the area it covers (OpenCV's bilinear remap, whose weights come in 32nds).
     """
 
+    # Measured between consecutive pictures (MeasuredMotion) rather than read from vectors into a reference picture,
+    # which with B-frames lies several frames back.
+    between_neighbours = False
+
     def __init__(self, grid: CellGrid, motion_vectors: np.ndarray | None):
         self.grid = grid
         self.vectors = motion_vectors  # the decoder's AVMotionVector records, as exported
@@ -267,6 +271,8 @@ class MeasuredMotion(MotionField):
     flow from the decoded picture to the one decoded before it. Damage moves with the content it was predicted
     into, so the decoded pictures' own motion says where it spread; every cell of an inter picture counts as
     predicted (its intra blocks are not known), and an intra picture has no motion from the past."""
+
+    between_neighbours = True
 
     def __init__(self, grid: CellGrid, luma: np.ndarray, previous: np.ndarray | None):
         super().__init__(grid, None)
