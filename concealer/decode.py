@@ -62,6 +62,11 @@ class DecodedFrame:
     def missing(self) -> bool:
         return self.picture is None
 
+    @property
+    def b_picture(self) -> bool:
+        """A B picture, which may be predicted from one shown after it (a lost frame's type is unknown: False)."""
+        return self.picture is not None and self.picture.pict_type == av.video.frame.PictureType.B
+
     def luma(self) -> np.ndarray:
         """The Y plane as a read-only, contiguous HxW uint8 array, raw (limited range stays limited, as PSNR
         wants: a conversion to "gray" would stretch it to full range). A view of the picture where its rows

@@ -417,7 +417,7 @@ class BitstreamDetector:
         difference = np.zeros(self._grid.shape, np.float32) if other.missing else \
             self._grid.squared_difference(luma, other.luma())
         if self._vectors_exported:
-            if frame.picture.pict_type == av.video.frame.PictureType.B and frame.slice_starts is not None:
+            if frame.b_picture and frame.slice_starts is not None:
                 seeds = _unreceived_blocks(frame.slice_starts, motion.vectors, self._grid.mb_shape) \
                     if frame.picture.is_corrupt else np.zeros(self._grid.mb_shape, bool)  # FFmpeg concealed nothing
             else:

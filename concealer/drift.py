@@ -320,7 +320,7 @@ class FollowingCarry:
     def hold(self, slot: HeldFrame) -> list[HeldFrame]:
         """Take a frame slot; return those that can go out now, in order."""
         frame = slot.damaged.frame
-        if frame.missing or frame.picture.pict_type == av.video.frame.PictureType.B:
+        if frame.missing or frame.b_picture:
             self._held.append(slot)
             return [self._held.popleft()] if len(self._held) > MOST_AWAITING else []
         ready = [slot]
@@ -492,7 +492,7 @@ def _vector_spans(held: list[HeldFrame]) -> list[int]:
     for index, slot in enumerate(held):
         frame = slot.damaged.frame
         spans.append(1 if last_anchor is None or slot.damaged.motion.between_neighbours else index - last_anchor)
-        if frame.missing or frame.picture.pict_type != av.video.frame.PictureType.B:
+        if not frame.b_picture:
             last_anchor = index
     return spans
 

@@ -17,7 +17,6 @@ from typing import TextIO
 import av
 import cv2
 import numpy as np
-from av.video.frame import PictureType
 
 from .concealment import (DECODER_CONCEALING_CODECS, DEFAULT_CONCEALER, Neighbours, NetworkConcealer, Picture,
                           keeps_decoded_samples, make_concealer, same_scene)
@@ -261,7 +260,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                     decoded = Picture.from_frame(frame.picture)
                     picture = corrector.correct(decoded, damaged) if corrector else decoded
                     mask = damage.pixel_mask(height, width, None if drift == "reconceal" else DamageLabel.LOST)
-                    anchor = not source_format.reordered or frame.picture.pict_type != PictureType.B  # I or P
+                    anchor = not (source_format.reordered and frame.b_picture)  # I or P
                     if mask.any():
                         def filled(nearest: Picture | None, before: Picture | None) -> Picture:
                             earlier = nearest if nearest is not None and same_scene(nearest, picture, mask) else None
