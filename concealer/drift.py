@@ -35,9 +35,9 @@ import cv2
 import numpy as np
 
 from .concealment import Picture, same_scene
-from .detection import MB, CellGrid, DamagedFrame, DamageLabel, DamageMap, blocks_to_pixels
+from .detection import MB, CellGrid, DamagedFrame, DamageLabel, DamageMap, blocks_to_pixels, macroblock_mean
 from .intra import carry_into_intra
-from .motion import PlaneMaps, estimate_warp, pixel_grid
+from .motion import PlaneMaps, Warp, estimate_warp, pixel_grid
 
 # Codecs whose decoders' references after a loss are what the correction assumes: FFmpeg's concealment and its
 # stand-in for a lost frame (the last picture), or the substitutes of the HEVC stream repair. VP9 and AV1 decoders
@@ -432,7 +432,8 @@ class KeyframeBackfill:
         hole = last.damaged.damage.pixel_mask(height, width)
         if _scene_cut(keyframe.picture, last.picture, hole):
             return held  # a keyframe at a scene cut shows nothing of what came before it
-        warp = estimate_warp(keyframe.picture.y, last.picture.y, hole)
+        spans = _vector_spans(held)
+        warp = _keyframe_warp(keyframe, last, hole, spans[-1])
         # What comes from the keyframe's own damage says nothing: neither error nor noise is read there.
         guessed = warp.apply(keyframe.damaged.damage.pixel_mask(height, width).astype(np.float32)) > 0
         planes = _planes(last.picture)
@@ -449,7 +450,6 @@ class KeyframeBackfill:
                          _scaled(guessed, plane.shape), change[index] if change else None)
                  for index, (plane, estimate) in enumerate(zip(planes, estimates))]
         box = _damage_box(last.damaged.damage, height, width)
-        spans = _vector_spans(held)
         for index in range(len(held) - 1, -1, -1):
             slot = held[index]
             weight = np.float32(np.exp(-(len(held) - 1 - index) / BACKWARD_FADE))
@@ -478,6 +478,33 @@ class KeyframeBackfill:
                    zip(error, _plane_boxes(box))) * weight < NEGLIGIBLE:
                 break  # nothing left that would change a sample
         return held
+
+
+def _keyframe_warp(keyframe: HeldFrame, last: HeldFrame, hole: np.ndarray, span: int) -> Warp:
+    """The motion from the last damaged picture to the keyframe. The optical flow is not measured inside the damage,
+    whose pixels are wrong, but carried in from around it, which misses whatever moves unlike its surroundings.
+    Where the last picture's own vectors say where its blocks came from, that motion carried on for one more frame
+    interval (constant velocity) is the other candidate; each macroblock takes whichever of the two brings the
+    keyframe closer to the last picture. Measured on the training clips without B-frames (3 / 10 / 20% loss), carried
+    flow alone -> this: bikes 33.60 / 24.78 / 21.74 -> 33.63 / 24.80 / 21.75 dB, chaplin 32.18 / 26.97 / 21.87 ->
+    32.24 / 27.12 / 21.90; bbb_720p and fire2_720p (150 frames, 5 / 10%) 36.65 / 29.93 -> 37.05 / 30.06 and 29.54 /
+    25.82 -> 29.53 / 25.82. The candidate taken everywhere it exists instead: fire2 at 5% fell to 28.59."""
+    height, width = hole.shape
+    warp = estimate_warp(keyframe.picture.y, last.picture.y, hole)
+    moving = None if last.damaged.frame.missing else last.damaged.motion.smoothed_pixel_motion()
+    if moving is None:
+        return warp
+    dx, dy, predicted = moving
+    # Lost blocks' vectors are the decoder's guesses, not the encoder's.
+    onward = hole & predicted & ~last.damaged.damage.pixel_mask(height, width, DamageLabel.LOST)
+    if not onward.any():
+        return warp
+    candidate = Warp(np.where(onward, -dx / span, warp.dx).astype(np.float32),
+                     np.where(onward, -dy / span, warp.dy).astype(np.float32))
+    misfit = [macroblock_mean(cv2.absdiff(w.apply(keyframe.picture.y), last.picture.y).astype(np.float32))
+              for w in (warp, candidate)]
+    better = blocks_to_pixels(misfit[1] < misfit[0], MB, height, width)
+    return Warp(np.where(better, candidate.dx, warp.dx), np.where(better, candidate.dy, warp.dy))
 
 
 def _vector_spans(held: list[HeldFrame]) -> list[int]:
