@@ -376,22 +376,21 @@ class HeldFrame:
 class KeyframeBackfill:
     """Repairs what forward correction left in the frames before a clean keyframe, from the keyframe.
 
-    Forward repair guesses what was lost and carries its guess on; the keyframe that ends the
-    damage is coded without reference to anything before it and shows what those frames should
-    have become. Moved back onto the last damaged frame (optical flow, carried into the damage from
-    around it), it gives that frame's remaining error inside the damage; each earlier frame's error
-    is then the later one moved back along the decoder's motion vectors of the later frame (the
-    error travelled forward along them). The estimate is shrunk where it does not stand out from
-    the flow's own misfit on undamaged pixels nearby (a Wiener gain per block, _wiener), again at each
-    step back where the vectors fail to carry the decoded pictures back (_moved_back), and fades with
-    the distance from the keyframe. Measured with `python -m benchmarks.conceal_quality`, the pipeline's
-    sequence luma PSNR before -> after (3 / 10 / 20% loss): bikes 30.82 / 24.15 / 20.67 -> 32.49 /
-    24.53 / 21.30, chaplin 32.08 / 26.23 / 21.07 -> 32.34 / 26.91 / 21.26, carphone 37.31 / 32.08 /
-    23.19 -> 37.32 / 32.10 / 23.21; foreman (one keyframe, at the start) unchanged. A frame lost
-    entirely has no vectors of its own: the error goes back through its rebuild in place (the rebuild
-    is the picture before it moved by at most one frame interval's motion), where it used to stop:
-    chaplin 27.06 / 21.30 -> 27.14 / 21.70 dB at 10 / 20% loss, bikes at 20% 21.39 -> 21.41; the other
-    clips, and the training clips fire2_720p and bbb_720p (150 frames, 3% / 10%), unchanged.
+    Forward repair guesses what was lost and carries its guess on; the keyframe that ends the damage is coded
+    without reference to anything before it and shows what those frames should have become. Moved back onto the last
+    damaged frame (optical flow, carried into the damage from around it, or that frame's own vectors carried on
+    where they fit better: _keyframe_warp), it gives that frame's remaining error inside the damage; each earlier
+    frame's error is then the later one moved back along the decoder's motion vectors of the later frame (the error
+    travelled forward along them). The estimate is shrunk where it does not stand out from the flow's own misfit on
+    undamaged pixels nearby (a Wiener gain per block, _wiener), again at each step back where the vectors fail to
+    carry the decoded pictures back (_moved_back), and fades with the distance from the keyframe. Measured with
+    `python -m benchmarks.conceal_quality`, the pipeline's sequence luma PSNR before -> after (3 / 10 / 20% loss):
+    bikes 30.82 / 24.15 / 20.67 -> 32.49 / 24.53 / 21.30, chaplin 32.08 / 26.23 / 21.07 -> 32.34 / 26.91 / 21.26,
+    carphone 37.31 / 32.08 / 23.19 -> 37.32 / 32.10 / 23.21; foreman (one keyframe, at the start) unchanged. A frame
+    lost entirely has no vectors of its own: the error goes back through its rebuild in place (the rebuild is the
+    picture before it moved by at most one frame interval's motion), where it used to stop: chaplin 27.06 / 21.30 ->
+    27.14 / 21.70 dB at 10 / 20% loss, bikes at 20% 21.39 -> 21.41; the other clips, and the training clips
+    fire2_720p and bbb_720p (150 frames, 3% / 10%), unchanged.
 
     Encoders put keyframes at scene cuts too (x264 by default), and one there shows another scene: nothing is
     carried back from it (bikes re-encoded by x264 with its own keyframe choice and intra refresh, 150 frames,
