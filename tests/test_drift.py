@@ -293,9 +293,8 @@ def b_before_anchor(tmp_path):
     source = reencode(tmp_path / "b.mp4", frames=12,
                       options={"preset": "medium", "x264-params": "bframes=3:b-pyramid=none"})
     slots = list(detect_damage(source))
-    b_type = av.video.frame.PictureType.B
-    index = next(i for i, slot in enumerate(slots[:-1]) if slot.frame.picture.pict_type == b_type
-                 and slots[i + 1].frame.picture.pict_type != b_type and slot.motion.following_motion is not None)
+    index = next(i for i, slot in enumerate(slots[:-1]) if slot.frame.b_picture
+                 and not slots[i + 1].frame.b_picture and slot.motion.following_motion is not None)
     return slots[index], slots[index + 1]
 
 
@@ -387,9 +386,8 @@ def test_the_cells_of_a_b_picture_predicted_from_the_picture_after_alone_take_no
     source = reencode(tmp_path / "b.mp4", frames=12,
                       options={"preset": "medium", "x264-params": "bframes=3:b-pyramid=none"})
     slots = list(detect_damage(source))
-    b_type = av.video.frame.PictureType.B
-    index = next(i for i, slot in enumerate(slots) if slot.frame.picture.pict_type == b_type and i > 0
-                 and slots[i - 1].frame.picture.pict_type != b_type and slot.motion.following_motion is not None)
+    index = next(i for i, slot in enumerate(slots) if slot.frame.b_picture and i > 0
+                 and not slots[i - 1].frame.b_picture and slot.motion.following_motion is not None)
     b_slot, before = slots[index], slots[index - 1]
     decoded_before = Picture.from_frame(before.frame.picture)
     corrector = DriftCorrector(*decoded_before.y.shape)
