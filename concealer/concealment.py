@@ -92,11 +92,6 @@ class Picture:
                   yuv[luma_size + chroma_size:].reshape(self.v.shape))
         return self.pasted(planes, mask)
 
-    def mixed(self, other: Picture, mask: np.ndarray, weight: float) -> Picture:
-        """This picture with its `mask` samples replaced by `weight` x its own + (1 - `weight`) x `other`'s."""
-        return self.pasted([cv2.addWeighted(mine, weight, theirs, 1 - weight, 0)
-                            for mine, theirs in zip((self.y, self.u, self.v), (other.y, other.u, other.v))], mask)
-
     def pasted(self, source: list[np.ndarray], mask: np.ndarray) -> Picture:
         """This picture with its `mask` pixels taken from `source` (Y, U, V planes of the same sizes)."""
         planes = []

@@ -287,15 +287,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                             other = filled(reference, before_reference)
                             repaired = repaired.pasted([other.y, other.u, other.v],
                                                        mask & blocks_to_pixels(from_reference, MB, height, width))
-                        # The fill and FFmpeg's concealment of the same holes err in partly different ways, so a mix
-                        # of the two errs less than either (training clips without B-frames, summed over bikes and
-                        # chaplin at 3 / 10 / 20% loss: 161.43 dB with the fill alone, 162.08 with FILL_WEIGHT 0.75,
-                        # 161.92 / 162.17 / 162.09 / 161.85 with 0.6 / 0.7 / 0.8 / 0.9; three B-frames 103.90 ->
-                        # 104.12 over four cases; bbb and fire2 720p at 5 / 10% 122.45 -> 122.42, bbb 5% the one
-                        # loss, 37.05 -> 36.70, where the fill is exact and FFmpeg's is not). Weighting each block
-                        # by how well either fits its received neighbours, or mixing only where the two are close,
-                        # measured no better.
-                        picture = repaired.mixed(picture, mask, FILL_WEIGHT)
+                        picture = repaired
                     if redecoder and lost:
                         redecoder.repaired(picture)
                     if corrector and anchor:
@@ -330,9 +322,6 @@ def _stop_on_interrupt(source: Path, summary: DetectionSummary) -> Iterator[None
         raise Interrupted(f"interrupted after {summary.frames}{f' of {total}' if total else ''} frames, "
                           "no output written") from exc
 
-
-# Share of the concealer's fill in a lost block; the rest is FFmpeg's concealment of it (see `conceal`).
-FILL_WEIGHT = 0.75
 
 # Frame slots decoded and mapped ahead of the repair by a worker thread: decoding and damage detection
 # (FFmpeg, NumPy and OpenCV all release the GIL) overlap the repair of earlier frames on another core.

@@ -168,21 +168,6 @@ def test_fire_is_repaired_above_a_plain_decode(tmp_path, model):
     assert summary.psnr > plain_decode_psnr(damaged.damaged, damaged.reference) + 0.2, summary.psnr
 
 
-def test_a_mix_of_the_fill_and_ffmpegs_concealment_beats_the_fill_alone(tmp_path, monkeypatch):
-    """chaplin (a training clip) at 3% loss: the lost blocks filled 3:1 from our fill and FFmpeg's concealment of
-    them score above our fill alone (measured 32.43 against 32.24 dB)."""
-    damaged = simulate_loss(clip("chaplin_640x360_mp3.mp4"), tmp_path / "d.mp4",
-                            loss=LossOptions(model="gilbert", loss_rate=0.03, burst=2, seed=1))
-
-    def repaired(name: str) -> float:
-        return conceal(damaged.damaged, tmp_path / f"{name}.mkv", codec="ffv1", lossless=True,
-                       reference=damaged.reference).psnr
-
-    mixed = repaired("mixed")
-    monkeypatch.setattr("concealer.pipeline.FILL_WEIGHT", 1.0)
-    assert mixed > repaired("fill") + 0.1
-
-
 def test_redecoding_from_the_repairs_beats_carrying_them(damaged_foreman, tmp_path):
     """foreman at 10% loss (x264 without B-frames): later pictures predicted by the decoder from the
     repairs themselves score well above the repairs carried along the motion vectors (measured: 33.14
