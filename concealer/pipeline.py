@@ -18,8 +18,8 @@ import av
 import cv2
 import numpy as np
 
-from .concealment import (DECODER_CONCEALING_CODECS, DEFAULT_CONCEALER, Neighbours, NetworkConcealer, Picture,
-                          keeps_decoded_samples, make_concealer, same_scene)
+from .concealment import (DECODER_CONCEALING_CODECS, DEFAULT_CONCEALER, FillShare, Neighbours, NetworkConcealer,
+                          Picture, keeps_decoded_samples, make_concealer, same_scene)
 from .decode import DecodedFrame, decode_frames
 from .detection import (
     MB,
@@ -30,7 +30,8 @@ from .detection import (
     detect_damage,
     write_damage_maps,
 )
-from .drift import CARRIED_CODECS, DriftCorrector, FollowingCarry, HeldFrame, KeyframeBackfill, predicted_from_holes
+from .drift import (MOSTLY_INTACT, CARRIED_CODECS, DriftCorrector, FollowingCarry, HeldFrame, KeyframeBackfill,
+                    predicted_from_holes)
 from .encode import EncoderSettings, add_output_encoder
 from .errors import InputError, Interrupted, UsageError
 from .heap import tune_malloc
@@ -208,6 +209,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
         backfill = KeyframeBackfill(height, width) if drift in ("carry", "redecode") else None
         following_carry = FollowingCarry() if corrector and source_format.reordered else None
         decoder_concealed = source_format.codec in DECODER_CONCEALING_CODECS
+        share = FillShare() if decoder_concealed and not source_format.reordered else None
 
         def write(outgoing: _Outgoing) -> None:
             out = outgoing.picture.to_frame(video.codec_context.pix_fmt, outgoing.original)
@@ -254,6 +256,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                         corrector.remember(last_decoded, picture)  # FFmpeg stands the last picture in for it
                 else:
                     lost = bool((damage.labels == DamageLabel.LOST).any())
+                    ffmpegs = frame.luma() if share is not None and _before_intact_keyframe(following, damage) else None
                     if redecoder and (own := redecoder.picture(frame.pts, lost)) is not None:
                         frame = dataclasses.replace(frame, picture=own)
                         damaged = dataclasses.replace(damaged, frame=frame)
@@ -287,7 +290,11 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                             other = filled(reference, before_reference)
                             repaired = repaired.pasted([other.y, other.u, other.v],
                                                        mask & blocks_to_pixels(from_reference, MB, height, width))
-                        picture = repaired
+                        picture = repaired if share is None or share.share == 1 else \
+                            repaired.mixed(picture, mask, share.share)
+                    if ffmpegs is not None:
+                        share.learn(picture.y, ffmpegs, following.frame.luma(), damage.pixel_mask(height, width),
+                                    following.damage.pixel_mask(height, width))
                     if redecoder and lost:
                         redecoder.repaired(picture)
                     if corrector and anchor:
@@ -310,6 +317,12 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
         tally.finish()
         outputs.commit()
     return summary
+
+
+def _before_intact_keyframe(following: DamagedFrame | None, damage: DamageMap) -> bool:
+    """Whether a damaged picture is the last before a keyframe that mostly arrived (FillShare learns from it)."""
+    return following is not None and not following.frame.missing and following.frame.picture.key_frame and \
+        following.damage.damaged.mean() < MOSTLY_INTACT and damage.damaged.any()
 
 
 @contextlib.contextmanager
