@@ -30,7 +30,7 @@ from .detection import (
     detect_damage,
     write_damage_maps,
 )
-from .drift import (MOSTLY_INTACT, CARRIED_CODECS, DriftCorrector, FollowingCarry, HeldFrame, KeyframeBackfill,
+from .drift import (CARRIED_CODECS, MOSTLY_INTACT, DriftCorrector, FollowingCarry, HeldFrame, KeyframeBackfill,
                     predicted_from_holes)
 from .encode import EncoderSettings, add_output_encoder
 from .errors import InputError, Interrupted, UsageError
@@ -256,7 +256,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                         corrector.remember(last_decoded, picture)  # FFmpeg stands the last picture in for it
                 else:
                     lost = bool((damage.labels == DamageLabel.LOST).any())
-                    ffmpegs = frame.luma() if share is not None and _before_intact_keyframe(following, damage) else None
+                    ffmpegs = frame.luma() if share is not None and _just_before_a_keyframe(following, damage) else None
                     if redecoder and (own := redecoder.picture(frame.pts, lost)) is not None:
                         frame = dataclasses.replace(frame, picture=own)
                         damaged = dataclasses.replace(damaged, frame=frame)
@@ -290,6 +290,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                             other = filled(reference, before_reference)
                             repaired = repaired.pasted([other.y, other.u, other.v],
                                                        mask & blocks_to_pixels(from_reference, MB, height, width))
+                        # Some of FFmpeg's concealment mixed in, as much as the keyframes so far say (FillShare).
                         picture = repaired if share is None or share.share == 1 else \
                             repaired.mixed(picture, mask, share.share)
                     if ffmpegs is not None:
@@ -319,7 +320,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
     return summary
 
 
-def _before_intact_keyframe(following: DamagedFrame | None, damage: DamageMap) -> bool:
+def _just_before_a_keyframe(following: DamagedFrame | None, damage: DamageMap) -> bool:
     """Whether a damaged picture is the last before a keyframe that mostly arrived (FillShare learns from it)."""
     return following is not None and not following.frame.missing and following.frame.picture.key_frame and \
         following.damage.damaged.mean() < MOSTLY_INTACT and damage.damaged.any()
