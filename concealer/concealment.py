@@ -251,29 +251,42 @@ class FillShare:
     errs less than either, while where the fill is near exact any share of FFmpeg's costs. A keyframe shows
     which: moved onto the picture before it, it stands in for that picture's truth, and the share that would
     have brought the two repairs of its damage (ours, and FFmpeg's decode that propagated its own
-    concealment) closest to it follows in closed form. Pooled over the keyframes seen; until one is, the
-    fill is taken whole."""
+    concealment) closest to it follows in closed form (with B-frames, the I or P picture before the keyframe's
+    B pictures stands in for the last). Pooled over the keyframes seen; until one is, the fill is taken whole."""
 
     # Pixels where the two repairs must differ for a keyframe to count.
     MIN_PIXELS = 1024
     # The least share taken: a keyframe is a noisy stand-in for the truth (chaplin at 3% learned 0.50-0.63 where
-    # 0.7-0.8 for the whole clip measured best). Training clips without B-frames (`conceal` with defaults; bikes and
-    # chaplin at 3 / 10 / 20%, bbb and fire2 720p, 150 frames, at 5 / 10%), against the fill taken whole (bikes
-    # 33.63 / 24.80 / 21.75, chaplin 32.24 / 27.12 / 21.90, bbb 37.05 / 30.06, fire2 29.53 / 25.82 dB): at 0.7
-    # +0.00 / +0.01 / +0.11, +0.11 / +0.09 / +0.14, -0.01 / -0.01, -0.01 / +0.28 (+0.71 summed); at 0.5 +0.59
-    # summed (bikes 20% +0.32, chaplin 3% -0.10, fire2 5% -0.09). The same mix at 0.75 everywhere, learned from
-    # nothing, measured +0.60 over these ten (bbb 5% -0.35) and cost foreman 1.8 dB at 3% loss.
+    # 0.7-0.8 for the whole clip measured best). Training clips (`conceal` with defaults), against the fill taken
+    # whole: without B-frames, bikes and chaplin at 3 / 10 / 20% +0.00 / +0.00 / +0.11 and +0.11 / +0.09 / +0.11 dB
+    # (from 33.63 / 24.80 / 21.75 and 32.24 / 27.12 / 21.90), bbb and fire2 720p (150 frames) at 5 / 10% -0.02 /
+    # -0.03 and -0.01 / +0.28; with three B-frames, bikes +0.14 / +0.07 / +0.10, chaplin +0.01 / +0.03 / +0.00, bbb
+    # 5% -0.02, fire2 10% -0.01. With a floor of 0.5 (learning then only from the picture just before a keyframe,
+    # without B-frames): +0.59 summed over the first ten against +0.71 at 0.7 (bikes 20% +0.32, chaplin 3% -0.10,
+    # fire2 5% -0.09). The same mix at 0.75 everywhere, learned from nothing, measured +0.60 over those ten (bbb 5%
+    # -0.35) and cost foreman 1.8 dB at 3% loss.
     LEAST = 0.7
+
+    # A keyframe with more of its pixels damaged than this is no stand-in.
+    MOSTLY_ARRIVED = 0.5
 
     def __init__(self) -> None:
         self.share = 1.0
         self._towards = 0.0  # pooled <FFmpeg's error, FFmpeg's - ours>, in units of the share in force
         self._spread = 0.0  # pooled |ours - FFmpeg's|^2, likewise
+        self._last: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # the last damaged I or P picture's
 
-    def learn(self, ours: np.ndarray, ffmpegs: np.ndarray, keyframe: np.ndarray, damaged: np.ndarray,
+    def see(self, ours: np.ndarray, ffmpegs: np.ndarray, damaged: np.ndarray, keyframe: bool) -> None:
+        """Take each I or P picture in display order: our repair's and FFmpeg's luma, and its HxW damage mask.
+        A keyframe is weighed against the last one before it, if that was damaged."""
+        if keyframe and self._last is not None and damaged.mean() < self.MOSTLY_ARRIVED:
+            self.learn(*self._last, ffmpegs, damaged)
+        self._last = (ours, ffmpegs, damaged) if not keyframe and damaged.any() else None
+
+    def learn(self, ours: np.ndarray, ffmpegs: np.ndarray, damaged: np.ndarray, keyframe: np.ndarray,
               keyframe_damaged: np.ndarray) -> None:
-        """Weigh the repairs of the picture just before a keyframe (luma planes, `damaged` its HxW damage mask)
-        against the keyframe's luma moved onto it, where the keyframe itself arrived (`keyframe_damaged` not)."""
+        """Weigh the repairs of a picture before a keyframe (luma planes, `damaged` its HxW damage mask) against
+        the keyframe's luma moved onto it, where the keyframe itself arrived (`keyframe_damaged` not)."""
         differ = damaged & ~keyframe_damaged & (ours != ffmpegs)
         intact = ~damaged
         if np.count_nonzero(differ) < self.MIN_PIXELS or not intact.any() or \

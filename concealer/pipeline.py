@@ -30,8 +30,7 @@ from .detection import (
     detect_damage,
     write_damage_maps,
 )
-from .drift import (CARRIED_CODECS, MOSTLY_INTACT, DriftCorrector, FollowingCarry, HeldFrame, KeyframeBackfill,
-                    predicted_from_holes)
+from .drift import CARRIED_CODECS, DriftCorrector, FollowingCarry, HeldFrame, KeyframeBackfill, predicted_from_holes
 from .encode import EncoderSettings, add_output_encoder
 from .errors import InputError, Interrupted, UsageError
 from .heap import tune_malloc
@@ -209,7 +208,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
         backfill = KeyframeBackfill(height, width) if drift in ("carry", "redecode") else None
         following_carry = FollowingCarry() if corrector and source_format.reordered else None
         decoder_concealed = source_format.codec in DECODER_CONCEALING_CODECS
-        share = FillShare() if decoder_concealed and not source_format.reordered else None
+        share = FillShare() if decoder_concealed else None
 
         def write(outgoing: _Outgoing) -> None:
             out = outgoing.picture.to_frame(video.codec_context.pix_fmt, outgoing.original)
@@ -256,7 +255,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                         corrector.remember(last_decoded, picture)  # FFmpeg stands the last picture in for it
                 else:
                     lost = bool((damage.labels == DamageLabel.LOST).any())
-                    ffmpegs = frame.luma() if share is not None and _just_before_a_keyframe(following, damage) else None
+                    plain = frame  # FFmpeg's decode, whatever the redecoder makes of it
                     if redecoder and (own := redecoder.picture(frame.pts, lost)) is not None:
                         frame = dataclasses.replace(frame, picture=own)
                         damaged = dataclasses.replace(damaged, frame=frame)
@@ -293,9 +292,8 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                         # Some of FFmpeg's concealment mixed in, as much as the keyframes so far say (FillShare).
                         picture = repaired if share is None or share.share == 1 else \
                             repaired.mixed(picture, mask, share.share)
-                    if ffmpegs is not None:
-                        share.learn(picture.y, ffmpegs, following.frame.luma(), damage.pixel_mask(height, width),
-                                    following.damage.pixel_mask(height, width))
+                    if share is not None and anchor:
+                        share.see(picture.y, plain.luma(), damage.pixel_mask(height, width), plain.picture.key_frame)
                     if redecoder and lost:
                         redecoder.repaired(picture)
                     if corrector and anchor:
@@ -318,12 +316,6 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
         tally.finish()
         outputs.commit()
     return summary
-
-
-def _just_before_a_keyframe(following: DamagedFrame | None, damage: DamageMap) -> bool:
-    """Whether a damaged picture is the last before a keyframe that mostly arrived (FillShare learns from it)."""
-    return following is not None and not following.frame.missing and following.frame.picture.key_frame and \
-        following.damage.damaged.mean() < MOSTLY_INTACT and damage.damaged.any()
 
 
 @contextlib.contextmanager
