@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from .decode import plane_samples
-from .detection import MB, DamagedFrame, DamageLabel, blocks_to_pixels
+from .detection import MB, DamagedFrame, DamageLabel, DamageMap, blocks_to_pixels
 from .errors import UsageError
 from .motion import KnownMotion, Warp, estimate_warp, fill_motion
 
@@ -189,12 +189,12 @@ class Neighbours:
 SCENE_CUT_MAD = 30.0
 
 
-def same_scene(previous: Picture, picture: Picture, mask: np.ndarray) -> bool:
-    """Whether `previous` shows the scene `picture` does, judged on the pixels `mask` leaves intact."""
+def same_scene(previous: np.ndarray, luma: np.ndarray, mask: np.ndarray) -> bool:
+    """Whether `previous` shows the scene `luma` does (luma planes), judged on the pixels `mask` leaves intact."""
     intact = ~mask
     if not intact.any():
         return True  # nothing to judge by: a whole lost picture continues the last one
-    return float(cv2.absdiff(previous.y, picture.y)[intact].mean()) <= SCENE_CUT_MAD
+    return float(cv2.absdiff(previous, luma)[intact].mean()) <= SCENE_CUT_MAD
 
 
 class Concealer(Protocol):
@@ -276,21 +276,22 @@ class FillShare:
         self._spread = 0.0  # pooled |ours - FFmpeg's|^2, likewise
         self._last: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # the last damaged I or P picture's
 
-    def see(self, ours: np.ndarray, ffmpegs: np.ndarray, damaged: np.ndarray, keyframe: bool) -> None:
-        """Take each I or P picture in display order: our repair's and FFmpeg's luma, and its HxW damage mask.
+    def see(self, ours: np.ndarray, ffmpegs: np.ndarray, damage: DamageMap, keyframe: bool) -> None:
+        """Take each I or P picture in display order: our repair's and FFmpeg's luma, and its damage map.
         A keyframe is weighed against the last one before it, if that was damaged."""
-        if keyframe and self._last is not None and damaged.mean() < self.MOSTLY_ARRIVED:
-            self.learn(*self._last, ffmpegs, damaged)
-        self._last = (ours, ffmpegs, damaged) if not keyframe and damaged.any() else None
+        if keyframe:
+            if self._last is not None and (damaged := damage.pixel_mask(*ours.shape)).mean() < self.MOSTLY_ARRIVED:
+                self.learn(*self._last, ffmpegs, damaged)
+            self._last = None
+        else:  # the pixel mask is made only for the pictures kept: this runs on every I or P picture
+            self._last = (ours, ffmpegs, damage.pixel_mask(*ours.shape)) if damage.damaged.any() else None
 
     def learn(self, ours: np.ndarray, ffmpegs: np.ndarray, damaged: np.ndarray, keyframe: np.ndarray,
               keyframe_damaged: np.ndarray) -> None:
         """Weigh the repairs of a picture before a keyframe (luma planes, `damaged` its HxW damage mask) against
         the keyframe's luma moved onto it, where the keyframe itself arrived (`keyframe_damaged` not)."""
         differ = damaged & ~keyframe_damaged & (ours != ffmpegs)
-        intact = ~damaged
-        if np.count_nonzero(differ) < self.MIN_PIXELS or not intact.any() or \
-                float(cv2.absdiff(keyframe, ours)[intact].mean()) > SCENE_CUT_MAD:
+        if np.count_nonzero(differ) < self.MIN_PIXELS or damaged.all() or not same_scene(keyframe, ours, damaged):
             return  # too little to weigh, or a keyframe at a scene cut: no stand-in for the truth
         truth = estimate_warp(keyframe, ours, damaged).apply(keyframe)[differ].astype(np.float32)
         theirs_off = ffmpegs[differ].astype(np.float32) - truth

@@ -603,7 +603,7 @@ def _scene_cut(keyframe: Picture, last: Picture, damaged: np.ndarray) -> bool:
     """Whether `keyframe` shows another scene than `last`, judged where `last` is intact, or on all of it where
     little is (SCENE_JUDGED_SHARE)."""
     few_intact = np.count_nonzero(~damaged) < SCENE_JUDGED_SHARE * damaged.size
-    return not same_scene(keyframe, last, np.zeros_like(damaged) if few_intact else damaged)
+    return not same_scene(keyframe.y, last.y, np.zeros_like(damaged) if few_intact else damaged)
 
 
 def _is_keyframe(slot: HeldFrame) -> bool:

@@ -265,9 +265,10 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                     anchor = not (source_format.reordered and frame.b_picture)  # I or P
                     if mask.any():
                         def filled(nearest: Picture | None, before: Picture | None) -> Picture:
-                            earlier = nearest if nearest is not None and same_scene(nearest, picture, mask) else None
+                            earlier = nearest if nearest is not None and same_scene(nearest.y, picture.y, mask) \
+                                else None
                             motion_before = before if earlier is not None and before is not None and \
-                                same_scene(before, earlier, np.zeros_like(mask)) else None
+                                same_scene(before.y, earlier.y, np.zeros_like(mask)) else None
                             return concealer.conceal(picture, mask, Neighbours(earlier, following, motion_before,
                                                                                decoder_concealed))
 
@@ -293,7 +294,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                         picture = repaired if share is None or share.share == 1 else \
                             repaired.mixed(picture, mask, share.share)
                     if share is not None and anchor:
-                        share.see(picture.y, plain.luma(), damage.pixel_mask(height, width), plain.picture.key_frame)
+                        share.see(picture.y, plain.luma(), damage, plain.picture.key_frame)
                     if redecoder and lost:
                         redecoder.repaired(picture)
                     if corrector and anchor:
