@@ -213,13 +213,13 @@ def test_the_next_clean_keyframe_repairs_the_frames_before_it(damaged_bikes, tmp
 
 
 def test_held_frames_are_bounded_by_the_picture_size(damaged_foreman):
-    """A 4K picture holds at most 2 frames back (24 720p pictures' worth), a CIF one 32: what is held
+    """A 4K picture holds at most 2 frames back (24 720p pictures' worth), a CIF one 64: what is held
     beyond that goes out at once, oldest first, so memory stays bounded whatever the input."""
     slots = [HeldFrame(d, Picture.from_frame(d.frame.picture), None)
              for d in detect_damage(damaged_foreman.damaged, mode="truth", truth=damaged_foreman.truth)
              if not d.frame.missing and not d.frame.picture.key_frame and d.damage.damaged.any()][:6]
     assert len(slots) == 6
-    for height, width, window in ((2160, 3840, 2), (288, 352, 32)):
+    for height, width, window in ((2160, 3840, 2), (288, 352, 64)):
         backfill = KeyframeBackfill(height, width)
         out = [slot.damaged.frame.pts for held in slots for slot in backfill.hold(held)]
         kept = [slot.damaged.frame.pts for slot in backfill.release()]
