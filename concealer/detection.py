@@ -111,6 +111,10 @@ class DamagedFrame:
 class DamageDetector(Protocol):
     """Labels the macroblocks of each frame slot, in presentation order."""
 
+    # Whether it finds where pictures predicted from a stale reference (DecodedFrame.drifted) went wrong; where
+    # not, every macroblock of such a picture is taken for damaged.
+    traces_drift: bool
+
     def process_frame(self, frame: DecodedFrame, motion: MotionField) -> DamageMap: ...
 
 
@@ -323,6 +327,13 @@ def _label(seeds: np.ndarray, mb_error: np.ndarray) -> np.ndarray:
     return labels
 
 
+def drifted_everywhere(damage: DamageMap) -> DamageMap:
+    """A frame's map with every clean macroblock taken for propagated: it was predicted from a stale reference
+    picture, and nothing tells where that shows."""
+    return DamageMap(damage.pts, np.where(damage.labels == DamageLabel.CLEAN, DamageLabel.PROPAGATED,
+                                          damage.labels).astype(np.uint8))
+
+
 def _missing_map(frame: DecodedFrame, grid: CellGrid) -> DamageMap:
     return DamageMap(frame.pts, np.full(grid.mb_shape, DamageLabel.MISSING_FRAME, dtype=np.uint8))
 
@@ -397,6 +408,8 @@ class BitstreamDetector:
             marked_substitutes=vectors_exported))
         self._grid = grid
         self._vectors_exported = vectors_exported
+        # The second decode stands marked copies in for lost H.264 reference pictures (h264_repair.H264GapRepair).
+        self.traces_drift = vectors_exported
         self._ratio = RatioTracer(grid) if vectors_exported else None
         # The pixel fallback's error estimate, and its record of where the decodes differed, traced alike.
         self._pixel_tracers = None if vectors_exported else (ErrorTracer(grid), ErrorTracer(grid))
@@ -422,12 +435,14 @@ class BitstreamDetector:
                     if frame.picture.is_corrupt else np.zeros(self._grid.mb_shape, bool)  # FFmpeg concealed nothing
             else:
                 seeds = _concealed_blocks(self._grid, motion, other.motion_vectors, difference)
-            mb_error = self._traced_ratio(luma, motion, difference, self._grid.expand_mbs(seeds))
+            mb_error = self._traced_ratio(luma, motion, difference, self._grid.expand_mbs(seeds), frame.drifted)
         else:
             seeds, mb_error = self._traced_pixels(frame, luma, motion, difference)
         self._recent = [luma] + self._recent[:1]
         self._after_gap = False
-        return DamageMap(frame.pts, _label(seeds, mb_error))
+        damage = DamageMap(frame.pts, _label(seeds, mb_error))
+        # The second decode could not stand marked copies in for the lost reference pictures: nothing shows where.
+        return drifted_everywhere(damage) if other.drifted else damage
 
     def _concealment_error(self) -> np.ndarray:
         """Estimated squared error of concealment per cell, where the two decodes' disagreement says nothing of
@@ -437,12 +452,15 @@ class BitstreamDetector:
         return np.maximum(self._grid.squared_difference(*self._recent), CONCEALMENT_ERROR_FLOOR)
 
     def _traced_ratio(self, luma: np.ndarray, motion: MotionField, difference: np.ndarray,
-                      concealed: np.ndarray) -> np.ndarray:
+                      concealed: np.ndarray, drifted: bool) -> np.ndarray:
         ratio = self._ratio.inherit(motion)
         scale = 1 / np.maximum(difference, 1e-9)
-        if self._after_gap and self._recent:  # predicted from a stand-in: off by the motion across the gap
-            ratio = np.maximum(ratio, MISSING_REFERENCE_WEIGHT * self._grid.squared_difference(luma, self._recent[0])
-                               * scale)
+        # Predicted from a stand-in: off by the motion across the gap. With B-frames the pictures predicted from
+        # it are not the next one shown but those decoded after it, where nothing was carried yet.
+        stand_in = ratio == 0 if drifted else self._after_gap
+        if np.any(stand_in) and self._recent:
+            ratio = np.where(stand_in, np.maximum(ratio, MISSING_REFERENCE_WEIGHT * scale *
+                                                  self._grid.squared_difference(luma, self._recent[0])), ratio)
         if concealed.any():
             ratio = np.where(concealed, CONCEALMENT_RATIO, ratio)
         return self._grid.mb_mean(self._ratio.commit(difference, ratio))
@@ -526,6 +544,8 @@ def _unreceived_blocks(slice_starts: list[int], vectors: np.ndarray | None, mb_s
 class TruthDetector:
     """Lost macroblocks and missing frames from simulate-loss's sidecar; propagation traced as above."""
 
+    traces_drift = False
+
     def __init__(self, truth_json: Path, grid: CellGrid):
         try:
             doc, pts, maps = load_truth(truth_json)
@@ -596,9 +616,8 @@ def detect_damage(path: Path, *, mode: str = "auto", truth: Path | None = None) 
                                     else previous_luma)
             previous_luma = luma
         damage = detector.process_frame(frame, motion)
-        if frame.drifted:  # predicted from a stale reference, and no vectors to say where it shows
-            damage = DamageMap(damage.pts, np.where(damage.labels == DamageLabel.CLEAN, DamageLabel.PROPAGATED,
-                                                    damage.labels).astype(np.uint8))
+        if frame.drifted and not detector.traces_drift:  # predicted from a stale reference, nothing says where
+            damage = drifted_everywhere(damage)
         yield DamagedFrame(frame, damage, motion)
 
 

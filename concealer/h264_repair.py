@@ -42,6 +42,7 @@ B_SLICE = 1  # slice_type modulo 5
 SLICE_STARTS_KEPT = 64
 MAX_SUBSTITUTES = 32  # a longer gap is a damaged frame_num, not lost frames
 MARK_SHIFT = (8, 0)  # quarter pixels: two pixels to the right
+GAP_COPY_PTS = -(1 << 60)  # below the timestamps of any real stream
 
 
 class H264GapRepair:
@@ -58,6 +59,7 @@ class H264GapRepair:
             self._learn(unit)
         self._previous: tuple[int, int | None] | None = None  # (POC lsb, pts) of the last picture
         self._hidden: set[int] = set()
+        self._gap_copy_pts = GAP_COPY_PTS  # the last timestamp given to a substitute in a stream with B-frames
         self._reordered = reordered  # B-frames (said so, or a B slice was seen): no substitutes from then on
         self._reference_frame_num: int | None = None  # of the last reference picture that arrived
         self._stale = False  # a reference picture was lost since the last IDR picture, and FFmpeg stood in for it
@@ -92,10 +94,18 @@ class H264GapRepair:
         self._reordered = self._reordered or slice_type % 5 == B_SLICE
         ref_idc, idr = nal[0] >> 5 & 3, first_slice.nal_type == IDR_SLICE
         self._sequence += idr
+        copied_order = self._reference_order  # of the last reference picture, which FFmpeg copies into a gap
         self.order.record(packet.pts, self._sequence, self._picture_order_count(sps, frame_num, poc_lsb, ref_idc, idr))
-        missing = self._lost_references(sps, frame_num, ref_idc, idr, packet.pts)
+        missing = self._lost_references(sps, frame_num, ref_idc, idr)
+        copied = self._reordered and self._mark and 0 < missing <= MAX_SUBSTITUTES and sps.poc_type == 0 and \
+            self._repairable(sps)
+        # FFmpeg's own stand-ins leave the pictures after them drifted until the next IDR picture; marked copies
+        # instead show in the difference between the decodes where the stand-ins were used.
+        self._stale = not idr and (self._stale or (missing > 0 and not copied))
+        if self._stale and self._reordered and packet.pts is not None:
+            self._drifted.add(packet.pts)
         if self._reordered:
-            return [packet]
+            return self._gap_copies(packet, sps, frame_num, missing, copied_order) + [packet] if copied else [packet]
         previous, self._previous = self._previous, (poc_lsb, packet.pts)
         if previous is None or not 0 < missing <= MAX_SUBSTITUTES or not self._repairable(sps):
             return [packet]
@@ -122,7 +132,7 @@ class H264GapRepair:
         """The first macroblock of each slice of the picture at `pts` that arrived (asked once per picture)."""
         return self._slice_starts.pop(pts, None)
 
-    def _lost_references(self, sps: H264Sps, frame_num: int, ref_idc: int, idr: bool, pts: int | None) -> int:
+    def _lost_references(self, sps: H264Sps, frame_num: int, ref_idc: int, idr: bool) -> int:
         """How many reference pictures were lost just before this one. Every picture after a reference picture
         has frame_num one above that picture's (7.4.3), a non-reference picture included, so the gap is counted
         from the last reference picture: counted from the last picture, a reference picture lost after a
@@ -130,17 +140,12 @@ class H264GapRepair:
         or by FFmpeg's own gap filling), which makes frame_num - 1 the last reference either way."""
         missing = 0
         limit = 1 << sps.log2_max_frame_num
-        if idr:
-            self._stale = False
-        elif self._reference_frame_num is not None and not sps.gaps_allowed:
+        if not idr and self._reference_frame_num is not None and not sps.gaps_allowed:
             missing = (frame_num - self._reference_frame_num - 1) % limit
-            self._stale = self._stale or missing > 0
         if missing:
             self._reference_frame_num = (frame_num - 1) % limit
         if ref_idc:
             self._reference_frame_num = frame_num
-        if self._stale and self._reordered and pts is not None:
-            self._drifted.add(pts)
         return missing
 
     def _picture_order_count(self, sps: H264Sps, frame_num: int, poc_lsb: int, ref_idc: int, idr: bool
@@ -218,6 +223,27 @@ class H264GapRepair:
             if packet.pts is not None and last_pts is not None and packet.pts - last_pts > missing:
                 substitute.pts = last_pts + (packet.pts - last_pts) * step // (missing + 1)
                 self._hidden.add(substitute.pts)
+            out.append(substitute)
+        return out
+
+    def _gap_copies(self, packet: av.Packet, sps: H264Sps, frame_num: int, missing: int, copied_order: int
+                    ) -> list[av.Packet]:
+        """Marked substitutes for the `missing` reference pictures lost just before this one in a stream with
+        B-frames, made as FFmpeg's frame_num gap filling makes its stand-ins: each a copy (here moved by MARK_SHIFT)
+        of the reference picture decoded last, with an order count 2 above that picture's, so that every later
+        picture's reference lists hold them where they hold FFmpeg's. A decode with them then differs from one
+        without exactly where later pictures were predicted from a stand-in (damage detection). Their timestamps
+        are below any real one, so none is taken for a picture of the stream and each is hidden when it comes out."""
+        pps = self._nal(0x60 | PPS, substitute_pps(sps.sps_id))
+        out = []
+        for step in range(1, missing + 1):
+            lost_frame_num = (frame_num - missing - 1 + step) % (1 << sps.log2_max_frame_num)
+            lsb = (copied_order + 2 * step) % (1 << sps.log2_max_poc_lsb)
+            substitute = av.Packet(pps + self._nal(2 << 5 | SLICE, _skip_slice(sps, lost_frame_num, lsb, self._mark)))
+            substitute.stream, substitute.time_base = packet.stream, packet.time_base
+            self._gap_copy_pts -= 1
+            substitute.pts = self._gap_copy_pts
+            self._hidden.add(substitute.pts)
             out.append(substitute)
         return out
 

@@ -98,6 +98,8 @@ class PixelDetector:
     """Blind detection from decoded pictures alone (see the module docstring); LOST is never told apart from
     PROPAGATED here, so every damaged macroblock is labelled PROPAGATED."""
 
+    traces_drift = False
+
     def __init__(self, mb_shape: tuple[int, int], weights: Path | None = None):
         from .models import load_network  # torch models load only when this detector is used
         self._network, shipped = load_network(NETWORK, weights)

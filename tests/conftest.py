@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
+from concealer.bitstream import Codec, Framing, nal_units, parse_decoder_config
 from concealer.media import add_stream_copy
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -158,3 +159,19 @@ def with_extras(video_file: Path, out: Path) -> Path:
             packet.stream = video
             sink.mux(packet)
     return out
+
+
+def reference_flags(path):
+    """(pts, nal_ref_idc of its first slice) of every packet, in decoding order."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        config = parse_decoder_config(Codec.H264, stream.codec_context.extradata)
+        flags = []
+        for packet in container.demux(stream):
+            if packet.dts is None:
+                continue
+            data = bytes(packet)
+            first = next(u for u in nal_units(data, Codec.H264, Framing.LENGTH_PREFIXED, config.length_size)
+                         if u.nal_type in (1, 5))
+            flags.append((packet.pts, data[first.payload_start] >> 5 & 3))
+    return flags

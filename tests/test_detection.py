@@ -13,9 +13,10 @@ from concealer.decode import decode_frames
 from concealer.detection import CellGrid, DamageLabel, MotionField, detect_damage, macroblock_mean
 from concealer.encode import EncoderSettings
 from concealer.errors import InputError
+from concealer.pixel_detection import reference_damage_maps
 from concealer.truth import load_truth
 
-from conftest import clip, reencode, remux_without
+from conftest import clip, reencode, reference_flags, remux_without
 
 
 @pytest.fixture(scope="module")
@@ -226,3 +227,27 @@ def test_cell_motion_puts_every_exported_vector_on_the_cells_its_block_covers():
             partitions += vector["w"] < 16 or vector["h"] < 16
         assert np.array_equal(motion[0], dx) and np.array_equal(motion[1], dy) and np.array_equal(motion[2], predicted)
     assert partitions > 100  # the cell-by-cell path was exercised
+
+
+def test_blind_detection_finds_where_a_lost_reference_picture_spread_in_a_stream_with_b_frames(tmp_path):
+    """FFmpeg stands a copy of an older picture in for a lost reference picture of a stream with B-frames; the second
+    decode of blind detection stands a marked copy in instead (h264_repair), so the decodes differ where it was used,
+    and the pictures after the loss are no longer taken for damaged whole. foreman without its first B picture that
+    others refer to: recall / precision against the reference map 1.000 / 0.152 taken whole, 0.889 / 0.377 traced."""
+    path = clip("foreman_cif_h264.mp4")
+    flags = reference_flags(path)
+    shown_last = [max(pts for pts, _ in flags[:n + 1]) for n in range(len(flags))]
+    lost = next(n for n, (pts, ref) in enumerate(flags) if n > 10 and ref and pts < shown_last[n])
+    damaged = tmp_path / "without-reference.mp4"
+    remux_without(path, damaged, {lost})
+    reference = reference_damage_maps(damaged, path)
+    tp = fp = fn = drifted = 0
+    for slot in detect_damage(damaged, mode="bitstream"):
+        if slot.frame.missing:
+            continue
+        drifted += slot.frame.drifted
+        found, truth = slot.damage.damaged, reference[slot.frame.pts]
+        assert not found.all()
+        tp, fp, fn = tp + np.count_nonzero(found & truth), fp + np.count_nonzero(found & ~truth), \
+            fn + np.count_nonzero(truth & ~found)
+    assert drifted > 30 and tp / (tp + fn) > 0.85 and tp / (tp + fp) > 0.3, (tp, fp, fn)
