@@ -14,8 +14,9 @@ Only streams decoded in presentation order are repaired: a substitute's timestam
 count are spread between the pictures before and after it in decoding order, which B-frames reorder
 (x264's default, and the source clips' own streams). Repaired anyway, foreman at 3% loss with three
 B-frames lost 13 of its 60 pictures to wrongly hidden ones, and `conceal` fell 8 dB below a plain decode.
-There FFmpeg's own gap filling stays, and the repair only says which pictures were decoded after a lost
-reference frame (`drifted`): blind detection had found no damage at all in them (carphone_qcif with three
+There FFmpeg's own gap filling stays (damage detection's second decode alone gets marked copies made the same
+way, to see where they were used), and the repair says which pictures were decoded after a lost reference frame
+(`drifted`): blind detection had found no damage at all in them (carphone_qcif with three
 B-frames at 10% loss: recall 0.000, 1.000 so marked), and the keyframe backfill now corrects them
 (`conceal` 27.20 -> 27.58 dB; bikes 21.86 -> 22.17 at 20% loss, but 25.15 -> 25.00 at 10%).
 
@@ -60,7 +61,8 @@ class H264GapRepair:
         self._previous: tuple[int, int | None] | None = None  # (POC lsb, pts) of the last picture
         self._hidden: set[int] = set()
         self._gap_copy_pts = GAP_COPY_PTS  # the last timestamp given to a substitute in a stream with B-frames
-        self._reordered = reordered  # B-frames (said so, or a B slice was seen): no substitutes from then on
+        # B-frames (said so, or a B slice was seen): from then on no substitutes, but marked copies (_gap_copies)
+        self._reordered = reordered
         self._reference_frame_num: int | None = None  # of the last reference picture that arrived
         self._stale = False  # a reference picture was lost since the last IDR picture, and FFmpeg stood in for it
         self._drifted: set[int] = set()
@@ -230,10 +232,13 @@ class H264GapRepair:
                     ) -> list[av.Packet]:
         """Marked substitutes for the `missing` reference pictures lost just before this one in a stream with
         B-frames, made as FFmpeg's frame_num gap filling makes its stand-ins: each a copy (here moved by MARK_SHIFT)
-        of the reference picture decoded last, with an order count 2 above that picture's, so that every later
-        picture's reference lists hold them where they hold FFmpeg's. A decode with them then differs from one
-        without exactly where later pictures were predicted from a stand-in (damage detection). Their timestamps
-        are below any real one, so none is taken for a picture of the stream and each is hidden when it comes out."""
+        of the reference picture decoded last, with an order count 2 above that picture's. A decode with them then
+        differs from one without where later pictures were predicted from a stand-in (damage detection). Left
+        unmarked, they reproduce FFmpeg's decode where the lost picture was a B picture that others refer to
+        (B-pyramids), but not where it was a P picture: the pictures after it then differ as well, with any order
+        count tried (tests/test_h264_repair.py), and the difference overstates where the stand-in was used. Their
+        timestamps are below any real one, so none is taken for a picture of the stream and each is hidden when
+        it comes out."""
         pps = self._nal(0x60 | PPS, substitute_pps(sps.sps_id))
         out = []
         for step in range(1, missing + 1):

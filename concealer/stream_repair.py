@@ -674,14 +674,14 @@ class PacketRepair:
 def open_stream_repair(path: Path, stream: av.video.stream.VideoStream, marked_substitutes: bool = False
                        ) -> PacketRepair | H264GapRepair | None:
     """A repairer for the main video stream of `path` (`stream`) when it is HEVC or H.264 (None otherwise);
-    `marked_substitutes` is H264GapRepair's `mark`. H.264 with B-frames gets no substitutes, only its
-    drifted pictures marked.
+    `marked_substitutes` is H264GapRepair's `mark`. H.264 with B-frames gets no substitutes (marked copies
+    when `marked_substitutes`), and its drifted pictures are flagged.
 
     Learning HEVC's slice layout reads the packets once more before decoding (no decode).
     """
     context = stream.codec_context
     if context.name == "h264":
-        try:  # with reordered pictures it substitutes nothing and only says which pictures drifted
+        try:  # with reordered pictures it substitutes nothing unmarked and says which pictures drifted
             return H264GapRepair(context.extradata, marked_substitutes, reordered=bool(context.has_b_frames))
         except BitstreamError:
             return None
