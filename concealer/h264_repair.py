@@ -44,6 +44,7 @@ SLICE_STARTS_KEPT = 64
 MAX_SUBSTITUTES = 32  # a longer gap is a damaged frame_num, not lost frames
 MARK_SHIFT = (8, 0)  # quarter pixels: two pixels to the right
 GAP_COPY_PTS = -(1 << 60)  # below the timestamps of any real stream
+REFERENCE_ORDERS_KEPT = 16  # order counts of the last reference pictures kept: as many as H.264 refers to
 
 
 class H264GapRepair:
@@ -70,6 +71,7 @@ class H264GapRepair:
         self.order = PictureOrder()
         self._sequence = 0  # IDR pictures so far: each starts its own picture order counts
         self._reference_order = 0  # poc_type 0: the order count of the last reference picture
+        self._reference_orders: list[int] = []  # poc_type 0: those of the last reference pictures, in decoding order
         self._previous_offset = (0, None)  # poc_type 2: (FrameNumOffset, frame_num) of the last picture
 
     def packets(self, packet: av.Packet) -> list[av.Packet]:
@@ -96,8 +98,9 @@ class H264GapRepair:
         self._reordered = self._reordered or slice_type % 5 == B_SLICE
         ref_idc, idr = nal[0] >> 5 & 3, first_slice.nal_type == IDR_SLICE
         self._sequence += idr
-        copied_order = self._reference_order  # of the last reference picture, which FFmpeg copies into a gap
-        self.order.record(packet.pts, self._sequence, self._picture_order_count(sps, frame_num, poc_lsb, ref_idc, idr))
+        copied_order, earlier_orders = self._reference_order, self._reference_orders  # before this picture's
+        order = self._picture_order_count(sps, frame_num, poc_lsb, ref_idc, idr)
+        self.order.record(packet.pts, self._sequence, order)
         missing = self._lost_references(sps, frame_num, ref_idc, idr)
         copied = self._reordered and self._mark and 0 < missing <= MAX_SUBSTITUTES and sps.poc_type == 0 and \
             self._repairable(sps)
@@ -107,7 +110,10 @@ class H264GapRepair:
         if self._stale and self._reordered and packet.pts is not None:
             self._drifted.add(packet.pts)
         if self._reordered:
-            return self._gap_copies(packet, sps, frame_num, missing, copied_order) + [packet] if copied else [packet]
+            if not copied:
+                return [packet]
+            first_order = _lost_reference_order(copied_order, earlier_orders, order, missing)
+            return self._gap_copies(packet, sps, frame_num, missing, first_order) + [packet]
         previous, self._previous = self._previous, (poc_lsb, packet.pts)
         if previous is None or not 0 < missing <= MAX_SUBSTITUTES or not self._repairable(sps):
             return [packet]
@@ -157,6 +163,7 @@ class H264GapRepair:
             count = order_count(0 if idr else self._reference_order, poc_lsb, 1 << sps.log2_max_poc_lsb)
             if ref_idc:
                 self._reference_order = count
+                self._reference_orders = ([] if idr else self._reference_orders[-REFERENCE_ORDERS_KEPT + 1:]) + [count]
             return count
         if sps.poc_type == 2:
             offset, previous_frame_num = self._previous_offset
@@ -228,22 +235,20 @@ class H264GapRepair:
             out.append(substitute)
         return out
 
-    def _gap_copies(self, packet: av.Packet, sps: H264Sps, frame_num: int, missing: int, copied_order: int
+    def _gap_copies(self, packet: av.Packet, sps: H264Sps, frame_num: int, missing: int, first_order: int
                     ) -> list[av.Packet]:
         """Marked substitutes for the `missing` reference pictures lost just before this one in a stream with
-        B-frames, made as FFmpeg's frame_num gap filling makes its stand-ins: each a copy (here moved by MARK_SHIFT)
-        of the reference picture decoded last, with an order count 2 above that picture's. A decode with them then
-        differs from one without where later pictures were predicted from a stand-in (damage detection). Left
-        unmarked, they reproduce FFmpeg's decode where the lost picture was a B picture that others refer to
-        (B-pyramids), but not where it was a P picture: the pictures after it then differ as well, with any order
-        count tried (tests/test_h264_repair.py), and the difference overstates where the stand-in was used. Their
-        timestamps are below any real one, so none is taken for a picture of the stream and each is hidden when
-        it comes out."""
+        B-frames: each a copy, moved by MARK_SHIFT, of the reference picture decoded last (as FFmpeg's frame_num gap
+        filling copies it), the first with order count `first_order` (_lost_reference_order), the next ones 2
+        apart. A decode with them differs from FFmpeg's own where the pictures after the loss were predicted from a
+        stand-in, and where their reference lists, short of the lost picture, shifted (damage detection). Their
+        timestamps are below any real one, so none is taken for a picture of the stream and each is hidden when it
+        comes out."""
         pps = self._nal(0x60 | PPS, substitute_pps(sps.sps_id))
         out = []
         for step in range(1, missing + 1):
             lost_frame_num = (frame_num - missing - 1 + step) % (1 << sps.log2_max_frame_num)
-            lsb = (copied_order + 2 * step) % (1 << sps.log2_max_poc_lsb)
+            lsb = (first_order + 2 * (step - 1)) % (1 << sps.log2_max_poc_lsb)
             substitute = av.Packet(pps + self._nal(2 << 5 | SLICE, _skip_slice(sps, lost_frame_num, lsb, self._mark)))
             substitute.stream, substitute.time_base = packet.stream, packet.time_base
             self._gap_copy_pts -= 1
@@ -254,6 +259,23 @@ class H264GapRepair:
 
     def _nal(self, header: int, rbsp: bytes) -> bytes:
         return framed([h264_nal_unit(header, rbsp)], self._framing, self._length_size)
+
+
+def _lost_reference_order(copied: int, earlier: list[int], current: int | None, missing: int) -> int:
+    """The order count to give the copy standing in for the reference picture lost just before the picture whose
+    order count is `current`, `copied` being that of the reference picture decoded last and `earlier` those of the
+    reference pictures before this one. FFmpeg gives its stand-in `copied` + 2. A lone lost picture shown before
+    the one decoded last (a B-pyramid's middle picture, which others refer to) is put halfway between that one and
+    the reference picture shown before it instead, where the encoder put it: the pictures around it then find it
+    in their reference lists where the encoder meant them to, so a decode with it also differs from FFmpeg's where
+    FFmpeg's lists shifted for want of it. foreman with three B-frames without one such picture (three cases),
+    blind detection's recall / precision: 0.889 / 0.377, 0.730 / 0.399, 0.834 / 0.334 with FFmpeg's order count,
+    0.996 / 0.424, 0.838 / 0.462, 0.987 / 0.466 so. A lost P picture is shown after every picture decoded before
+    it; its order count is not known, and FFmpeg's is kept."""
+    before = [order for order in earlier if order < copied]
+    if missing == 1 and current is not None and current < copied and before:
+        return (max(before) + copied) // 4 * 2
+    return copied + 2
 
 
 def substitute_pps(sps_id: int) -> bytes:

@@ -233,7 +233,8 @@ def test_blind_detection_finds_where_a_lost_reference_picture_spread_in_a_stream
     """FFmpeg stands a copy of an older picture in for a lost reference picture of a stream with B-frames; the second
     decode of blind detection stands a marked copy in instead (h264_repair), so the decodes differ where it was used,
     and the pictures after the loss are no longer taken for damaged whole. foreman without its first B picture that
-    others refer to: recall / precision against the reference map 1.000 / 0.152 taken whole, 0.889 / 0.377 traced."""
+    others refer to: recall / precision against the reference map 1.000 / 0.152 taken whole, 0.889 / 0.377 traced
+    from a copy with FFmpeg's order count, 0.996 / 0.424 from one where the encoder put the lost picture."""
     path = clip("foreman_cif_h264.mp4")
     flags = reference_flags(path)
     shown_last = [max(pts for pts, _ in flags[:n + 1]) for n in range(len(flags))]
@@ -250,4 +251,4 @@ def test_blind_detection_finds_where_a_lost_reference_picture_spread_in_a_stream
         assert not found.all()
         tp, fp, fn = tp + np.count_nonzero(found & truth), fp + np.count_nonzero(found & ~truth), \
             fn + np.count_nonzero(truth & ~found)
-    assert drifted > 30 and tp / (tp + fn) > 0.85 and tp / (tp + fp) > 0.3, (tp, fp, fn)
+    assert drifted > 30 and tp / (tp + fn) > 0.95 and tp / (tp + fp) > 0.35, (tp, fp, fn)
