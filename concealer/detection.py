@@ -441,8 +441,9 @@ class BitstreamDetector:
         self._recent = [luma] + self._recent[:1]
         self._after_gap = False
         damage = DamageMap(frame.pts, _label(seeds, mb_error))
-        # The second decode could not stand marked copies in for the lost reference pictures: nothing shows where.
-        return drifted_everywhere(damage) if other.drifted else damage
+        # The second decode could not stand marked copies in for the lost reference pictures, or did not decode
+        # this one: nothing shows where a stale reference put it wrong.
+        return drifted_everywhere(damage) if frame.drifted and (other.missing or other.drifted) else damage
 
     def _concealment_error(self) -> np.ndarray:
         """Estimated squared error of concealment per cell, where the two decodes' disagreement says nothing of
