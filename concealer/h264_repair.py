@@ -76,6 +76,7 @@ class H264GapRepair:
         self._sequence = 0  # IDR pictures so far: each starts its own picture order counts
         self._reference_order = 0  # poc_type 0: the order count of the last reference picture
         self._reference_orders: list[int] = []  # poc_type 0: those of the last reference pictures, in decoding order
+        self._reference_frame_nums: dict[int, int] = {}  # and their frame_num, by order count
         self._previous_offset = (0, None)  # poc_type 2: (FrameNumOffset, frame_num) of the last picture
 
     def packets(self, packet: av.Packet) -> list[av.Packet]:
@@ -122,9 +123,14 @@ class H264GapRepair:
             if interpolated:
                 lost_frame_num = (frame_num - 1) % (1 << sps.log2_max_frame_num)
                 return [self._hidden_substitute(packet, sps, _direct_slice(sps, lost_frame_num, place))] + [packet]
+            back = self._back_to_last_shown(sps, frame_num, missing, copied_order, earlier_orders)
+            if back and not self._mark and sps.poc_type == 0 and self._repairable(sps):
+                lost_frame_num = (frame_num - 1) % (1 << sps.log2_max_frame_num)
+                return [self._hidden_substitute(packet, sps, _skip_slice(
+                    sps, lost_frame_num, place % (1 << sps.log2_max_poc_lsb), False, back))] + [packet]
             if not copied:
                 return [packet]
-            return self._gap_copies(packet, sps, frame_num, missing, place) + [packet]
+            return self._gap_copies(packet, sps, frame_num, missing, place, back) + [packet]
         previous, self._previous = self._previous, (poc_lsb, packet.pts)
         if previous is None or not 0 < missing <= MAX_SUBSTITUTES or not self._repairable(sps):
             return [packet]
@@ -175,6 +181,8 @@ class H264GapRepair:
             if ref_idc:
                 self._reference_order = count
                 self._reference_orders = ([] if idr else self._reference_orders[-REFERENCE_ORDERS_KEPT + 1:]) + [count]
+                self._reference_frame_nums = {order: self._reference_frame_nums[order]
+                                              for order in self._reference_orders[:-1]} | {count: frame_num}
             return count
         if sps.poc_type == 2:
             offset, previous_frame_num = self._previous_offset
@@ -246,8 +254,8 @@ class H264GapRepair:
             out.append(substitute)
         return out
 
-    def _gap_copies(self, packet: av.Packet, sps: H264Sps, frame_num: int, missing: int, first_order: int
-                    ) -> list[av.Packet]:
+    def _gap_copies(self, packet: av.Packet, sps: H264Sps, frame_num: int, missing: int, first_order: int,
+                    back: int | None) -> list[av.Packet]:
         """Marked substitutes for the `missing` reference pictures lost just before this one in a stream with
         B-frames: each a copy, moved by MARK_SHIFT, of the reference picture decoded last (as FFmpeg's frame_num gap
         filling copies it), the first with order count `first_order` (_lost_reference_order), the next ones 2
@@ -255,8 +263,22 @@ class H264GapRepair:
         stand-in, and where their reference lists, short of the lost picture, shifted (damage detection)."""
         return [self._hidden_substitute(packet, sps, _skip_slice(
             sps, (frame_num - missing - 1 + step) % (1 << sps.log2_max_frame_num),
-            (first_order + 2 * (step - 1)) % (1 << sps.log2_max_poc_lsb), self._mark))
+            (first_order + 2 * (step - 1)) % (1 << sps.log2_max_poc_lsb), self._mark, back))
             for step in range(1, missing + 1)]
+
+    def _back_to_last_shown(self, sps: H264Sps, frame_num: int, missing: int, copied_order: int,
+                            earlier_orders: list[int]) -> int | None:
+        """For a lone lost reference picture that is not a B-pyramid's middle one (a P picture), how many frame
+        numbers back from it lies the reference picture shown last, when FFmpeg copies another one (the last one
+        decoded, which with B-pyramids is the middle B picture before, shown two frames earlier): a copy of the
+        reference shown last stands in for it instead. None where there is no such choice."""
+        if missing != 1 or not earlier_orders or max(earlier_orders) == copied_order:
+            return None
+        shown_last = self._reference_frame_nums.get(max(earlier_orders))
+        if shown_last is None:
+            return None
+        back = (frame_num - 1 - shown_last) % (1 << sps.log2_max_frame_num)
+        return back if back >= 1 else None
 
     def _hidden_substitute(self, packet: av.Packet, sps: H264Sps, slice_rbsp: bytes) -> av.Packet:
         """A reference picture of our own (one slice under the substitutes' PPS) decoded before `packet`, with a
@@ -349,15 +371,24 @@ def _direct_slice(sps: H264Sps, frame_num: int, order: int) -> bytes:
     return writer.to_bytes()
 
 
-def _skip_slice(sps: H264Sps, frame_num: int, poc_lsb: int | None, mark: bool) -> bytes:
+def _skip_slice(sps: H264Sps, frame_num: int, poc_lsb: int | None, mark: bool, back: int | None = None) -> bytes:
     """A P slice of the whole picture, deblocking off, in which every macroblock is skipped: P_Skip's
     vector is zero for the first macroblock (no neighbours) and so for every later one (a still
     neighbour), so the picture is an exact copy of the last reference frame. Marked, every
     macroblock is instead P_L0_16x16 with MARK_SHIFT as its vector and no residual: only the first
-    codes a vector difference, the others' predicted vector (their neighbours') being the same."""
+    codes a vector difference, the others' predicted vector (their neighbours') being the same. With `back`,
+    the reference picture `back` frame numbers before this one is put first in the list (a modification) and is
+    the one copied. With B-frames, standing in for a lost P picture, the copy of the reference shown last rather
+    than FFmpeg's of the last decoded (`conceal` with three B-frames: carphone at 10 / 20% loss 27.61 / 20.76 ->
+    28.52 / 21.23 dB, foreman at 20% 16.97 -> 17.09, chaplin at 20% +0.06, bikes and chaplin at 3 / 10% within 0.02;
+    with the lost picture's order count guessed from the B picture after it as well, bikes at 20% fell 0.31)."""
     writer = substitute_slice_header(P_SLICE_ALL, sps, frame_num, poc_lsb)
     writer.u(1, 0)  # num_ref_idx_active_override_flag
-    writer.u(1, 0)  # ref_pic_list_modification_flag_l0
+    writer.u(1, back is not None)  # ref_pic_list_modification_flag_l0
+    if back is not None:  # the reference `back` frame numbers before this one comes first
+        writer.ue(0)  # modification_of_pic_nums_idc: subtract from the picture number
+        writer.ue(back - 1)  # abs_diff_pic_num_minus1
+        writer.ue(3)  # end of the modifications
     writer.u(1, 0)  # adaptive_ref_pic_marking_mode_flag (a reference picture: sliding window)
     writer.ue(0)  # slice_qp_delta
     writer.ue(1)  # disable_deblocking_filter_idc: off
