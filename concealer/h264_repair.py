@@ -16,8 +16,10 @@ count are spread between the pictures before and after it in decoding order, whi
 B-frames lost 13 of its 60 pictures to wrongly hidden ones, and `conceal` fell 8 dB below a plain decode.
 There FFmpeg's own gap filling stays, but for a lone lost B-pyramid reference, which lies between two reference
 pictures decoded before it: a B picture of our own in temporal direct mode stands in for it, halfway along the
-motion between them (_direct_slice; all the pictures after it come out as before, only nearer the truth). Damage
-detection's second decode gets marked copies instead, to see where the stand-ins were used. The repair says which
+motion between them (_direct_slice; all the pictures after it come out as before, only nearer the truth); and for
+a lone lost P picture, a copy of the reference picture shown last rather than of the last decoded (with B-pyramids
+the middle B picture two frames earlier: _back_to_last_shown). Damage detection's second decode gets marked copies
+instead, to see where the stand-ins were used. The repair says which
 pictures were decoded after a lost reference frame (`drifted`): blind detection had found no damage at all in
 them (carphone_qcif with three B-frames at 10% loss: recall 0.000, 1.000 so marked), and the keyframe backfill
 now corrects them (`conceal` 27.20 -> 27.58 dB; bikes 21.86 -> 22.17 at 20% loss, but 25.15 -> 25.00 at 10%).
@@ -65,8 +67,8 @@ class H264GapRepair:
         self._previous: tuple[int, int | None] | None = None  # (POC lsb, pts) of the last picture
         self._hidden: set[int] = set()
         self._hidden_pts = HIDDEN_PTS  # the last timestamp given to a substitute in a stream with B-frames
-        # B-frames (said so, or a B slice was seen): from then on no substitutes but interpolated ones (_direct_slice)
-        # and, marked, copies (_gap_copies)
+        # B-frames (said so, or a B slice was seen): from then on no substitutes spread among the pictures, only
+        # hidden ones for lone lost references (_direct_slice, _back_to_last_shown) and, marked, copies (_gap_copies)
         self._reordered = reordered
         self._reference_frame_num: int | None = None  # of the last reference picture that arrived
         self._stale = False  # a reference picture was lost since the last IDR picture, and FFmpeg stood in for it
@@ -258,9 +260,10 @@ class H264GapRepair:
                     back: int | None) -> list[av.Packet]:
         """Marked substitutes for the `missing` reference pictures lost just before this one in a stream with
         B-frames: each a copy, moved by MARK_SHIFT, of the reference picture decoded last (as FFmpeg's frame_num gap
-        filling copies it), the first with order count `first_order` (_lost_reference_order), the next ones 2
-        apart. A decode with them differs from FFmpeg's own where the pictures after the loss were predicted from a
-        stand-in, and where their reference lists, short of the lost picture, shifted (damage detection)."""
+        filling copies it) or, with `back`, of the one shown last (as the decode without marks then does), the first
+        with order count `first_order` (_lost_reference_order), the next ones 2 apart. A decode with them differs
+        from the one without where the pictures after the loss were predicted from a stand-in, and where their
+        reference lists, short of the lost picture, shifted (damage detection)."""
         return [self._hidden_substitute(packet, sps, _skip_slice(
             sps, (frame_num - missing - 1 + step) % (1 << sps.log2_max_frame_num),
             (first_order + 2 * (step - 1)) % (1 << sps.log2_max_poc_lsb), self._mark, back))
