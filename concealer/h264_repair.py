@@ -127,9 +127,11 @@ class H264GapRepair:
                 return [self._hidden_substitute(packet, sps, _direct_slice(sps, lost_frame_num, place))] + [packet]
             back = self._back_to_last_shown(sps, frame_num, missing, copied_order, earlier_orders)
             if back and not self._mark and sps.poc_type == 0 and self._repairable(sps):
-                lost_frame_num = (frame_num - 1) % (1 << sps.log2_max_frame_num)
+                limit = 1 << sps.log2_max_frame_num
                 return [self._hidden_substitute(packet, sps, _skip_slice(
-                    sps, lost_frame_num, place % (1 << sps.log2_max_poc_lsb), False, back))] + [packet]
+                    sps, (frame_num - missing - 1 + step) % limit,
+                    (place + 2 * (step - 1)) % (1 << sps.log2_max_poc_lsb), False, back if step == 1 else None))
+                    for step in range(1, missing + 1)] + [packet]
             if not copied:
                 return [packet]
             return self._gap_copies(packet, sps, frame_num, missing, place, back) + [packet]
@@ -266,21 +268,24 @@ class H264GapRepair:
         reference lists, short of the lost picture, shifted (damage detection)."""
         return [self._hidden_substitute(packet, sps, _skip_slice(
             sps, (frame_num - missing - 1 + step) % (1 << sps.log2_max_frame_num),
-            (first_order + 2 * (step - 1)) % (1 << sps.log2_max_poc_lsb), self._mark, back))
+            (first_order + 2 * (step - 1)) % (1 << sps.log2_max_poc_lsb), self._mark, back if step == 1 else None))
             for step in range(1, missing + 1)]
 
     def _back_to_last_shown(self, sps: H264Sps, frame_num: int, missing: int, copied_order: int,
                             earlier_orders: list[int]) -> int | None:
-        """For a lone lost reference picture that is not a B-pyramid's middle one (a P picture), how many frame
-        numbers back from it lies the reference picture shown last, when FFmpeg copies another one (the last one
-        decoded, which with B-pyramids is the middle B picture before, shown two frames earlier): a copy of the
-        reference shown last stands in for it instead. None where there is no such choice."""
-        if missing != 1 or not earlier_orders or max(earlier_orders) == copied_order:
+        """For the reference pictures lost just before this one (but a lone B-pyramid middle one, which
+        _direct_slice stands in for), how many frame numbers back from the first of them lies the reference picture
+        shown last, when FFmpeg copies another one (the last one decoded, which with B-pyramids is the middle B
+        picture before, shown two frames earlier): a copy of the reference shown last stands in for the first, and
+        copies of that for the others (carphone with three B-frames at 10% loss, where two went in a row: 28.52 ->
+        29.43 dB with the run too; bikes and chaplin at 10 / 20%, foreman and carphone at 20%: within 0.06). None
+        where there is no such choice."""
+        if not 0 < missing <= MAX_SUBSTITUTES or not earlier_orders or max(earlier_orders) == copied_order:
             return None
         shown_last = self._reference_frame_nums.get(max(earlier_orders))
         if shown_last is None:
             return None
-        back = (frame_num - 1 - shown_last) % (1 << sps.log2_max_frame_num)
+        back = (frame_num - missing - shown_last) % (1 << sps.log2_max_frame_num)
         return back if back >= 1 else None
 
     def _hidden_substitute(self, packet: av.Packet, sps: H264Sps, slice_rbsp: bytes) -> av.Packet:
