@@ -126,15 +126,9 @@ class H264GapRepair:
                 lost_frame_num = (frame_num - 1) % (1 << sps.log2_max_frame_num)
                 return [self._hidden_substitute(packet, sps, _direct_slice(sps, lost_frame_num, place))] + [packet]
             back = self._back_to_last_shown(sps, frame_num, missing, copied_order, earlier_orders)
-            if back and not self._mark and sps.poc_type == 0 and self._repairable(sps):
-                limit = 1 << sps.log2_max_frame_num
-                return [self._hidden_substitute(packet, sps, _skip_slice(
-                    sps, (frame_num - missing - 1 + step) % limit,
-                    (place + 2 * (step - 1)) % (1 << sps.log2_max_poc_lsb), False, back if step == 1 else None))
-                    for step in range(1, missing + 1)] + [packet]
-            if not copied:
-                return [packet]
-            return self._gap_copies(packet, sps, frame_num, missing, place, back) + [packet]
+            if copied or (back is not None and sps.poc_type == 0 and self._repairable(sps)):
+                return self._gap_copies(packet, sps, frame_num, missing, place, back) + [packet]
+            return [packet]
         previous, self._previous = self._previous, (poc_lsb, packet.pts)
         if previous is None or not 0 < missing <= MAX_SUBSTITUTES or not self._repairable(sps):
             return [packet]
@@ -241,7 +235,6 @@ class H264GapRepair:
                      poc_lsb: int, missing: int, ref_idc: int) -> list[av.Packet]:
         """One packet per lost frame, the `missing` frame_nums below this picture's `frame_num`, its timestamp
         and POC spread evenly between the last picture's (`previous`: POC lsb, pts) and this one's."""
-        pps = self._nal(0x60 | PPS, substitute_pps(sps.sps_id))
         lsb_limit = 1 << sps.log2_max_poc_lsb
         lsb_step = (poc_lsb - previous[0]) % lsb_limit if sps.poc_type == 0 else 0
         last_pts = previous[1]
@@ -249,9 +242,7 @@ class H264GapRepair:
         for step in range(1, missing + 1):
             lost_frame_num = (frame_num - missing - 1 + step) % (1 << sps.log2_max_frame_num)
             lost_poc = (previous[0] + lsb_step * step // (missing + 1)) % lsb_limit if sps.poc_type == 0 else None
-            slice_nal = self._nal((ref_idc or 2) << 5 | SLICE, _skip_slice(sps, lost_frame_num, lost_poc, self._mark))
-            substitute = av.Packet(pps + slice_nal)
-            substitute.stream, substitute.time_base = packet.stream, packet.time_base
+            substitute = self._substitute(packet, sps, _skip_slice(sps, lost_frame_num, lost_poc, self._mark), ref_idc)
             if packet.pts is not None and last_pts is not None and packet.pts - last_pts > missing:
                 substitute.pts = last_pts + (packet.pts - last_pts) * step // (missing + 1)
                 self._hidden.add(substitute.pts)
@@ -260,10 +251,10 @@ class H264GapRepair:
 
     def _gap_copies(self, packet: av.Packet, sps: H264Sps, frame_num: int, missing: int, first_order: int,
                     back: int | None) -> list[av.Packet]:
-        """Marked substitutes for the `missing` reference pictures lost just before this one in a stream with
-        B-frames: each a copy, moved by MARK_SHIFT, of the reference picture decoded last (as FFmpeg's frame_num gap
-        filling copies it) or, with `back`, of the one shown last (as the decode without marks then does), the first
-        with order count `first_order` (_lost_reference_order), the next ones 2 apart. A decode with them differs
+        """Substitutes for the `missing` reference pictures lost just before this one in a stream with B-frames:
+        the first a copy of the reference picture decoded last (as FFmpeg's frame_num gap filling copies it) or,
+        with `back`, of the one shown last, the others copies of it; the first with order count `first_order`
+        (_lost_reference_order), the next ones 2 apart. Marked (moved by MARK_SHIFT), a decode with them differs
         from the one without where the pictures after the loss were predicted from a stand-in, and where their
         reference lists, short of the lost picture, shifted (damage detection)."""
         return [self._hidden_substitute(packet, sps, _skip_slice(
@@ -292,12 +283,18 @@ class H264GapRepair:
         """A reference picture of our own (one slice under the substitutes' PPS) decoded before `packet`, with a
         timestamp below any real one, so that none is taken for a picture of the stream and it is hidden when it
         comes out (streams with B-frames, whose pictures the substitutes' timestamps would otherwise fall among)."""
-        pps = self._nal(0x60 | PPS, substitute_pps(sps.sps_id))
-        substitute = av.Packet(pps + self._nal(2 << 5 | SLICE, slice_rbsp))
-        substitute.stream, substitute.time_base = packet.stream, packet.time_base
+        substitute = self._substitute(packet, sps, slice_rbsp)
         self._hidden_pts -= 1
         substitute.pts = self._hidden_pts
         self._hidden.add(substitute.pts)
+        return substitute
+
+    def _substitute(self, packet: av.Packet, sps: H264Sps, slice_rbsp: bytes, ref_idc: int = 0) -> av.Packet:
+        """A packet of one reference picture of our own, to go before `packet`: the substitutes' PPS and the slice,
+        with `packet`'s nal_ref_idc (2 where it has none)."""
+        pps = self._nal(0x60 | PPS, substitute_pps(sps.sps_id))
+        substitute = av.Packet(pps + self._nal((ref_idc or 2) << 5 | SLICE, slice_rbsp))
+        substitute.stream, substitute.time_base = packet.stream, packet.time_base
         return substitute
 
     def _nal(self, header: int, rbsp: bytes) -> bytes:
