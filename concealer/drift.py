@@ -429,11 +429,11 @@ class KeyframeBackfill:
     def _correct_from(self, keyframe: HeldFrame) -> list[HeldFrame]:
         held = list(self._held)
         self._held.clear()
-        if not held or held[-1].damaged.frame.missing or not _checked(held[-1].damaged).damaged.any():
+        last = held[-1] if held else None
+        if last is None or last.damaged.frame.missing or not (last_damage := _checked(last.damaged)).damaged.any():
             return held
-        last = held[-1]
         height, width = last.picture.y.shape
-        hole = _checked(last.damaged).pixel_mask(height, width)
+        hole = last_damage.pixel_mask(height, width)
         if _scene_cut(keyframe.picture, last.picture, hole):
             return held  # a keyframe at a scene cut shows nothing of what came before it
         spans = _vector_spans(held)
@@ -453,7 +453,7 @@ class KeyframeBackfill:
         error = [_wiener(plane.astype(np.float32) - estimate, _scaled(hole, plane.shape),
                          _scaled(guessed, plane.shape), change[index] if change else None)
                  for index, (plane, estimate) in enumerate(zip(planes, estimates))]
-        box = _damage_box(_checked(last.damaged), height, width)
+        box = _damage_box(last_damage, height, width)
         for index in range(len(held) - 1, -1, -1):
             slot = held[index]
             weight = np.float32(np.exp(-(len(held) - 1 - index) / BACKWARD_FADE))
@@ -472,11 +472,11 @@ class KeyframeBackfill:
                 motion = self._still
             elif motion is not None and spans[index] > 1:  # one frame interval's share of the motion
                 motion = (motion[0] / spans[index], motion[1] / spans[index], motion[2])
-            if earlier is None or motion is None or not _checked(earlier).damaged.any():
+            if earlier is None or motion is None or not (earlier_damage := _checked(earlier)).damaged.any():
                 break
-            box = _damage_box(_checked(earlier), height, width)
+            box = _damage_box(earlier_damage, height, width)
             before = held[index - 1].decoded
-            error = _moved_back(error, motion, _checked(earlier).pixel_mask(height, width), box,
+            error = _moved_back(error, motion, earlier_damage.pixel_mask(height, width), box,
                                 None if slot.decoded is None or before is None else (slot.decoded, before))
             if max(float(np.abs(e[rows, cols]).max()) for e, (rows, cols) in
                    zip(error, _plane_boxes(box))) * weight < NEGLIGIBLE:
