@@ -131,6 +131,15 @@ def frame_duration(stream: av.video.stream.VideoStream, timestamps: Sequence[int
 CADENCE_PACKETS = 64
 
 
+def _timestamp_clock(timestamps: Sequence[int | None]) -> int:
+    """The ticks of the clock the timestamps were counted in before they were written in the stream's time base:
+    the greatest common divisor of their differences. Times written in milliseconds into a 1/16000 time base
+    (VP9 from WebM remuxed to MP4: a 29.97 fps frame at 67 ms is 1072 ticks) step in multiples of 16, and a lost
+    frame's timestamp must be rounded on that clock to be the one the clean stream has (not 1068 or 1062)."""
+    known = [t for t in timestamps if t is not None]
+    return max(1, math.gcd(*(t - known[0] for t in known[1:]))) if len(known) > 1 else 1
+
+
 def _usual_step(timestamps: Sequence[int | None]) -> int | None:
     """The most common step between the timestamps in presentation order; None for fewer than 8 steps."""
     ordered = np.unique([t for t in timestamps if t is not None])
@@ -165,7 +174,7 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
         duration = frame_duration(stream, [packet.pts for packet in first if packet.size])
         repair = open_stream_repair(path, stream, marked_substitutes) if repairs else None
         order = repair.order if repair is not None and not gaps_are_losses else None
-        slots = _FrameSlots(duration, stream.time_base, order)
+        slots = _FrameSlots(duration, stream.time_base, order, _timestamp_clock([p.pts for p in first if p.size]))
         dependencies = _Vp9Dependencies(duration) if repairs and stream.codec_context.name == "vp9" else None
         size: tuple[int, int] | None = None  # of the first picture: every stage after this one is sized by it
         decoded = 0
@@ -240,7 +249,7 @@ class _Vp9Dependencies:
         return self._verdicts.pop(pts, Verdict.CLEAN)
 
 
-def _grid_origin(pts: int, duration: Fraction | None) -> Fraction:
+def _grid_origin(pts: int, duration: Fraction | None, clock: int = 1) -> Fraction:
     """Where the frame-rate grid through the first frame that came out starts. Muxers round each
     frame's exact time n * duration from zero, so when `pts` is such a rounding the grid is the
     one through zero (found when a stream's first frame was lost: carphone in VP9 at 29.97 fps in
@@ -248,13 +257,14 @@ def _grid_origin(pts: int, duration: Fraction | None) -> Fraction:
     if duration is None or duration.denominator == 1:
         return Fraction(pts)  # whole ticks per frame: every grid through a timestamp is exact
     through_zero = math.floor(pts / duration + Fraction(1, 2)) * duration
-    return through_zero if abs(pts - through_zero) <= Fraction(1, 2) else Fraction(pts)
+    return through_zero if abs(pts - through_zero) <= Fraction(clock, 2) else Fraction(pts)
 
 
-def _round_half_up(ticks: Fraction) -> int:
-    """Round as FFmpeg's timestamp rescaling does (half away from zero; Python's round() goes to even:
-    frame 75 of a 29.97 fps WebM sits at 2502.5 ms, which the muxer wrote as 2503, not 2502)."""
-    return math.floor(ticks + Fraction(1, 2))
+def _round_half_up(ticks: Fraction, clock: int = 1) -> int:
+    """Round to a whole number of `clock` ticks as FFmpeg's timestamp rescaling does (half away from zero;
+    Python's round() goes to even: frame 75 of a 29.97 fps WebM sits at 2502.5 ms, which the muxer wrote as
+    2503, not 2502)."""
+    return clock * math.floor(ticks / clock + Fraction(1, 2))
 
 
 def _frames_lost_between(last: int, pts: int, duration: Fraction) -> int:
@@ -323,8 +333,10 @@ class _FrameSlots:
     Where the stream's picture order counts (`order`) say no picture is missing, a gap is a frame held
     longer (a variable frame rate), not a lost one."""
 
-    def __init__(self, duration: Fraction | None, time_base: Fraction, order: PictureOrder | None = None):
+    def __init__(self, duration: Fraction | None, time_base: Fraction, order: PictureOrder | None = None,
+                 clock: int = 1):
         self._duration = duration
+        self._clock = clock  # the timestamps' own clock, in ticks (_timestamp_clock)
         self._time_base = time_base
         self._order = order
         self._expected: list[int] = []  # heap of packet timestamps not yet output
@@ -333,7 +345,7 @@ class _FrameSlots:
         self._spare: tuple[av.VideoFrame, np.ndarray | None] | None = None  # a second picture at the last time
 
     def _slot_pts(self, slot: int) -> int:
-        return _round_half_up(self._anchor + slot * self._duration)
+        return _round_half_up(self._anchor + slot * self._duration, self._clock)
 
     def _slot(self, pts: int) -> int:
         return round((pts - self._anchor) / self._duration)
@@ -365,7 +377,7 @@ class _FrameSlots:
     def _advance(self, pts: int, picture: av.VideoFrame | None, vectors: np.ndarray | None) -> Iterator[DecodedFrame]:
         """Emit the slot at `pts`, preceded by placeholders for any gap in the timestamps before it."""
         if self._last is None:
-            self._anchor = _grid_origin(pts, self._duration)
+            self._anchor = _grid_origin(pts, self._duration, self._clock)
         else:
             if pts <= self._last:
                 return
@@ -376,7 +388,7 @@ class _FrameSlots:
                 on_grid = abs(self._last - self._slot_pts(slot)) <= 1  # else a variable rate: no grid
                 for step in range(1, lost + 1):
                     missing = self._slot_pts(slot + step) if on_grid else \
-                        _round_half_up(self._last + step * self._duration)
+                        _round_half_up(self._last + step * self._duration, self._clock)
                     spare, self._spare = self._spare, None
                     yield DecodedFrame(missing, self._time_base, *(spare or (None,)))
         self._last, self._spare = pts, None

@@ -1,13 +1,16 @@
 """The decoder: FFmpeg's concealment really applies, lost frames come out as placeholders, streams stay whole."""
 import gc
 import threading
+from fractions import Fraction
 
 import av
 import numpy as np
 import pytest
 
 from concealer import LossOptions, PacketisationOptions, simulate_loss
+from concealer.bitstream import Codec
 from concealer.decode import NO_CONCEALMENT, decode_frames
+from concealer.encode import EncoderSettings
 from concealer.workers import decoded_ahead
 from concealer.errors import InputError
 from concealer.truth import load_truth
@@ -144,6 +147,20 @@ def test_lost_frames_of_a_millisecond_time_base_get_the_muxers_timestamps(tmp_pa
     assert [s.pts for s in slots] == expected
     assert {s.pts for s in slots if s.missing} >= {expected[7], expected[8], expected[20]}
 
+
+
+def test_lost_frames_of_millisecond_times_in_a_finer_time_base_get_the_clean_streams_timestamps(tmp_path):
+    """The WebM's 29.97 fps millisecond times re-encoded into MP4 land in a 1/16000 time base (frame 2 at 67 ms
+    is 1072 ticks). A lost frame's placeholder must be rounded on that millisecond clock: it sat at 1062 (and at
+    6406 for 400 ms), which no clean frame has, and `conceal --reference` stopped there."""
+    result = simulate_loss(clip("foreman_cif_vp9.webm"), tmp_path / "d.mp4",
+                           loss=LossOptions(model="gilbert", loss_rate=0.2, burst=2.0, seed=1),
+                           packets=PacketisationOptions(encoder=EncoderSettings(codec=Codec.H264)))
+    with av.open(str(result.reference)) as container:
+        assert container.streams.video[0].time_base == Fraction(1, 16000)
+    slots = list(decode_frames(result.damaged))
+    assert sum(s.missing for s in slots) > 5
+    assert [s.pts for s in slots] == sorted(decode_luma(result.reference))
 
 def test_decoding_ahead_gives_the_same_frames_raises_their_errors_and_stops_when_closed(damaged, tmp_path):
     direct = [(f.pts, f.missing) for f in decode_frames(damaged.damaged)]
