@@ -377,8 +377,48 @@ class FlowConcealer:
         if warp is None:
             return picture
         previous = neighbours.previous
-        filled = picture.pasted(warp.apply_to_planes([previous.y, previous.u, previous.v]), mask)
+        moved = warp.apply_to_planes([previous.y, previous.u, previous.v])
+        filled = picture.pasted(matched_illumination(moved, picture, mask), mask)
         return with_decoder_fill(filled, picture, mask) if neighbours.decoder_concealed else filled
+
+
+# How far around the holes (pixels) the intact picture is compared with the previous one moved onto it, to match
+# the fill's brightness (matched_illumination). 12 and 48 measured no better over the training clips.
+ILLUMINATION_REACH = 24
+# The gain and offset are applied only where they cut the error there to this share of what it was or less: a
+# brightness change that stands out of the misfit the motion leaves anyway.
+ILLUMINATION_FIT = 0.8
+# Gains outside this range are taken for misfit rather than light.
+GAIN_RANGE = (0.8, 1.25)
+
+
+def matched_illumination(moved: list[np.ndarray], picture: Picture, mask: np.ndarray) -> list[np.ndarray]:
+    """The previous picture's planes moved onto `picture` (`moved`), each brought to the brightness of
+    `picture` by the gain and offset that fit it best on the intact pixels around the holes (`mask`).
+
+    In a fade the previous picture is darker or brighter all over, and a fill copied from it keeps that step
+    as an error which the drift correction then carries into every later picture (the encoder's residuals
+    add each frame's step on top of the true picture). bbb_720p_vp8_30s opens with a fade from black; its first
+    90 frames (`conceal` with defaults) measured 42.67 / 35.89 / 19.54 dB at 3 / 10 / 20% loss, below FFmpeg's
+    43.56 at 3% and 21.47 at 20%, and 50.95 / 37.54 / 21.99 so; on the other training clips bikes at 20%
+    21.89 -> 22.20, chaplin at 10% 27.26 -> 27.32, and bikes and chaplin at 3 / 10 / 20%, bbb_720p_h264 and
+    fire2_720p (150 frames, 10%) otherwise unchanged. An offset alone measured the same on luma."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * ILLUMINATION_REACH + 1,) * 2)
+    around = cv2.dilate(mask.astype(np.uint8), kernel).astype(bool) & ~mask
+    matched = []
+    for (plane, near), source in zip(picture.planes_with_masks(around), moved):
+        if np.count_nonzero(near) < MB * MB:
+            matched.append(source)
+            continue
+        before, target = source[near].astype(np.float32), plane[near].astype(np.float32)
+        spread = float(before.var())
+        slope = float(np.mean((before - before.mean()) * (target - target.mean()))) / spread if spread > 1 else 1.0
+        gain = float(np.clip(slope, *GAIN_RANGE))  # least squares, held to a plausible range
+        offset = float(target.mean() - gain * before.mean())
+        if np.mean((target - gain * before - offset) ** 2) <= ILLUMINATION_FIT * np.mean((target - before) ** 2):
+            source = np.clip(gain * source.astype(np.float32) + offset, 0, 255).astype(np.uint8)
+        matched.append(source)
+    return matched
 
 
 class InpaintConcealer:
