@@ -403,22 +403,41 @@ def matched_illumination(moved: list[np.ndarray], picture: Picture, mask: np.nda
     43.56 at 3% and 21.47 at 20%, and 50.95 / 37.54 / 21.99 so; on the other training clips bikes at 20%
     21.89 -> 22.20, chaplin at 10% 27.26 -> 27.32, and bikes and chaplin at 3 / 10 / 20%, bbb_720p_h264 and
     fire2_720p (150 frames, 10%) otherwise unchanged. An offset alone measured the same on luma."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not rows.size:
+        return moved
+    # Only the box around the holes is worked on: a 50-macroblock slice of a 720p picture took 6.8 ms on the whole
+    # picture, 1.3 ms so. Its start is even, so that it halves exactly onto the chroma planes.
+    top, left = max(0, rows[0] - ILLUMINATION_REACH) & ~1, max(0, cols[0] - ILLUMINATION_REACH) & ~1
+    box = np.s_[top:rows[-1] + ILLUMINATION_REACH + 1, left:cols[-1] + ILLUMINATION_REACH + 1]
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * ILLUMINATION_REACH + 1,) * 2)
-    around = cv2.dilate(mask.astype(np.uint8), kernel).astype(bool) & ~mask
+    hole = mask[box]
+    around = cv2.dilate(hole.astype(np.uint8), kernel).astype(bool) & ~hole
     matched = []
-    for (plane, near), source in zip(picture.planes_with_masks(around), moved):
+    for index, (source, plane) in enumerate(zip(moved, (picture.y, picture.u, picture.v))):
+        inside = _scaled_box(box, index)
+        part, plane, near = source[inside], plane[inside], around if not index else around[::2, ::2]
         if np.count_nonzero(near) < MB * MB:
             matched.append(source)
             continue
-        before, target = source[near].astype(np.float32), plane[near].astype(np.float32)
+        before, target = part[near].astype(np.float32), plane[near].astype(np.float32)
         spread = float(before.var())
         slope = float(np.mean((before - before.mean()) * (target - target.mean()))) / spread if spread > 1 else 1.0
         gain = float(np.clip(slope, *GAIN_RANGE))  # least squares, held to a plausible range
         offset = float(target.mean() - gain * before.mean())
         if np.mean((target - gain * before - offset) ** 2) <= ILLUMINATION_FIT * np.mean((target - before) ** 2):
-            source = np.clip(gain * source.astype(np.float32) + offset, 0, 255).astype(np.uint8)
+            source = source.copy()
+            source[inside] = np.clip(gain * part.astype(np.float32) + offset, 0, 255)
         matched.append(source)
     return matched
+
+
+def _scaled_box(box: tuple[slice, slice], plane: int) -> tuple[slice, slice]:
+    """A luma box (even start) in the samples of plane `plane` (0: luma, else 4:2:0 chroma)."""
+    if not plane:
+        return box
+    rows, cols = box
+    return slice(rows.start // 2, -(-rows.stop // 2)), slice(cols.start // 2, -(-cols.stop // 2))
 
 
 class InpaintConcealer:
