@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from .decode import plane_samples
-from .detection import MB, DamagedFrame, DamageLabel, DamageMap, blocks_to_pixels
+from .detection import MB, DamagedFrame, DamageLabel, DamageMap, blocks_to_pixels, plane_boxes
 from .errors import UsageError
 from .motion import KnownMotion, Warp, estimate_warp, fill_motion
 
@@ -414,8 +414,7 @@ def matched_illumination(moved: list[np.ndarray], picture: Picture, mask: np.nda
     hole = mask[box]
     around = cv2.dilate(hole.astype(np.uint8), kernel).astype(bool) & ~hole
     matched = []
-    for index, (source, plane) in enumerate(zip(moved, (picture.y, picture.u, picture.v))):
-        inside = _scaled_box(box, index)
+    for index, (source, plane, inside) in enumerate(zip(moved, (picture.y, picture.u, picture.v), plane_boxes(box))):
         part, plane, near = source[inside], plane[inside], around if not index else around[::2, ::2]
         if np.count_nonzero(near) < MB * MB:
             matched.append(source)
@@ -430,14 +429,6 @@ def matched_illumination(moved: list[np.ndarray], picture: Picture, mask: np.nda
             source[inside] = np.clip(gain * part.astype(np.float32) + offset, 0, 255)
         matched.append(source)
     return matched
-
-
-def _scaled_box(box: tuple[slice, slice], plane: int) -> tuple[slice, slice]:
-    """A luma box (even start) in the samples of plane `plane` (0: luma, else 4:2:0 chroma)."""
-    if not plane:
-        return box
-    rows, cols = box
-    return slice(rows.start // 2, -(-rows.stop // 2)), slice(cols.start // 2, -(-cols.stop // 2))
 
 
 class InpaintConcealer:

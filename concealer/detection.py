@@ -628,3 +628,14 @@ def write_damage_maps(maps: list[DamageMap], path: Path) -> None:
     write_npz(path, pts=np.array([m.pts for m in maps], dtype=np.int64), mb=labels != DamageLabel.CLEAN,
               label=labels)
 
+
+def scaled_box(box: tuple[slice, slice], scale: int) -> tuple[slice, slice]:
+    """A luma box, its start a multiple of `scale`, in units `scale` times larger (chroma samples: 2, cells: 4)."""
+    rows, cols = box
+    return slice(rows.start // scale, -(-rows.stop // scale)), slice(cols.start // scale, -(-cols.stop // scale))
+
+
+def plane_boxes(box: tuple[slice, slice]) -> list[tuple[slice, slice]]:
+    """A luma box in the samples of each of the Y, U and V planes."""
+    chroma = scaled_box(box, 2)
+    return [box, chroma, chroma]

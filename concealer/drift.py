@@ -36,7 +36,7 @@ import numpy as np
 
 from .concealment import Picture, same_scene
 from .detection import (MB, CellGrid, DamagedFrame, DamageLabel, DamageMap, blocks_to_pixels, drifted_everywhere,
-                        macroblock_mean)
+                        macroblock_mean, plane_boxes, scaled_box)
 from .intra import carry_into_intra
 from .motion import PlaneMaps, Warp, estimate_warp, pixel_grid
 
@@ -458,7 +458,7 @@ class KeyframeBackfill:
             slot = held[index]
             weight = np.float32(np.exp(-(len(held) - 1 - index) / BACKWARD_FADE))
             corrected = []
-            for (rows, cols), plane, e in zip(_plane_boxes(box), _planes(slot.picture), error):
+            for (rows, cols), plane, e in zip(plane_boxes(box), _planes(slot.picture), error):
                 plane = plane.copy()
                 plane[rows, cols] = np.clip(np.rint(plane[rows, cols] - weight * e[rows, cols]), 0, 255)
                 corrected.append(plane)
@@ -479,7 +479,7 @@ class KeyframeBackfill:
             error = _moved_back(error, motion, earlier_damage.pixel_mask(height, width), box,
                                 None if slot.decoded is None or before is None else (slot.decoded, before))
             if max(float(np.abs(e[rows, cols]).max()) for e, (rows, cols) in
-                   zip(error, _plane_boxes(box))) * weight < NEGLIGIBLE:
+                   zip(error, plane_boxes(box))) * weight < NEGLIGIBLE:
                 break  # nothing left that would change a sample
         return held
 
@@ -541,18 +541,6 @@ def _damage_box(damage: DamageMap, height: int, width: int) -> tuple[slice, slic
     return slice(rows[0] * MB, min((rows[-1] + 1) * MB, height)), slice(cols[0] * MB, min((cols[-1] + 1) * MB, width))
 
 
-def _scaled_box(box: tuple[slice, slice], scale: int) -> tuple[slice, slice]:
-    """A luma box (macroblock-aligned) in units `scale` times larger (chroma samples: 2, cells: 4)."""
-    rows, cols = box
-    return slice(rows.start // scale, -(-rows.stop // scale)), slice(cols.start // scale, -(-cols.stop // scale))
-
-
-def _plane_boxes(box: tuple[slice, slice]) -> list[tuple[slice, slice]]:
-    """A luma box in the samples of each of the Y, U and V planes."""
-    chroma = _scaled_box(box, 2)
-    return [box, chroma, chroma]
-
-
 def _moved_back(error: list[np.ndarray], motion: tuple[np.ndarray, np.ndarray, np.ndarray],
                 mask: np.ndarray, box: tuple[slice, slice], pictures: tuple[Picture, Picture] | None
                 ) -> list[np.ndarray]:
@@ -565,8 +553,8 @@ def _moved_back(error: list[np.ndarray], motion: tuple[np.ndarray, np.ndarray, n
     against a plain decode on the training clip fire2_720p at 3% / 10% loss: -0.55 / -0.51 dB without
     this check, -0.09 / -0.15 with it (bbb_720p at 3%: +2.59 -> +2.85; carphone at 10%, though, went
     from 32.35 to 32.10 dB: its residuals are large beside its errors)."""
-    cells = _scaled_box(box, CellGrid.CELL)  # the box is macroblock-aligned: whole cells
-    boxes = _plane_boxes(box)
+    cells = scaled_box(box, CellGrid.CELL)  # the box is macroblock-aligned: whole cells
+    boxes = plane_boxes(box)
     maps = []
     for scale, (rows, cols) in zip((1, 2), boxes[:2]):  # luma, and chroma (U and V alike)
         map_x, map_y = _cell_sources(-motion[0][cells], -motion[1][cells], scale,
