@@ -171,10 +171,11 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
         configure_decoder(stream, concealment, threads, motion_vectors)
         packets = container.demux(stream)
         first = list(itertools.islice(packets, CADENCE_PACKETS))
-        duration = frame_duration(stream, [packet.pts for packet in first if packet.size])
+        timestamps = [packet.pts for packet in first if packet.size]
+        duration = frame_duration(stream, timestamps)
         repair = open_stream_repair(path, stream, marked_substitutes) if repairs else None
         order = repair.order if repair is not None and not gaps_are_losses else None
-        slots = _FrameSlots(duration, stream.time_base, order, _timestamp_clock([p.pts for p in first if p.size]))
+        slots = _FrameSlots(duration, stream.time_base, order, _timestamp_clock(timestamps))
         dependencies = _Vp9Dependencies(duration) if repairs and stream.codec_context.name == "vp9" else None
         size: tuple[int, int] | None = None  # of the first picture: every stage after this one is sized by it
         decoded = 0

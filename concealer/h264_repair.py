@@ -49,7 +49,7 @@ SLICE_STARTS_KEPT = 64
 MAX_SUBSTITUTES = 32  # a longer gap is a damaged frame_num, not lost frames
 MARK_SHIFT = (8, 0)  # quarter pixels: two pixels to the right
 HIDDEN_PTS = -(1 << 60)  # below the timestamps of any real stream
-REFERENCE_ORDERS_KEPT = 16  # order counts of the last reference pictures kept: as many as H.264 refers to
+REFERENCES_KEPT = 16  # last reference pictures remembered: as many as H.264 refers to
 
 
 class H264GapRepair:
@@ -77,8 +77,8 @@ class H264GapRepair:
         self.order = PictureOrder()
         self._sequence = 0  # IDR pictures so far: each starts its own picture order counts
         self._reference_order = 0  # poc_type 0: the order count of the last reference picture
-        self._reference_orders: list[int] = []  # poc_type 0: those of the last reference pictures, in decoding order
-        self._reference_frame_nums: dict[int, int] = {}  # and their frame_num, by order count
+        # poc_type 0: (order count, frame_num) of the last reference pictures, in decoding order
+        self._references: list[tuple[int, int]] = []
         self._previous_offset = (0, None)  # poc_type 2: (FrameNumOffset, frame_num) of the last picture
 
     def packets(self, packet: av.Packet) -> list[av.Packet]:
@@ -105,7 +105,7 @@ class H264GapRepair:
         self._reordered = self._reordered or slice_type % 5 == B_SLICE
         ref_idc, idr = nal[0] >> 5 & 3, first_slice.nal_type == IDR_SLICE
         self._sequence += idr
-        copied_order, earlier_orders = self._reference_order, self._reference_orders  # before this picture's
+        copied_order, earlier = self._reference_order, self._references  # before this picture's
         order = self._picture_order_count(sps, frame_num, poc_lsb, ref_idc, idr)
         self.order.record(packet.pts, self._sequence, order)
         missing = self._lost_references(sps, frame_num, ref_idc, idr)
@@ -113,7 +113,7 @@ class H264GapRepair:
             self._repairable(sps)
         # A lone lost B-pyramid reference lies between two reference pictures already decoded: it is stood in for
         # by the picture halfway along the motion between them (_direct_slice), not by FFmpeg's copy.
-        place = _lost_reference_order(copied_order, earlier_orders, order, missing)
+        place = _lost_reference_order(copied_order, [count for count, _ in earlier], order, missing)
         interpolated = self._reordered and not self._mark and missing == 1 and sps.poc_type == 0 and \
             place != copied_order + 2 and self._repairable(sps)
         # FFmpeg's own stand-ins leave the pictures after them drifted until the next IDR picture; marked copies
@@ -125,7 +125,7 @@ class H264GapRepair:
             if interpolated:
                 lost_frame_num = (frame_num - 1) % (1 << sps.log2_max_frame_num)
                 return [self._hidden_substitute(packet, sps, _direct_slice(sps, lost_frame_num, place))] + [packet]
-            back = self._back_to_last_shown(sps, frame_num, missing, copied_order, earlier_orders)
+            back = self._back_to_last_shown(sps, frame_num, missing, copied_order, earlier)
             if copied or (back is not None and sps.poc_type == 0 and self._repairable(sps)):
                 return self._gap_copies(packet, sps, frame_num, missing, place, back) + [packet]
             return [packet]
@@ -178,9 +178,7 @@ class H264GapRepair:
             count = order_count(0 if idr else self._reference_order, poc_lsb, 1 << sps.log2_max_poc_lsb)
             if ref_idc:
                 self._reference_order = count
-                self._reference_orders = ([] if idr else self._reference_orders[-REFERENCE_ORDERS_KEPT + 1:]) + [count]
-                self._reference_frame_nums = {order: self._reference_frame_nums[order]
-                                              for order in self._reference_orders[:-1]} | {count: frame_num}
+                self._references = ([] if idr else self._references[-REFERENCES_KEPT + 1:]) + [(count, frame_num)]
             return count
         if sps.poc_type == 2:
             offset, previous_frame_num = self._previous_offset
@@ -263,7 +261,7 @@ class H264GapRepair:
             for step in range(1, missing + 1)]
 
     def _back_to_last_shown(self, sps: H264Sps, frame_num: int, missing: int, copied_order: int,
-                            earlier_orders: list[int]) -> int | None:
+                            earlier: list[tuple[int, int]]) -> int | None:
         """For the reference pictures lost just before this one (but a lone B-pyramid middle one, which
         _direct_slice stands in for), how many frame numbers back from the first of them lies the reference picture
         shown last, when FFmpeg copies another one (the last one decoded, which with B-pyramids is the middle B
@@ -271,12 +269,12 @@ class H264GapRepair:
         copies of that for the others (carphone with three B-frames at 10% loss, where two went in a row: 28.52 ->
         29.43 dB with the run too; bikes and chaplin at 10 / 20%, foreman and carphone at 20%: within 0.06). None
         where there is no such choice."""
-        if not 0 < missing <= MAX_SUBSTITUTES or not earlier_orders or max(earlier_orders) == copied_order:
+        if not 0 < missing <= MAX_SUBSTITUTES or not earlier:
             return None
-        shown_last = self._reference_frame_nums.get(max(earlier_orders))
-        if shown_last is None:
+        shown_order, shown_frame_num = max(earlier)  # `earlier`: (order count, frame_num) of the references before
+        if shown_order == copied_order:
             return None
-        back = (frame_num - missing - shown_last) % (1 << sps.log2_max_frame_num)
+        back = (frame_num - missing - shown_frame_num) % (1 << sps.log2_max_frame_num)
         return back if back >= 1 else None
 
     def _hidden_substitute(self, packet: av.Packet, sps: H264Sps, slice_rbsp: bytes) -> av.Packet:
