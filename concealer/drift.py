@@ -38,7 +38,7 @@ from .concealment import Picture, same_scene
 from .detection import (MB, CellGrid, DamagedFrame, DamageLabel, DamageMap, blocks_to_pixels, drifted_everywhere,
                         macroblock_mean, plane_boxes, scaled_box)
 from .intra import carry_into_intra
-from .motion import PlaneMaps, Warp, estimate_warp, pixel_grid
+from .motion import Warp, estimate_warp, pixel_grid
 
 # Codecs whose decoders' references after a loss are what the correction assumes: FFmpeg's concealment and its
 # stand-in for a lost frame (the last picture), or the substitutes of the HEVC stream repair. VP9 and AV1 decoders
@@ -64,62 +64,45 @@ class _Reference:
     changed: np.ndarray  # per cell: whether that correction is anything but zero there, in any plane
 
 
-class DriftCorrector:
-    """Carries the corrections made in recent frames into the frames predicted from them.
+class CorrectionStack:
+    """The corrections (repaired - decoded) of the last few reference pictures, and how to move them along a
+    picture's motion vectors into it.
 
-    The corrections of the recent references are kept stacked, one tall float32 image per plane
-    with a slot of picture height per reference (reused in turn) and a spare slot of zeros for the
-    samples predicted from nothing, so that one remap per plane moves every sample from whichever
-    reference it was predicted from; and only in the macroblocks that some non-zero correction can
-    reach. In a stream with B-frames the caller remembers only the decoded I and P pictures, the
-    references of what follows (concealer.pipeline)."""
+    They are kept stacked, one tall float32 image per plane with a slot of picture height per reference (reused
+    in turn) and a spare slot of zeros for the samples predicted from nothing, so that one remap per plane moves
+    every sample from whichever reference it was predicted from; and only in the macroblocks that some non-zero
+    correction can reach."""
 
-    def __init__(self, height: int, width: int):
+    def __init__(self, height: int, width: int, capacity: int):
         self._grid = CellGrid(height, width)
+        self._capacity = capacity
         self._references: list[_Reference] = []  # newest first
-        self._stacked: list[np.ndarray] | None = None  # per plane: REFERENCES slots of corrections, one of zeros
+        self._stacked: list[np.ndarray] | None = None  # per plane: `capacity` slots of corrections, one of zeros
         self._next_slot = 0
 
-    def correct(self, picture: Picture, damaged: DamagedFrame) -> Picture:
-        """`picture` (the decoded picture of `damaged`) as it would have decoded from the repaired references."""
-        if not any(r.changed.any() for r in self._references):
-            return picture
-        motion = damaged.motion.cell_motion
-        if motion is None:
-            # An intra picture (in a fixed GOP, an IDR): later pictures cannot predict from the
-            # ones before it, so their corrections must not be carried past it. Carried on, the
-            # best-match reference choice picked pre-IDR pictures in static areas (bikes, 3%
-            # loss: 25 clean frames after an IDR fell from identical to 49-66 dB).
-            self._references = []
-            return picture
-        dx, dy, predicted_cells = motion
-        reached = self._reached(dx, dy, predicted_cells)
+    def clear(self) -> None:
+        """Forget every reference: what comes next cannot be predicted from them."""
+        self._references = []
+
+    @property
+    def correcting(self) -> bool:
+        """Whether any reference's correction is anything but zero."""
+        return any(r.changed.any() for r in self._references)
+
+    def carried(self, luma: np.ndarray, dx: np.ndarray, dy: np.ndarray, predicted: np.ndarray
+                ) -> list[np.ndarray] | None:
+        """The Y, U and V corrections of the references moved into a picture (its decoded `luma`) along its
+        per-cell vectors (dx, dy), in the cells `predicted` from them; each 8x8 block from the reference that it
+        matches best (the vectors do not say which). None where no correction reaches the picture."""
+        if not self.correcting:
+            return None
+        reached = self._reached(dx, dy, predicted)
         if not reached[0].size:
-            return picture  # no sample is predicted from a corrected one
-        planes = (picture.y, picture.u, picture.v)
+            return None
+        chroma = (-(-luma.shape[0] // 2), -(-luma.shape[1] // 2))
         # A sample not predicted at all takes the zero correction of the spare slot.
-        slots = np.where(predicted_cells, self._slots_used(picture.y, _cell_sources(dx, dy, 2, picture.u.shape)),
-                         REFERENCES)
-        carried = self._carried(reached, (dx, dy, slots))
-        corrected = []
-        # The decoder could not have predicted anything from the blocks that never arrived; and in an intra
-        # picture, the blocks FFmpeg concealed from the past are the only ones the past reaches. A B picture's
-        # blocks predicted from the picture after it alone are not intra either: FollowingCarry corrects them.
-        # Taken for intra, they took their neighbours' corrections by intra prediction modes as well: training
-        # clips with three B-frames at 3 / 10 / 20% loss, bikes 28.46 / 25.41 / 21.30 -> 28.58 / 25.49 / 21.33 dB,
-        # chaplin 30.90 / 26.29 / 23.35 -> 30.92 / 26.32 / 23.41, bbb 720p (150 frames, 5%) 34.48 -> 34.53;
-        # and conceal on bbb 720p with B-frames spent a quarter of its time there.
-        lost_cells = self._grid.expand_mbs(damaged.damage.labels == DamageLabel.LOST)
-        intra = ~predicted_cells & ~lost_cells & (damaged.frame.picture.pict_type != av.video.frame.PictureType.I)
-        if (following := damaged.motion.following_motion) is not None:
-            intra &= ~following[2]
-        carry_into_intra(carried[:1], planes[:1], intra, lost_cells, CellGrid.PER_MB)
-        carry_into_intra(carried[1:], planes[1:], intra[::2, ::2], lost_cells[::2, ::2], CellGrid.PER_MB // 2)
-        for plane, correction in zip(planes, carried):
-            correction += plane
-            np.clip(correction, 0, 255, out=correction)
-            corrected.append(np.rint(correction, out=correction).astype(np.uint8))
-        return Picture(*corrected)
+        slots = np.where(predicted, self._slots_used(luma, _cell_sources(dx, dy, 2, chroma)), self._capacity)
+        return self._carried(reached, (dx, dy, slots))
 
     def _reached(self, dx: np.ndarray, dy: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rows, columns) of the macroblocks with a cell predicted from where some reference's correction is
@@ -176,7 +159,7 @@ class DriftCorrector:
         carried = []
         for scale, indices in ((1, [0]), (2, [1, 2])):  # luma, and chroma (U and V alike)
             size = MB // scale
-            rows, cols = self._stacked[indices[0]].shape[0] // (REFERENCES + 1), self._stacked[indices[0]].shape[1]
+            rows, cols = self._stacked[indices[0]].shape[0] // (self._capacity + 1), self._stacked[indices[0]].shape[1]
             # Where each sample lies in the picture: its macroblock's corner and its place in the macroblock
             # (the same in every packed one).
             map_x = packed(dx / scale + corner_cols * size, size)
@@ -225,8 +208,8 @@ class DriftCorrector:
         the previous picture) and `repaired` our rebuilt frame."""
         planes = list(zip((repaired.y, repaired.u, repaired.v), (decoded.y, decoded.u, decoded.v)))
         if self._stacked is None:  # and a spare slot, left zero
-            self._stacked = [np.zeros(((REFERENCES + 1) * d.shape[0], d.shape[1]), np.float32) for _, d in planes]
-        slot, self._next_slot = self._next_slot, (self._next_slot + 1) % REFERENCES
+            self._stacked = [np.zeros(((self._capacity + 1) * d.shape[0], d.shape[1]), np.float32) for _, d in planes]
+        slot, self._next_slot = self._next_slot, (self._next_slot + 1) % self._capacity
         changed = np.zeros(self._grid.shape, bool)
         cell = CellGrid.CELL
         for stacked, (r, d), size in zip(self._stacked, planes, (cell, cell // 2, cell // 2)):  # samples a cell side
@@ -234,57 +217,101 @@ class DriftCorrector:
             np.subtract(r, d, out=correction, dtype=np.float32)
             cells = cv2.dilate(cv2.absdiff(r, d), np.ones((size, size), np.uint8), anchor=(0, 0))[::size, ::size]
             changed[:cells.shape[0], :cells.shape[1]] |= cells > 0
-        self._references = [_Reference(_halved(decoded.y), slot, changed)] + self._references[:REFERENCES - 1]
+        self._references = [_Reference(_halved(decoded.y), slot, changed)] + self._references[:self._capacity - 1]
 
 
-def carry_from_following(slot: HeldFrame, later: list[HeldFrame]) -> HeldFrame:
+class DriftCorrector:
+    """Carries the corrections made in recent frames into the frames predicted from them (CorrectionStack),
+    and through intra prediction into the intra blocks beside them (concealer.intra). In a stream with
+    B-frames the caller remembers only the decoded I and P pictures, the references of what follows
+    (concealer.pipeline); FollowingCarry corrects the B pictures."""
+
+    def __init__(self, height: int, width: int):
+        self._grid = CellGrid(height, width)
+        self._stack = CorrectionStack(height, width, REFERENCES)
+
+    def remember(self, decoded: Picture, repaired: Picture) -> None:
+        """A new reference picture: what the decoder holds (`decoded`) and what we made of it.
+
+        For a frame lost entirely, `decoded` is the decoder's stand-in for it (FFmpeg repeats
+        the previous picture) and `repaired` our rebuilt frame."""
+        self._stack.remember(decoded, repaired)
+
+    def correct(self, picture: Picture, damaged: DamagedFrame) -> Picture:
+        """`picture` (the decoded picture of `damaged`) as it would have decoded from the repaired references."""
+        if not self._stack.correcting:
+            return picture
+        motion = damaged.motion.cell_motion
+        if motion is None:
+            # An intra picture (in a fixed GOP, an IDR): later pictures cannot predict from the
+            # ones before it, so their corrections must not be carried past it. Carried on, the
+            # best-match reference choice picked pre-IDR pictures in static areas (bikes, 3%
+            # loss: 25 clean frames after an IDR fell from identical to 49-66 dB).
+            self._stack.clear()
+            return picture
+        dx, dy, predicted_cells = motion
+        carried = self._stack.carried(picture.y, dx, dy, predicted_cells)
+        if carried is None:
+            return picture  # no sample is predicted from a corrected one
+        planes = (picture.y, picture.u, picture.v)
+        corrected = []
+        # The decoder could not have predicted anything from the blocks that never arrived; and in an intra
+        # picture, the blocks FFmpeg concealed from the past are the only ones the past reaches. A B picture's
+        # blocks predicted from the picture after it alone are not intra either: FollowingCarry corrects them.
+        # Taken for intra, they took their neighbours' corrections by intra prediction modes as well: training
+        # clips with three B-frames at 3 / 10 / 20% loss, bikes 28.46 / 25.41 / 21.30 -> 28.58 / 25.49 / 21.33 dB,
+        # chaplin 30.90 / 26.29 / 23.35 -> 30.92 / 26.32 / 23.41, bbb 720p (150 frames, 5%) 34.48 -> 34.53;
+        # and conceal on bbb 720p with B-frames spent a quarter of its time there.
+        lost_cells = self._grid.expand_mbs(damaged.damage.labels == DamageLabel.LOST)
+        intra = ~predicted_cells & ~lost_cells & (damaged.frame.picture.pict_type != av.video.frame.PictureType.I)
+        if (following := damaged.motion.following_motion) is not None:
+            intra &= ~following[2]
+        carry_into_intra(carried[:1], planes[:1], intra, lost_cells, CellGrid.PER_MB)
+        carry_into_intra(carried[1:], planes[1:], intra[::2, ::2], lost_cells[::2, ::2], CellGrid.PER_MB // 2)
+        for plane, correction in zip(planes, carried):
+            correction += plane
+            np.clip(correction, 0, 255, out=correction)
+            corrected.append(np.rint(correction, out=correction).astype(np.uint8))
+        return Picture(*corrected)
+
+
+def carry_from_following(slot: HeldFrame, later: CorrectionStack) -> HeldFrame:
     """`slot`, a B picture, as it would have decoded had the pictures shown after it that it was predicted from
-    (`later`, repaired: the next I or P picture and the B pictures before that one) been repaired first.
+    (the next I or P picture and the B pictures before that one, whose corrections `later` holds, newest first)
+    been repaired first.
 
     Its cells predicted from a picture after it (the vectors FFmpeg exports with a positive source) take that
     picture's correction (repaired - decoded) moved along those vectors. The vectors do not say which picture:
     with B-pyramids (x264's default) the middle B picture is a reference too, so each 4x4 cell takes the
-    correction of the picture whose decoded luma, so moved, matches its own best (as DriftCorrector does for
-    the pictures before, per 8x8 block). A cell predicted from both sides is their average, so it takes half of
+    correction of the picture whose decoded luma, so moved, matches its own best, per 8x8 block (CorrectionStack,
+    as for the pictures before). A cell predicted from both sides is their average, so it takes half of
     each side's correction, where DriftCorrector gave it all of the one from before. Lost blocks keep their fill.
     Training clips with three B-frames (`conceal` with defaults), 3 / 10 / 20% loss: chaplin 30.46 / 26.10 /
     23.16 -> 30.53 / 26.27 / 23.27 dB, bikes 28.36 / 25.11 / 21.22 -> 28.34 / 25.10 / 21.19 (its I and P
     pictures' repairs are little better than FFmpeg's: there is little to carry), bbb 720p at 5 / 10% 35.84 /
     29.04 -> 35.95 / 29.04, fire2 -0.01 / -0.02. Leaving the correction from before whole where a cell was
-    predicted from both sides: bikes 28.06 / 24.91 at 3 / 10%, chaplin 26.19 at 10%, bbb 35.83 at 5%."""
+    predicted from both sides: bikes 28.06 / 24.91 at 3 / 10%, chaplin 26.19 at 10%, bbb 35.83 at 5%. Choosing per 4x4
+    cell at full resolution and moving every picture's correction whole instead scored the same to 0.01 dB (bikes
+    28.77 / 25.50 / 21.48, chaplin 31.34 / 26.58 / 23.71, bbb 150 frames 5% 34.79) and took 2.87-3.06 times a
+    plain decode + encode of bbb 720p at 5% loss against 2.74-2.77 (`benchmarks.speed --bframes 3`)."""
     motion = slot.damaged.motion
     ahead = motion.following_motion
-    later = [picture for picture in later if picture.decoded is not None]
-    if slot.decoded is None or ahead is None or not later:
+    if slot.decoded is None or ahead is None:
         return slot
     dx, dy, from_following = ahead
     behind = motion.cell_motion
     both = from_following & behind[2] if behind is not None else np.zeros_like(from_following)
     grid = motion.grid
     kept = ~grid.expand_mbs(slot.damaged.damage.labels == DamageLabel.LOST)
-    weight_after = grid.to_pixels(np.where(both, 0.5, from_following).astype(np.float32) * kept)
+    carried = later.carried(slot.decoded.y, dx, dy, from_following)
+    weight_after = grid.to_pixels(np.where(both, 0.5, 1).astype(np.float32) * kept)
     weight_before = grid.to_pixels(np.where(both & kept, 0.5, 1).astype(np.float32))
-    maps = PlaneMaps(grid.to_pixels(dx), grid.to_pixels(dy), [plane.shape for plane in _planes(slot.decoded)])
-    choice = None
-    if len(later) > 1:
-        costs = [cv2.absdiff(maps.apply([picture.decoded.y])[0], slot.decoded.y) for picture in later]
-        choice = grid.to_pixels(np.argmin([grid.cell_mean(cost.astype(np.float32)) for cost in costs], axis=0)
-                                .astype(np.uint8))
-    carried = None
-    for index, picture in enumerate(later):
-        moved = maps.apply([np.subtract(repaired, decoded, dtype=np.float32)
-                            for repaired, decoded in zip(_planes(picture.picture), _planes(picture.decoded))])
-        if carried is None:
-            carried = moved
-        else:
-            for plane, candidate in zip(carried, moved):
-                chosen = _scaled(choice == index, plane.shape)
-                plane[chosen] = candidate[chosen]
     planes = []
-    for plane, decoded, correction in zip(_planes(slot.picture), _planes(slot.decoded), carried):
+    for index, (plane, decoded) in enumerate(zip(_planes(slot.picture), _planes(slot.decoded))):
         decoded = decoded.astype(np.float32)
-        value = decoded + _scaled(weight_before, plane.shape) * (plane - decoded) + \
-            _scaled(weight_after, plane.shape) * correction
+        value = decoded + _scaled(weight_before, plane.shape) * (plane - decoded)
+        if carried is not None:
+            value += _scaled(weight_after, plane.shape) * carried[index]
         planes.append(np.clip(np.rint(value), 0, 255).astype(np.uint8))
     return HeldFrame(slot.damaged, Picture(*planes), slot.decoded)
 
@@ -315,8 +342,9 @@ class FollowingCarry:
     """Holds the B pictures (and frames lost whole) shown since the last I or P picture until the next one is
     repaired, and then carries its correction into them (carry_from_following)."""
 
-    def __init__(self) -> None:
+    def __init__(self, height: int, width: int) -> None:
         self._held: collections.deque[HeldFrame] = collections.deque()
+        self._later = CorrectionStack(height, width, MOST_AWAITING + 1)  # the held ones and the picture after them
 
     def hold(self, slot: HeldFrame) -> list[HeldFrame]:
         """Take a frame slot; return those that can go out now, in order."""
@@ -325,8 +353,11 @@ class FollowingCarry:
             self._held.append(slot)
             return [self._held.popleft()] if len(self._held) > MOST_AWAITING else []
         ready = [slot]
+        self._later.clear()
         for held in reversed(self._held):  # each from the repairs of those after it
-            ready.insert(0, carry_from_following(held, ready))
+            if ready[0].decoded is not None:
+                self._later.remember(ready[0].decoded, ready[0].picture)
+            ready.insert(0, carry_from_following(held, self._later))
         self._held.clear()
         return ready
 

@@ -105,23 +105,10 @@ def source_coordinates(dx: np.ndarray, dy: np.ndarray, index: int, shape: tuple[
             ys[:rows, :cols] + dy[::scale, ::scale][:rows, :cols] / scale)
 
 
-class PlaneMaps:
-    """Where each sample of a YUV 4:2:0 picture comes from under a luma-resolution motion field
-    (dx, dy in pixels; chroma moves half as far), in OpenCV's fixed-point form, built once and
-    applied to any number of pictures or correction planes."""
-
-    def __init__(self, dx: np.ndarray, dy: np.ndarray, shapes: list[tuple[int, int]]):
-        self._maps = [cv2.convertMaps(*source_coordinates(dx, dy, index, shape), cv2.CV_16SC2)
-                      for index, shape in enumerate(shapes)]
-
-    def apply(self, planes: list[np.ndarray]) -> list[np.ndarray]:
-        return [cv2.remap(plane, fixed, table, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-                for plane, (fixed, table) in zip(planes, self._maps)]
-
-
 def remap_planes(planes: list[np.ndarray], dx: np.ndarray, dy: np.ndarray) -> list[np.ndarray]:
     """Each YUV 4:2:0 plane sampled at (x + dx, y + dy), with luma-resolution motion (halved for chroma)."""
-    return PlaneMaps(dx, dy, [plane.shape for plane in planes]).apply(planes)
+    return [cv2.remap(plane, *cv2.convertMaps(*source_coordinates(dx, dy, index, plane.shape), cv2.CV_16SC2),
+                      cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) for index, plane in enumerate(planes)]
 
 
 # Rows of picture above and below the holes over which the earlier flow is estimated.

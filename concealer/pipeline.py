@@ -206,7 +206,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
             summary.drift = "none"  # the decoder's references after a loss are unknown: nothing to carry
         corrector = DriftCorrector(height, width) if summary.drift == "carry" else None
         backfill = KeyframeBackfill(height, width) if drift in ("carry", "redecode") else None
-        following_carry = FollowingCarry() if corrector and source_format.reordered else None
+        following_carry = FollowingCarry(height, width) if corrector and source_format.reordered else None
         decoder_concealed = source_format.codec in DECODER_CONCEALING_CODECS
         share = FillShare() if decoder_concealed else None
 

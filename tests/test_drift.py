@@ -10,7 +10,7 @@ from concealer.concealment import FlowConcealer, Neighbours, Picture, with_decod
 from concealer.decode import decode_frames
 from concealer.detection import DamageLabel, DamageMap, detect_damage
 from concealer import drift, pipeline
-from concealer.drift import DriftCorrector, HeldFrame, KeyframeBackfill
+from concealer.drift import CorrectionStack, DriftCorrector, HeldFrame, KeyframeBackfill
 from concealer.motion import align
 from concealer.pipeline import conceal
 
@@ -128,7 +128,7 @@ def test_corrections_are_worked_out_only_where_they_can_arrive(damaged_foreman, 
         return pictures
 
     sparse = corrected_pictures()
-    reached = DriftCorrector._reached
+    reached = CorrectionStack._reached
     counts = []
 
     def everywhere(self, dx, dy, predicted):
@@ -136,7 +136,7 @@ def test_corrections_are_worked_out_only_where_they_can_arrive(damaged_foreman, 
         counts.append(len(reached(self, dx, dy, predicted)[0]) / every.size)
         return np.nonzero(every)
 
-    monkeypatch.setattr(DriftCorrector, "_reached", everywhere)
+    monkeypatch.setattr(CorrectionStack, "_reached", everywhere)
     dense = corrected_pictures()
     assert len(sparse) == len(dense) == 59
     assert min(counts) < 0.9  # the sparse path was taken: somewhere only a part had to be worked out
@@ -312,8 +312,9 @@ def test_a_b_picture_takes_the_correction_of_the_repaired_picture_after_it(b_bef
     before = Picture(*(shifted[0](plane) for plane in (decoded.y, decoded.u, decoded.v)))  # corrected from before
     before.y[:16, :16] = 0  # the lost block's fill
     repaired = Picture(*(shifted[1](plane) for plane in (anchor_decoded.y, anchor_decoded.u, anchor_decoded.v)))
-    result = drift.carry_from_following(HeldFrame(lost_b, before, decoded),
-                                        [HeldFrame(anchor, repaired, anchor_decoded)]).picture
+    later = CorrectionStack(*decoded.y.shape, 1)
+    later.remember(anchor_decoded, repaired)
+    result = drift.carry_from_following(HeldFrame(lost_b, before, decoded), later).picture
     motion = b_slot.motion
     after, behind = (motion.grid.to_pixels(field[2]) for field in (motion.following_motion, motion.cell_motion))
     change = result.y.astype(int) - decoded.y
