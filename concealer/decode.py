@@ -131,13 +131,16 @@ def frame_duration(stream: av.video.stream.VideoStream, timestamps: Sequence[int
 CADENCE_PACKETS = 64
 
 
-def _timestamp_clock(timestamps: Sequence[int | None]) -> int:
+def _timestamp_clock(timestamps: Sequence[int | None], duration: Fraction | None) -> int:
     """The ticks of the clock the timestamps were counted in before they were written in the stream's time base:
     the greatest common divisor of their differences. Times written in milliseconds into a 1/16000 time base
     (VP9 from WebM remuxed to MP4: a 29.97 fps frame at 67 ms is 1072 ticks) step in multiples of 16, and a lost
-    frame's timestamp must be rounded on that clock to be the one the clean stream has (not 1068 or 1062)."""
+    frame's timestamp must be rounded on that clock to be the one the clean stream has (not 1068 or 1062).
+    A divisor as long as a frame (`duration`) or longer is no clock: a few timestamps every other frame apart
+    have one, and rounded on it, a lost frame took the timestamp of the frame after it."""
     known = [t for t in timestamps if t is not None]
-    return max(1, math.gcd(*(t - known[0] for t in known[1:]))) if len(known) > 1 else 1
+    clock = math.gcd(*(t - known[0] for t in known[1:])) if len(known) > 1 else 1
+    return clock if duration is not None and 0 < clock < duration else 1
 
 
 def _usual_step(timestamps: Sequence[int | None]) -> int | None:
@@ -175,7 +178,7 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
         duration = frame_duration(stream, timestamps)
         repair = open_stream_repair(path, stream, marked_substitutes) if repairs else None
         order = repair.order if repair is not None and not gaps_are_losses else None
-        slots = _FrameSlots(duration, stream.time_base, order, _timestamp_clock(timestamps))
+        slots = _FrameSlots(duration, stream.time_base, order, _timestamp_clock(timestamps, duration))
         dependencies = _Vp9Dependencies(duration) if repairs and stream.codec_context.name == "vp9" else None
         size: tuple[int, int] | None = None  # of the first picture: every stage after this one is sized by it
         decoded = 0

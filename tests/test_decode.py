@@ -1,5 +1,6 @@
 """The decoder: FFmpeg's concealment really applies, lost frames come out as placeholders, streams stay whole."""
 import gc
+import itertools
 import threading
 from fractions import Fraction
 
@@ -11,6 +12,7 @@ from concealer import LossOptions, PacketisationOptions, simulate_loss
 from concealer.bitstream import Codec
 from concealer.decode import NO_CONCEALMENT, decode_frames
 from concealer.encode import EncoderSettings
+from concealer.media import add_stream_copy
 from concealer.workers import decoded_ahead
 from concealer.errors import InputError
 from concealer.truth import load_truth
@@ -161,6 +163,25 @@ def test_lost_frames_of_millisecond_times_in_a_finer_time_base_get_the_clean_str
     slots = list(decode_frames(result.damaged))
     assert sum(s.missing for s in slots) > 5
     assert [s.pts for s in slots] == sorted(decode_luma(result.reference))
+
+def test_lost_frames_between_packets_every_other_frame_apart_get_timestamps_of_their_own(tmp_path):
+    """A few timestamps all two frames apart (too few to say the frame rate is half the stream's) have a common
+    divisor as long as two frames: taken for the clock the times were counted in, it rounded each lost frame onto
+    the timestamp of the frame after it, and the MP4 muxer refused the repair (`benchmarks.fuzz`, h264 seed 16)."""
+    damaged = tmp_path / "every-other.mp4"
+    with av.open(str(clip("foreman_cif_h264.mp4"))) as reader, av.open(str(damaged), "w") as writer:
+        video = reader.streams.video[0]
+        copy = add_stream_copy(writer, video)
+        packets = list(itertools.islice((p for p in reader.demux(video) if p.dts is not None), 8))
+        shown = sorted(p.pts for p in packets)
+        for packet in packets:
+            if shown.index(packet.pts) % 2 == 0:
+                packet.stream = copy
+                writer.mux(packet)
+    slots = list(decode_frames(damaged))
+    assert [s.pts for s in slots] == shown[:7]
+    assert [s.missing for s in slots] == [False, True] * 3 + [False]
+
 
 def test_decoding_ahead_gives_the_same_frames_raises_their_errors_and_stops_when_closed(damaged, tmp_path):
     direct = [(f.pts, f.missing) for f in decode_frames(damaged.damaged)]
