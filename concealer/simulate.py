@@ -23,6 +23,7 @@ from .bitstream import (BitstreamError, Codec, Framing, PictureGeometry, h264_ge
                         is_parameter_set, is_slice, nal_header_size, nal_type_of, nal_units,
                         parse_decoder_config, parse_slice_header)
 from .channel import BernoulliLoss, BitErrors, ChannelLog, GilbertElliottLoss, LossModel, PatternLoss
+from .decode import frame_duration
 from .encode import EncoderSettings, add_video_encoder
 from .errors import InputError, OutputError, UsageError
 from .heap import tune_malloc
@@ -191,6 +192,8 @@ class _Simulation:
         self.framing = Framing.ANNEX_B
         self.length_size = 4
         self.time_base = Fraction(1, 1)
+        # --as-is: the first packets of a B-frame stream in MKV come with no decode timestamp, held until one does.
+        self.undated: list[av.Packet] = []
 
     # --- set-up -------------------------------------------------------------------------------
     def _output_codec(self) -> Codec:
@@ -299,8 +302,19 @@ class _Simulation:
 
     def _feed_video(self, packet: av.Packet, encoder_stream, emit) -> None:
         if self.packets.as_is:
-            if packet.size and packet.dts is not None:
-                emit(packet)
+            if not packet.size:
+                return
+            if packet.dts is None:
+                if packet.pts is not None:
+                    self.undated.append(packet)  # MKV stores no dts: FFmpeg's demuxer guesses none for them
+                return
+            # Each undated packet, the keyframe among them, is copied a frame's time apart before the first dated one.
+            step = max(1, round(frame_duration(self.video_in) or 1))
+            for number, early in enumerate(self.undated):
+                early.dts = packet.dts - (len(self.undated) - number) * step
+                emit(early)
+            self.undated.clear()
+            emit(packet)
             return
         try:
             frames = packet.decode()

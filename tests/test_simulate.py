@@ -13,7 +13,8 @@ from concealer.bitstream import Codec, Framing, nal_units, parse_decoder_config
 from concealer.encode import EncoderSettings
 from concealer.truth import load_truth
 
-from conftest import clip, decode_luma, decode_order, macroblock_difference, stream_packets, strip_adts
+from conftest import (clip, decode_luma, decode_order, macroblock_difference, remux_without, stream_packets,
+                      strip_adts)
 
 H264, HEVC = EncoderSettings(codec=Codec.H264), EncoderSettings(codec=Codec.HEVC)
 
@@ -314,6 +315,18 @@ def test_every_clip_in_every_mode(tmp_path, source, as_is, transport):
         damaged_audio = stream_packets(result.damaged, "audio")
         assert damaged_audio == stream_packets(result.reference, "audio")
         assert [strip_adts(f) for f in damaged_audio] == stream_packets(path, "audio")
+
+
+def test_as_is_keeps_the_undated_first_packets_of_a_b_frame_stream_in_mkv(tmp_path):
+    """MKV stores no decode timestamps, and FFmpeg's demuxer gives the first packets of a stream with B-frames none:
+    --as-is dropped them, the keyframe among them, and neither the reference nor the damaged file decoded at all."""
+    source = tmp_path / "foreman.mkv"
+    remux_without(clip("foreman_cif_h264.mp4"), source, set())
+    with av.open(str(source)) as container:
+        assert any(p.dts is None and p.size for p in container.demux(video=0))
+    result = simulate(source, tmp_path / "d.mkv", loss_rate=0.1, seed=1, packets=PacketisationOptions(as_is=True))
+    assert len(decode_luma(result.reference)) == 60
+    assert len(decode_luma(result.damaged)) > 50
 
 
 def test_mpegts_carries_hevc_too(tmp_path):
