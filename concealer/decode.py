@@ -97,9 +97,8 @@ def configure_decoder(stream: av.video.stream.VideoStream, concealment: str, thr
     context = stream.codec_context
     context.thread_type = "FRAME"
     context.thread_count = threads
-    options = {"flags2": "+export_mvs"} if motion_vectors else {}
-    if context.name == "h264":
-        options["ec"] = concealment
+    # Every decoder built on FFmpeg's error resilience (H.264, MPEG-1/2/4, H.263) reads `ec`; the others ignore it.
+    options = {"ec": concealment, **({"flags2": "+export_mvs"} if motion_vectors else {})}
     context.options = options
 
 

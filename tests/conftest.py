@@ -56,8 +56,9 @@ def reencode(out: Path, source: str = "foreman_cif_h264.mp4", *, frames: int | N
              colour: dict[str, int] | None = None, bit_rate: int | None = None, format: str | None = None) -> Path:
     """A real clip's first `frames` frames (all by default) encoded anew by `encoder` at 25 fps (libx264 at preset
     ultrafast unless `options` say otherwise); `ticks`: the pts steps in 1/90000 s, for a variable frame rate
-    (MPEG-1/2 encoders take only their standard rates: they count in frames)."""
-    per_frame = encoder in ("mpeg1video", "mpeg2video")
+    (MPEG-1/2 encoders take only their standard rates, MPEG-4 Part 2 no time base finer than 1/65535: they count in
+    frames)."""
+    per_frame = encoder in ("mpeg1video", "mpeg2video", "mpeg4")
     with av.open(str(clip(source))) as source_file, av.open(str(out), "w", format=format) as sink:
         video = source_file.streams.video[0]
         stream = sink.add_stream(encoder, rate=25)
