@@ -144,11 +144,14 @@ class Neighbours:
     The next frame is converted only when a concealer asks for it: most never do."""
 
     def __init__(self, previous: Picture | None = None, following: DamagedFrame | None = None,
-                 before_previous: Picture | None = None, decoder_concealed: bool = False):
+                 before_previous: Picture | None = None, decoder_concealed: bool = False,
+                 after: DamagedFrame | None = None):
         self.previous = previous  # the last repaired picture
         self.before_previous = before_previous  # the one before it, of the same scene
         self.decoder_concealed = decoder_concealed  # its holes hold a fill of their own (DECODER_CONCEALING_CODECS)
         self._following = None if following is None or following.frame.missing else following
+        # A B picture's next I or P picture: decoded before it, so never predicted from its holes.
+        self._after = None if after is None or after.frame.missing else after
 
     def fill_motion(self, picture: Picture, mask: np.ndarray) -> Warp | None:
         """How the previous picture best moves onto `picture`'s `mask` (`motion.fill_motion`), or None
@@ -173,6 +176,11 @@ class Neighbours:
     def following(self) -> Picture | None:
         """The next picture as decoded (its own damage not yet repaired)."""
         return Picture.from_frame(self._following.frame.picture) if self._following else None
+
+    @functools.cached_property
+    def after(self) -> Picture | None:
+        """The I or P picture after a B picture, as decoded; None for other pictures."""
+        return None if self._after is None else Picture.from_frame(self._after.frame.picture)
 
     @functools.cached_property
     def following_damaged(self) -> np.ndarray | None:
@@ -377,9 +385,27 @@ class FlowConcealer:
         if warp is None:
             return picture
         previous = neighbours.previous
-        moved = warp.apply_to_planes([previous.y, previous.u, previous.v])
+        moved = _with_the_picture_after(warp.apply_to_planes([previous.y, previous.u, previous.v]), picture, mask,
+                                        neighbours.after)
         filled = picture.pasted(matched_illumination(moved, picture, mask), mask)
         return with_decoder_fill(filled, picture, mask) if neighbours.decoder_concealed else filled
+
+
+def _with_the_picture_after(moved: list[np.ndarray], picture: Picture, mask: np.ndarray, after: Picture | None
+                            ) -> list[np.ndarray]:
+    """The previous picture `moved` onto a B picture's holes, averaged with its next I or P picture (`after`) moved
+    back onto them (fill_motion): in a B picture the content that was lost is seen from both sides, as its encoder
+    predicts it, and the picture after was decoded before it, its concealment untouched by these holes. Training
+    clips with three B-frames at 3 / 10 / 20% loss: bikes 28.77 / 25.50 / 21.48 -> 28.89 / 25.73 / 21.53 dB,
+    chaplin 31.34 / 26.58 / 23.71 unchanged (its B pictures are lost whole, and rebuilt), bbb 720p (150 frames,
+    5%) 34.79 unchanged, fire2 720p (150 frames, 3 / 10%) 32.28 / 25.69 -> 32.53 / 25.89, bikes 10% with another
+    seed 29.25 -> 29.27. Weighing the sides by their distance in frames: bikes 28.87 / 25.67 / 21.52, bbb 34.83;
+    keeping the previous picture alone where the picture after is damaged: bikes 28.88 / 25.69 / 21.53."""
+    if after is None or not same_scene(after.y, picture.y, mask):
+        return moved
+    back = fill_motion(after.y, picture.y, mask).apply_to_planes([after.y, after.u, after.v])
+    blended = Picture(*moved).mixed(Picture(*back), mask, 0.5)
+    return [blended.y, blended.u, blended.v]
 
 
 # How far around the holes (pixels) the intact picture is compared with the previous one moved onto it, to match

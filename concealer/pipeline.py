@@ -236,7 +236,8 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
             previous = before_previous = last_decoded = last_shown = last_arrived = None
             reference = before_reference = None  # the last two I or P pictures repaired, where B-frames reorder
             steps_since_shown = 0
-            for damaged, ahead in _look_ahead(decoded_ahead(detect_damage(source, mode=detect, truth=truth), PREFETCH)):
+            mapped = decoded_ahead(detect_damage(source, mode=detect, truth=truth), PREFETCH)
+            for damaged, ahead, after in _look_ahead(mapped):
                 frame, damage = damaged.frame, damaged.damage
                 following = ahead[0] if ahead else None
                 if frame.missing:
@@ -270,7 +271,8 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                             motion_before = before if earlier is not None and before is not None and \
                                 same_scene(before.y, earlier.y, np.zeros_like(mask)) else None
                             return concealer.conceal(picture, mask, Neighbours(earlier, following, motion_before,
-                                                                               decoder_concealed))
+                                                                               decoder_concealed,
+                                                                               after if frame.b_picture else None))
 
                         # In a stream with B-frames the B picture shown just before an I or P picture was predicted
                         # from it, FFmpeg's concealment of its holes included (and a lost one's rebuild took in its
@@ -335,10 +337,13 @@ def _stop_on_interrupt(source: Path, summary: DetectionSummary) -> Iterator[None
 PREFETCH = 4
 
 
-def _look_ahead(frames: Iterator[DamagedFrame]) -> Iterator[tuple[DamagedFrame, tuple[DamagedFrame, ...]]]:
+def _look_ahead(frames: Iterator[DamagedFrame]
+                ) -> Iterator[tuple[DamagedFrame, tuple[DamagedFrame, ...], DamagedFrame | None]]:
     """Each frame slot with the slots after it up to the next one that has a picture (at most
     LOOK_AHEAD): the temporal model looks at the next frame, a lost frame's rebuild at the next
-    picture that arrived. Placeholders hold no picture, so at most one decoded frame waits."""
+    picture that arrived; and the next I or P picture, which the B pictures before it are filled
+    from too (FlowConcealer). Placeholders hold no picture, so at most one decoded frame waits
+    besides the B pictures before an I or P picture."""
     waiting: collections.deque[DamagedFrame] = collections.deque()
 
     def ahead() -> tuple[DamagedFrame, ...]:
@@ -349,14 +354,22 @@ def _look_ahead(frames: Iterator[DamagedFrame]) -> Iterator[tuple[DamagedFrame, 
                 break
         return tuple(slots)
 
+    def anchor() -> DamagedFrame | None:
+        return next((slot for slot in itertools.islice(waiting, 1, None) if _anchor(slot)), None)
+
     for slot in frames:
         waiting.append(slot)
-        while len(waiting) > 1 and (not slot.frame.missing or len(waiting) > LOOK_AHEAD):
-            yield waiting[0], ahead()
+        while len(waiting) > 1 and (_anchor(slot) or len(waiting) > LOOK_AHEAD):
+            yield waiting[0], ahead(), anchor()
             waiting.popleft()
     while waiting:
-        yield waiting[0], ahead()
+        yield waiting[0], ahead(), anchor()
         waiting.popleft()
+
+
+def _anchor(slot: DamagedFrame) -> bool:
+    """An I or P picture that arrived."""
+    return not slot.frame.missing and not slot.frame.b_picture
 
 
 @dataclass(frozen=True)

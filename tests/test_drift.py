@@ -5,10 +5,11 @@ import av
 import numpy as np
 import pytest
 
-from concealer import LossOptions, simulate_loss
+from concealer import LossOptions, PacketisationOptions, simulate_loss
 from concealer.concealment import FlowConcealer, Neighbours, Picture, with_decoder_fill
 from concealer.decode import decode_frames
 from concealer.detection import DamageLabel, DamageMap, detect_damage
+from concealer.encode import EncoderSettings
 from concealer import drift, pipeline
 from concealer.drift import CorrectionStack, DriftCorrector, HeldFrame, KeyframeBackfill
 from concealer.motion import align
@@ -285,6 +286,36 @@ def test_the_next_pictures_vectors_move_a_lost_slice_better(sliced_foreman):
         filled += 1
     assert filled >= 4
     assert errors["with"] < 0.9 * errors["without"]  # measured: 306 against 539 (sum of the pictures' MSEs)
+
+
+def test_a_b_pictures_lost_blocks_are_filled_from_both_sides(tmp_path):
+    """The I or P picture after a B picture was decoded before it, so it holds the B picture's lost content
+    untouched by its concealment: moved back onto the holes and averaged with the previous picture moved forward,
+    it fills them closer to the clean stream than the previous picture alone. From clean previous pictures, so
+    that only the second side differs."""
+    damaged = simulate_loss(clip("bikes_640x272.mp4"), tmp_path / "b.mp4",
+                            loss=LossOptions(loss_rate=0.1, burst=2, seed=1),
+                            packets=PacketisationOptions(encoder=EncoderSettings(bframes=3)))
+    clean = {f.pts: Picture.from_frame(f.picture) for f in decode_frames(damaged.reference)}
+    slots = list(detect_damage(damaged.damaged, mode="truth", truth=damaged.truth))
+    errors = {"with": 0.0, "without": 0.0}
+    filled = 0
+    for index, (previous, slot) in enumerate(zip(slots, slots[1:]), start=1):
+        frame = slot.frame
+        if not frame.b_picture or previous.frame.missing:
+            continue
+        lost = slot.damage.pixel_mask(frame.picture.height, frame.picture.width, DamageLabel.LOST)
+        after = next((s for s in slots[index + 1:] if not s.frame.missing and not s.frame.b_picture), None)
+        if not lost.any() or lost.all() or after is None:
+            continue
+        picture, truth = Picture.from_frame(frame.picture), clean[frame.pts]
+        for name, neighbours in (("with", Neighbours(clean[previous.frame.pts], after=after)),
+                                 ("without", Neighbours(clean[previous.frame.pts]))):
+            repaired = FlowConcealer().conceal(picture, lost, neighbours)
+            errors[name] += float(np.mean((repaired.y[lost].astype(float) - truth.y[lost]) ** 2))
+        filled += 1
+    assert filled >= 4
+    assert errors["with"] < 0.9 * errors["without"], errors  # measured: 1271 against 1610 (five pictures)
 
 
 @pytest.fixture
