@@ -282,9 +282,9 @@ def carry_from_following(slot: HeldFrame, later: CorrectionStack) -> HeldFrame:
 
     Its cells predicted from a picture after it (the vectors FFmpeg exports with a positive source) take that
     picture's correction (repaired - decoded) moved along those vectors. The vectors do not say which picture:
-    with B-pyramids (x264's default) the middle B picture is a reference too, so each 4x4 cell takes the
-    correction of the picture whose decoded luma, so moved, matches its own best, per 8x8 block (CorrectionStack,
-    as for the pictures before). A cell predicted from both sides is their average, so it takes half of
+    with B-pyramids (x264's default) the middle B picture is a reference too, so each 8x8 block takes the
+    correction of the picture whose decoded luma, so moved, matches its own best (CorrectionStack, as for the
+    pictures before). A cell predicted from both sides is their average, so it takes half of
     each side's correction, where DriftCorrector gave it all of the one from before. Lost blocks keep their fill.
     Training clips with three B-frames (`conceal` with defaults), 3 / 10 / 20% loss: chaplin 30.46 / 26.10 /
     23.16 -> 30.53 / 26.27 / 23.27 dB, bikes 28.36 / 25.11 / 21.22 -> 28.34 / 25.10 / 21.19 (its I and P
