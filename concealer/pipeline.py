@@ -244,18 +244,10 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                     steps_since_shown += 1
                     next_decoded = ahead[-1] if ahead and not ahead[-1].frame.missing else None
                     lost_in_a_row = steps_since_shown + len(ahead) - 1  # between the last picture and the next
-                    position = steps_since_shown / (lost_in_a_row + 1)
-                    if source_format.reordered and after is not None and last_arrived is not None:
-                        # Where B-frames reorder, the next I or P picture was decoded before the lost frame and
-                        # untouched by its loss, which the B picture after it may not be: the lost frame is blended
-                        # between the last picture and that one. Training clips with three B-frames, chaplin 3 / 10
-                        # / 20% loss 31.34 / 26.58 / 23.68 -> 31.34 / 26.59 / 23.74 dB, bikes 10 / 20% 25.73 /
-                        # 21.53 -> 25.73 / 21.55, bbb 720p (150 frames, 5%) and fire2 (150 frames, 10%) unchanged.
-                        next_decoded = after
-                        position = (frame.pts - last_arrived.frame.pts) / (after.frame.pts - last_arrived.frame.pts)
                     picture = rebuild_missing(last_shown, next_decoded,
                                               steps_since_shown / lost_in_a_row if next_decoded else 1.0,
-                                              position, source_format.reordered, last_arrived)
+                                              steps_since_shown / (lost_in_a_row + 1), source_format.reordered,
+                                              last_arrived)
                     if picture is None:
                         continue  # no picture anywhere near: nothing to rebuild from
                     if redecoder:

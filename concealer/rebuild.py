@@ -35,8 +35,7 @@ def rebuild_missing(last: Picture | None, next_decoded: DamagedFrame | None, fra
                     position: float, reordered: bool = False, last_arrived: DamagedFrame | None = None
                     ) -> Picture | None:
     """A lost frame between `last` (the last picture shown) and `next_decoded` (the next that
-    arrived; where B-frames reorder, the next I or P picture): `last` moved `fraction` of one
-    interval's motion; None when there is neither.
+    arrived): `last` moved `fraction` of one interval's motion; None when there is neither.
     Without the next picture's vectors, or when they need not span one interval (`reordered`: a
     stream with B-frames, whose pictures predict from further away), the two pictures are blended,
     `position` of the way from `last` (its place in time between them): with 3 B-frames, carphone at
