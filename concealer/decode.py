@@ -98,8 +98,7 @@ def configure_decoder(stream: av.video.stream.VideoStream, concealment: str, thr
     context.thread_type = "FRAME"
     context.thread_count = threads
     # Every decoder built on FFmpeg's error resilience (H.264, MPEG-1/2/4, H.263) reads `ec`; the others ignore it.
-    options = {"ec": concealment, **({"flags2": "+export_mvs"} if motion_vectors else {})}
-    context.options = options
+    context.options = {"ec": concealment, **({"flags2": "+export_mvs"} if motion_vectors else {})}
 
 
 def frame_duration(stream: av.video.stream.VideoStream, timestamps: Sequence[int | None] = ()) -> Fraction | None:

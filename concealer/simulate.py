@@ -308,12 +308,12 @@ class _Simulation:
                 if packet.pts is not None:
                     self.undated.append(packet)  # MKV stores no dts: FFmpeg's demuxer guesses none for them
                 return
-            # Each undated packet, the keyframe among them, is copied a frame's time apart before the first dated one.
-            step = max(1, round(frame_duration(self.video_in) or 1))
-            for number, early in enumerate(self.undated):
-                early.dts = packet.dts - (len(self.undated) - number) * step
-                emit(early)
-            self.undated.clear()
+            if self.undated:  # each, the keyframe among them, copied a frame's time apart before this first dated one
+                step = max(1, round(frame_duration(self.video_in) or 1))
+                for number, early in enumerate(self.undated):
+                    early.dts = packet.dts - (len(self.undated) - number) * step
+                    emit(early)
+                self.undated.clear()
             emit(packet)
             return
         try:
