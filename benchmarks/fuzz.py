@@ -1,7 +1,8 @@
 """Fuzzing `conceal` with seeded random corruptions of short real clips (H.264 MP4, HEVC MP4, VP9 WebM,
 and AV1 MKV encoded here by SVT-AV1 from foreman, as ../shared/data holds no AV1 clip).
 
-    python -m benchmarks.fuzz --cases 200 [--codec h264 hevc vp9 av1] [--frames 10] [--timeout 60] [--keep DIR]
+    python -m benchmarks.fuzz --cases 200 [--start 0] [--codec h264 hevc vp9 av1] [--frames 10] [--timeout 60]
+        [--keep DIR]
     python -m benchmarks.fuzz --codec hevc --seed 17 --keep /tmp/fuzz   # replay one case, keep its files
 
 Each case cuts nothing new: it takes a few-frame excerpt of the clip (stream copy), applies one to three
@@ -359,14 +360,15 @@ def fuzz(codec: str, seeds: range, work: Path, frames: int = EXCERPT_FRAMES, tim
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", type=int, default=200, help="Cases per codec (seeds 0 .. cases-1).")
+    parser.add_argument("--cases", type=int, default=200, help="Cases per codec (seeds start .. start+cases-1).")
+    parser.add_argument("--start", type=int, default=0, help="The first seed (a later run covers new cases).")
     parser.add_argument("--seed", type=int, help="Run only this seed.")
     parser.add_argument("--codec", nargs="+", choices=list(CLIPS), default=list(CLIPS))
     parser.add_argument("--frames", type=int, default=EXCERPT_FRAMES, help="Frames in each clip's excerpt.")
     parser.add_argument("--timeout", type=float, default=TIMEOUT_S, help="Seconds before a case counts as a hang.")
     parser.add_argument("--keep", type=Path, help="Copy the damaged files of crashes and hangs here.")
     args = parser.parse_args()
-    seeds = range(args.seed, args.seed + 1) if args.seed is not None else range(args.cases)
+    seeds = range(args.seed, args.seed + 1) if args.seed is not None else range(args.start, args.start + args.cases)
     with tempfile.TemporaryDirectory(prefix="concealer-fuzz-") as work:
         for codec in args.codec:
             results = fuzz(codec, seeds, Path(work), args.frames, args.timeout, args.keep)

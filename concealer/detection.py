@@ -435,7 +435,8 @@ class BitstreamDetector:
                     if frame.picture.is_corrupt else np.zeros(self._grid.mb_shape, bool)  # FFmpeg concealed nothing
             else:
                 seeds = _concealed_blocks(self._grid, motion, other.motion_vectors, difference)
-            mb_error = self._traced_ratio(luma, motion, difference, self._grid.expand_mbs(seeds), frame.drifted)
+            mb_error = self._traced_ratio(luma, motion, difference, self._grid.expand_mbs(seeds), frame.drifted,
+                                          frame.b_picture)
         else:
             seeds, mb_error = self._traced_pixels(frame, luma, motion, difference)
         self._recent = [luma] + self._recent[:1]
@@ -453,7 +454,7 @@ class BitstreamDetector:
         return np.maximum(self._grid.squared_difference(*self._recent), CONCEALMENT_ERROR_FLOOR)
 
     def _traced_ratio(self, luma: np.ndarray, motion: MotionField, difference: np.ndarray,
-                      concealed: np.ndarray, drifted: bool) -> np.ndarray:
+                      concealed: np.ndarray, drifted: bool, b_picture: bool) -> np.ndarray:
         ratio = self._ratio.inherit(motion)
         scale = 1 / np.maximum(difference, 1e-9)
         # Predicted from a stand-in: off by the motion across the gap. With B-frames the pictures predicted from
@@ -462,6 +463,11 @@ class BitstreamDetector:
         if np.any(stand_in) and self._recent:
             ratio = np.where(stand_in, np.maximum(ratio, MISSING_REFERENCE_WEIGHT * scale *
                                                   self._grid.squared_difference(luma, self._recent[0])), ratio)
+        if b_picture:
+            # FFmpeg conceals a B picture's own lost blocks alike in both decodes (_unreceived_blocks), so where
+            # they differ and nothing shown before explains it, the difference was predicted from the concealment
+            # of the I or P picture shown after it, decoded before it and not traced yet: its ratio is that one's.
+            ratio = np.where((ratio == 0) & (difference > 0), CONCEALMENT_RATIO, ratio)
         if concealed.any():
             ratio = np.where(concealed, CONCEALMENT_RATIO, ratio)
         return self._grid.mb_mean(self._ratio.commit(difference, ratio))

@@ -257,3 +257,27 @@ def test_blind_detection_finds_where_a_lost_reference_picture_spread_in_a_stream
         tp, fp, fn = tp + np.count_nonzero(found & truth), fp + np.count_nonzero(found & ~truth), \
             fn + np.count_nonzero(truth & ~found)
     assert drifted > 30 and tp / (tp + fn) > 0.95 and tp / (tp + fp) > 0.3, (tp, fp, fn)
+
+
+def test_b_pictures_predicted_from_the_concealment_of_the_picture_after_them_are_found(tmp_path):
+    """A B picture shown before an I or P picture that lost blocks was predicted from FFmpeg's concealment of them,
+    but that picture is decoded before it and traced after it. Where the two decodes differ in such a B picture and
+    nothing shown before explains it, the difference is taken to come from that concealment (bikes with three
+    B-frames at 3% loss, 60 frames: recall over those B pictures 0.000 before, 0.905 so)."""
+    source = reencode(tmp_path / "bikes.mp4", "bikes_640x272.mp4", frames=60, options={"preset": "medium"})
+    damaged = simulate_loss(source, tmp_path / "d.mp4", loss=LossOptions(loss_rate=0.03, burst=2, seed=1),
+                            packets=PacketisationOptions(encoder=EncoderSettings(bframes=3)))
+    reference = reference_damage_maps(damaged.damaged, damaged.reference)
+    waiting, tp, fn = [], 0, 0
+    for slot in detect_damage(damaged.damaged, mode="bitstream"):
+        if slot.frame.missing:
+            waiting = []
+        elif slot.frame.b_picture:
+            waiting.append((slot.frame.pts, slot.damage.damaged))
+        else:
+            if (slot.damage.labels == DamageLabel.LOST).any():
+                for pts, found in waiting:
+                    tp += np.count_nonzero(found & reference[pts])
+                    fn += np.count_nonzero(reference[pts] & ~found)
+            waiting = []
+    assert tp + fn > 200 and tp / (tp + fn) > 0.8, (tp, fn)
