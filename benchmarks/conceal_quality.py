@@ -29,7 +29,8 @@ from .common import Table, clip_arguments, damage, loss_label, names, plain_deco
 
 CLIPS = "foreman_cif_h264.mp4,carphone_qcif.mp4,bikes_640x272.mp4,chaplin_640x360_mp3.mp4,foreman_cif_hevc.mp4"
 RATES = "0.03,0.1,0.2"
-VARIANTS = "ffmpeg:redecode,copy:redecode,telea:redecode,context-encoder:redecode,temporal:redecode,flow:carry,flow:none,pipeline"
+VARIANTS = ("ffmpeg:redecode,copy:redecode,telea:redecode,context-encoder:redecode,temporal:redecode,flow:carry,"
+            "flow:none,pipeline")
 PIPELINE = "pipeline"
 
 
@@ -48,7 +49,8 @@ def _label(variant: str) -> str:
 def plain_ffmpeg_psnr(damaged: Path, reference: Path) -> float:
     """Sequence luma PSNR of a plain FFmpeg decode of `damaged` (see common.plain_decode) against the decode
     of `reference`."""
-    return psnr(float(np.mean([np.mean((shown - clean.luma()) ** 2) for clean, shown in plain_decode(damaged, reference)])))
+    return psnr(float(np.mean([np.mean((shown - clean.luma()) ** 2)
+                               for clean, shown in plain_decode(damaged, reference)])))
 
 
 def quality_table(clips: list[str], rates: list[float], variants: list[str], frames: int | None = None,

@@ -178,8 +178,7 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
         order = repair.order if repair is not None and not gaps_are_losses else None
         slots = _FrameSlots(duration, stream.time_base, order, _timestamp_clock(timestamps, duration))
         dependencies = _Vp9Dependencies(duration) if repairs and stream.codec_context.name == "vp9" else None
-        size: tuple[int, int] | None = None  # of the first picture: every stage after this one is sized by it
-        decoded = 0
+        size = _PictureSize()
         for packet in _repaired(itertools.chain(first, packets), repair):
             # Before the edit list's start: not shown, so no slot (found by fuzzing). A stand-in for a lost frame
             # has a timestamp of our own, spread between its neighbours': the lost frame's slot is placed on the
@@ -199,12 +198,9 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
                 continue
             for picture in frames:
                 starts = repair.slice_starts(picture.pts) if repair is not None else None
-                size = size or (picture.width, picture.height)
-                decoded += 1
-                if (picture.width, picture.height) != size:
-                    raise InputError(f"{path}: the picture size changes from {size[0]}x{size[1]} to "
-                                     f"{picture.width}x{picture.height} at decoded picture {decoded}, which is not "
-                                     f"supported: cut the file there and repair each part")
+                if not size.fits(picture, path):  # a garbled header's size: its slot becomes a placeholder
+                    yield from slots.refuse(picture)
+                    continue
                 verdict = dependencies.verdict(picture.pts) if dependencies is not None else Verdict.CLEAN
                 if verdict is Verdict.UNDECODABLE:
                     continue  # garbage: its slot becomes a placeholder, rebuilt like a lost frame
@@ -220,6 +216,36 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
                         slot = replace(slot, slice_starts=starts)
                     yield replace(slot, drifted=True) if slot.pts == picture.pts and drifted else slot
         yield from slots.finish()
+
+
+# Pictures of another size than the first one's, in a row, taken for pictures with a garbled header (found by
+# fuzzing AV1 and VP9: one bit flip, and the rest of the file was refused) before the change is taken for real.
+ODD_SIZES_TOLERATED = 4
+
+
+class _PictureSize:
+    """The picture size of the stream: the first picture's, by which every stage after decoding is sized."""
+
+    def __init__(self) -> None:
+        self.size: tuple[int, int] | None = None
+        self._decoded = 0
+        self._odd_in_a_row = 0
+
+    def fits(self, picture: av.VideoFrame, path: Path) -> bool:
+        """Whether `picture` has the stream's size. A few of another size in a row are damaged ones; more are a
+        real change of size, which is refused with a clear error."""
+        self._decoded += 1
+        here = (picture.width, picture.height)
+        self.size = self.size or here
+        if here == self.size:
+            self._odd_in_a_row = 0
+            return True
+        self._odd_in_a_row += 1
+        if self._odd_in_a_row > ODD_SIZES_TOLERATED:
+            raise InputError(f"{path}: the picture size changes from {self.size[0]}x{self.size[1]} to "
+                             f"{here[0]}x{here[1]} at decoded picture {self._decoded - ODD_SIZES_TOLERATED}, which "
+                             f"is not supported: cut the file there and repair each part")
+        return False
 
 
 class _Vp9Dependencies:
@@ -371,6 +397,13 @@ class _FrameSlots:
         while self._expected and self._expected[0] == pts:
             heapq.heappop(self._expected)
         yield from self._advance(pts, picture, vectors)
+
+    def refuse(self, picture: av.VideoFrame) -> Iterator[DecodedFrame]:
+        """A picture that will not be shown. Its timestamp stays expected, so the next picture leaves a placeholder
+        in its slot; a raw elementary stream has none, and the placeholder goes out now."""
+        if picture.pts is None and self._duration is not None:
+            pts = 0 if self._last is None else self._slot_pts(self._slot(self._last) + 1)
+            yield from self._advance(pts, None, None)
 
     def finish(self) -> Iterator[DecodedFrame]:
         while self._expected:
