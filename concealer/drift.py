@@ -39,6 +39,7 @@ from .detection import (MB, CellGrid, DamagedFrame, DamageLabel, DamageMap, bloc
                         macroblock_mean, plane_boxes, scaled_box)
 from .intra import carry_into_intra
 from .motion import Warp, estimate_warp, pixel_grid
+from .rebuild import cross_fade
 
 # Codecs whose decoders' references after a loss are what the correction assumes: FFmpeg's concealment and its
 # stand-in for a lost frame (the last picture), or the substitutes of the HEVC stream repair. VP9 and AV1 decoders
@@ -442,9 +443,19 @@ class KeyframeBackfill:
         self._held: collections.deque[HeldFrame] = collections.deque()
         shape = self._grid.shape
         self._still = (np.zeros(shape, np.float32), np.zeros(shape, np.float32), np.ones(shape, bool))
+        self._lost_run = 0  # frames lost whole in a row up to now
+        self._before_run: Picture | None = None  # the last picture that arrived before them
 
     def hold(self, slot: HeldFrame) -> list[HeldFrame]:
         """Take a frame slot; return those that can go out now, in order."""
+        released = self._released(slot)
+        if slot.damaged.frame.missing:
+            self._lost_run += 1
+        else:
+            self._lost_run, self._before_run = 0, slot.picture
+        return released
+
+    def _released(self, slot: HeldFrame) -> list[HeldFrame]:
         if _is_keyframe(slot):
             return self._correct_from(slot) + [slot]
         if not self._held and not (slot.damaged.frame.missing or _checked(slot.damaged).damaged.any()):
@@ -460,6 +471,8 @@ class KeyframeBackfill:
     def _correct_from(self, keyframe: HeldFrame) -> list[HeldFrame]:
         held = list(self._held)
         self._held.clear()
+        if self._lost_run and held and self._before_run is not None:  # held ends in frames lost whole
+            return self._rebuilt_toward(keyframe, held)
         last = held[-1] if held else None
         if last is None or last.damaged.frame.missing or not (last_damage := _checked(last.damaged)).damaged.any():
             return held
@@ -512,6 +525,27 @@ class KeyframeBackfill:
             if max(float(np.abs(e[rows, cols]).max()) for e, (rows, cols) in
                    zip(error, plane_boxes(box))) * weight < NEGLIGIBLE:
                 break  # nothing left that would change a sample
+        return held
+
+
+    def _rebuilt_toward(self, keyframe: HeldFrame, held: list[HeldFrame]) -> list[HeldFrame]:
+        """The frames lost whole just before `keyframe` (held, the run's last ones) rebuilt anew, each a blend of the
+        last picture that arrived before them and the keyframe by its place in time between the two.
+
+        The repair rebuilds a lost frame when it is shown, toward the next picture that arrived only when one is
+        in its look-ahead (LOOK_AHEAD frames): in VP9 and AV1 every frame after a loss up to the next keyframe is
+        lost (refused, or decoded to garbage), so the first frames of a longer run repeated the last picture. The
+        keyframe shows where they were heading. Training clips (`benchmarks.frame_codecs`, 3 / 10% loss; at 20%
+        nothing changes): chaplin in VP9 19.79 / 17.54 -> 20.17 / 17.54 dB, in AV1 at 3% 14.95 -> 15.00; bikes in
+        VP9 18.27 / 14.22 -> 18.61 / 14.46, in AV1 20.93 / 14.24 -> 20.76 / 14.43. Even across a scene cut a blend
+        errs less than the last picture repeated, wherever in the run the cut lies, on average: judging the two
+        pictures a scene apart and keeping the repeats, bikes measured as before (their gap is long, they differ
+        much), chaplin alike. Moving both pictures along the optical flow between them as well measured worse
+        (chaplin in VP9 at 3% 19.84 dB): over tens of frames the flow is not the motion."""
+        start, end, count = self._before_run, keyframe.picture, self._lost_run
+        for index in range(max(0, len(held) - count), len(held)):
+            position = (count - (len(held) - 1 - index)) / (count + 1)  # its place in the run, from 1, in time
+            held[index] = HeldFrame(held[index].damaged, cross_fade(start, end, position), held[index].decoded)
         return held
 
 

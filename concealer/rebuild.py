@@ -48,7 +48,7 @@ def rebuild_missing(last: Picture | None, next_decoded: DamagedFrame | None, fra
     if last is None:
         return Picture.from_frame(next_decoded.frame.picture)  # lost at the start: nothing earlier to move
     if reordered or next_decoded.frame.motion_vectors is None:  # none exported: VP9, AV1, HEVC
-        return _cross_fade(last, Picture.from_frame(next_decoded.frame.picture), position)
+        return cross_fade(last, Picture.from_frame(next_decoded.frame.picture), position)
     motion = next_decoded.motion.smoothed_pixel_motion()
     if motion is None:
         return last  # the next picture is intra: no motion to follow
@@ -66,7 +66,7 @@ def _mean_vector(motion: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarra
     return np.array([dx[predicted].mean(), dy[predicted].mean()]) if predicted.any() else np.zeros(2)
 
 
-def _cross_fade(last: Picture, upcoming: Picture, position: float) -> Picture:
+def cross_fade(last: Picture, upcoming: Picture, position: float) -> Picture:
     """`last` and `upcoming` blended by where the lost frame sits between them in time.
 
     Measured on foreman re-encoded by libvpx-vp9 with a keyframe every 15 frames, frames 5 and 33 lost

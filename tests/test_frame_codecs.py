@@ -156,3 +156,27 @@ def test_lost_frames_land_on_the_muxers_timestamps_when_the_first_frame_is_lost(
     slots = list(decode_frames(damaged))
     assert [s.pts for s in slots] == sorted(timestamps)[1:]  # a lost first packet leaves no trace
     assert [s.missing for s in slots] == [True] * 30 + [False] * 14 + [True] * 5
+
+
+def test_a_run_of_lost_frames_longer_than_the_look_ahead_is_rebuilt_toward_the_keyframe_after_it(tmp_path):
+    """After a loss every VP9 frame up to the next keyframe is lost; the repair sees the next picture that arrived
+    only LOOK_AHEAD frames ahead, so the run's first frames repeated the last picture. The keyframe backfill
+    rebuilds the whole run as a blend of the last picture and the keyframe by their place in time."""
+    stream = encode_vp9(tmp_path, "gop30.webm", 60, g="30", keyint_min="30")
+    assert verdicts(stream_packets(stream, "video"), {3}) == "ccc-" + "u" * 26 + "c" * 30
+    damaged = tmp_path / "dropped.webm"
+    remux_without(stream, damaged, {3})
+    fixed = tmp_path / "fixed.mkv"
+    summary = conceal(damaged, fixed, codec="ffv1", lossless=True)
+    assert summary.frames == 60 and summary.frames_rebuilt == 27
+    clean, ours = (list(decode_luma(path).values()) for path in (stream, fixed))
+    run = range(3, 30)
+
+    def psnr(shown) -> float:
+        return 10 * np.log10(255 ** 2 / np.mean([np.mean((clean[n].astype(float) - shown(n)) ** 2) for n in run]))
+
+    assert psnr(lambda n: ours[n]) > psnr(lambda n: ours[2]) + 1  # better than repeating the last picture
+    for n in run:
+        position = (n - 2) / 28
+        blend = (1 - position) * ours[2].astype(float) + position * ours[30]
+        assert np.abs(ours[n] - blend).max() <= 1
