@@ -527,7 +527,6 @@ class KeyframeBackfill:
                 break  # nothing left that would change a sample
         return held
 
-
     def _rebuilt_toward(self, keyframe: HeldFrame, held: list[HeldFrame]) -> list[HeldFrame]:
         """The frames lost whole just before `keyframe` (held, the run's last ones) rebuilt anew, each a blend of the
         last picture that arrived before them and the keyframe by its place in time between the two.
