@@ -145,13 +145,15 @@ class Neighbours:
 
     def __init__(self, previous: Picture | None = None, following: DamagedFrame | None = None,
                  before_previous: Picture | None = None, decoder_concealed: bool = False,
-                 after: DamagedFrame | None = None):
+                 after: DamagedFrame | None = None, reordered: bool = False):
         self.previous = previous  # the last repaired picture
         self.before_previous = before_previous  # the one before it, of the same scene
         self.decoder_concealed = decoder_concealed  # its holes hold a fill of their own (DECODER_CONCEALING_CODECS)
         self._following = None if following is None or following.frame.missing else following
         # A B picture's next I or P picture: decoded before it, so never predicted from its holes.
         self._after = None if after is None or after.frame.missing else after
+        # B-frames reorder the stream: the next picture shown may have been predicted from further back.
+        self._reordered = reordered
 
     def fill_motion(self, picture: Picture, mask: np.ndarray) -> Warp | None:
         """How the previous picture best moves onto `picture`'s `mask` (`motion.fill_motion`), or None
@@ -170,7 +172,7 @@ class Neighbours:
         dx, dy, predicted = motion
         picture = self._following.frame.picture
         lost = self._following.damage.pixel_mask(picture.height, picture.width, DamageLabel.LOST)
-        return KnownMotion(Warp(dx, dy), predicted & ~lost)
+        return KnownMotion(Warp(dx, dy), predicted & ~lost, one_interval=not self._reordered)
 
     @functools.cached_property
     def following(self) -> Picture | None:

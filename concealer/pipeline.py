@@ -270,9 +270,9 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                                 else None
                             motion_before = before if earlier is not None and before is not None and \
                                 same_scene(before.y, earlier.y, np.zeros_like(mask)) else None
-                            return concealer.conceal(picture, mask, Neighbours(earlier, following, motion_before,
-                                                                               decoder_concealed,
-                                                                               after if frame.b_picture else None))
+                            return concealer.conceal(picture, mask, Neighbours(
+                                earlier, following, motion_before, decoder_concealed,
+                                after if frame.b_picture else None, source_format.reordered))
 
                         # In a stream with B-frames the B picture shown just before an I or P picture was predicted
                         # from it, FFmpeg's concealment of its holes included (and a lost one's rebuild took in its

@@ -288,6 +288,37 @@ def test_the_next_pictures_vectors_move_a_lost_slice_better(sliced_foreman):
     assert errors["with"] < 0.9 * errors["without"]  # measured: 306 against 539 (sum of the pictures' MSEs)
 
 
+def test_the_next_pictures_vectors_choose_between_the_two_motion_estimates(tmp_path):
+    """Where the next picture's vectors are known, each lost pixel moves by whichever estimate lies closer to them
+    (the flow carried in from around the hole, or the same place's flow one interval earlier) rather than by their
+    mean. From clean previous pictures, so that only the motion differs; `reordered` turns the choice off. Flames
+    do not keep moving as they moved: fire2_720p at 10% loss (150 frames), squared error summed over the lost
+    pixels 10.9 -> 9.8 x10^9; bbb_720p at 5% 275 -> 242 x10^6; so, bikes at 10% 360 -> 361 x10^6 and chaplin at
+    10% 293 -> 314 x10^6, where `conceal` still gained (see CLOSER_TO_THE_NEXT)."""
+    source = reencode(tmp_path / "fire.mp4", "fire2_720p_rotated.mp4", frames=30)
+    damaged = simulate_loss(source, tmp_path / "d.mp4", loss=LossOptions(loss_rate=0.1, burst=2, seed=1))
+    clean = {f.pts: Picture.from_frame(f.picture) for f in decode_frames(damaged.reference)}
+    slots = list(detect_damage(damaged.damaged, mode="truth", truth=damaged.truth))
+    concealer = FlowConcealer()
+    errors = {"chosen": 0.0, "mean": 0.0}
+    filled = 0
+    for earlier, previous, damaged, following in zip(slots, slots[1:], slots[2:], slots[3:]):
+        frame = damaged.frame
+        if frame.missing or previous.frame.missing or following.frame.missing or earlier.frame.missing:
+            continue
+        lost = damaged.damage.pixel_mask(frame.picture.height, frame.picture.width, DamageLabel.LOST)
+        if not lost.any() or lost.all():
+            continue
+        picture = Picture.from_frame(frame.picture)
+        last, truth, before = clean[previous.frame.pts], clean[frame.pts], clean[earlier.frame.pts]
+        for name, reordered in (("chosen", False), ("mean", True)):
+            repaired = concealer.conceal(picture, lost, Neighbours(last, following, before, reordered=reordered))
+            errors[name] += float(np.mean((repaired.y[lost].astype(float) - truth.y[lost]) ** 2))
+        filled += 1
+    assert filled >= 4
+    assert errors["chosen"] < 0.95 * errors["mean"], errors  # measured: 7308 against 8597 over 17 pictures
+
+
 def test_a_b_pictures_lost_blocks_are_filled_from_both_sides(tmp_path):
     """The I or P picture after a B picture was decoded before it, so it holds the B picture's lost content
     untouched by its concealment: moved back onto the holes and averaged with the previous picture moved forward,
