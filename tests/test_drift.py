@@ -261,29 +261,38 @@ def sliced_foreman(tmp_path_factory):
                          loss=LossOptions(loss_rate=0.1, burst=2, seed=3))
 
 
+def fill_errors(damaged, neighbours: dict) -> tuple[dict[str, float], int]:
+    """Summed MSE over the truth's lost blocks of FlowConcealer's fill of each picture that lost some (and is framed by
+    pictures that arrived), from the clean pictures before it, for each way of building its `neighbours`
+    (name -> f(last, following, before) -> Neighbours); and how many pictures were filled."""
+    clean = {f.pts: Picture.from_frame(f.picture) for f in decode_frames(damaged.reference)}
+    slots = list(detect_damage(damaged.damaged, mode="truth", truth=damaged.truth))
+    concealer = FlowConcealer()
+    errors = dict.fromkeys(neighbours, 0.0)
+    filled = 0
+    for earlier, previous, current, following in zip(slots, slots[1:], slots[2:], slots[3:]):
+        frame = current.frame
+        if frame.missing or previous.frame.missing or following.frame.missing:
+            continue
+        lost = current.damage.pixel_mask(frame.picture.height, frame.picture.width, DamageLabel.LOST)
+        if not lost.any() or lost.all():
+            continue
+        picture, truth = Picture.from_frame(frame.picture), clean[frame.pts]
+        before = None if earlier.frame.missing else clean[earlier.frame.pts]
+        for name, build in neighbours.items():
+            repaired = concealer.conceal(picture, lost, build(clean[previous.frame.pts], following, before))
+            errors[name] += float(np.mean((repaired.y[lost].astype(float) - truth.y[lost]) ** 2))
+        filled += 1
+    return errors, filled
+
+
 def test_the_next_pictures_vectors_move_a_lost_slice_better(sliced_foreman):
     """The next picture's decoder vectors were measured against the true picture: averaged (where they agree)
     with the motion of the interval before, they fill the lost blocks closer to the clean stream than the flow
     around the hole and before it alone. From clean previous pictures, so that only the motion differs."""
-    clean = {f.pts: Picture.from_frame(f.picture) for f in decode_frames(sliced_foreman.reference)}
-    slots = list(detect_damage(sliced_foreman.damaged, mode="truth", truth=sliced_foreman.truth))
-    concealer = FlowConcealer()
-    errors = {"with": 0.0, "without": 0.0}
-    filled = 0
-    for earlier, previous, damaged, following in zip(slots, slots[1:], slots[2:], slots[3:]):
-        frame = damaged.frame
-        if frame.missing or previous.frame.missing or following.frame.missing:
-            continue
-        lost = damaged.damage.pixel_mask(frame.picture.height, frame.picture.width, DamageLabel.LOST)
-        if not lost.any() or lost.all():
-            continue
-        picture = Picture.from_frame(frame.picture)
-        last, truth = clean[previous.frame.pts], clean[frame.pts]
-        before = None if earlier.frame.missing else clean[earlier.frame.pts]
-        for name, next_slot in (("with", following), ("without", None)):
-            repaired = concealer.conceal(picture, lost, Neighbours(last, next_slot, before))
-            errors[name] += float(np.mean((repaired.y[lost].astype(float) - truth.y[lost]) ** 2))
-        filled += 1
+    errors, filled = fill_errors(sliced_foreman, {
+        "with": lambda last, following, before: Neighbours(last, following, before),
+        "without": lambda last, following, before: Neighbours(last, None, before)})
     assert filled >= 4
     assert errors["with"] < 0.9 * errors["without"]  # measured: 306 against 539 (sum of the pictures' MSEs)
 
@@ -294,27 +303,12 @@ def test_the_next_pictures_vectors_choose_between_the_two_motion_estimates(tmp_p
     mean. From clean previous pictures, so that only the motion differs; `reordered` turns the choice off. Flames
     do not keep moving as they moved: fire2_720p at 10% loss (150 frames), squared error summed over the lost
     pixels 10.9 -> 9.8 x10^9; bbb_720p at 5% 275 -> 242 x10^6; so, bikes at 10% 360 -> 361 x10^6 and chaplin at
-    10% 293 -> 314 x10^6, where `conceal` still gained (see CLOSER_TO_THE_NEXT)."""
+    10% 293 -> 314 x10^6, where `conceal` still gained (see motion.fill_motion)."""
     source = reencode(tmp_path / "fire.mp4", "fire2_720p_rotated.mp4", frames=30)
     damaged = simulate_loss(source, tmp_path / "d.mp4", loss=LossOptions(loss_rate=0.1, burst=2, seed=1))
-    clean = {f.pts: Picture.from_frame(f.picture) for f in decode_frames(damaged.reference)}
-    slots = list(detect_damage(damaged.damaged, mode="truth", truth=damaged.truth))
-    concealer = FlowConcealer()
-    errors = {"chosen": 0.0, "mean": 0.0}
-    filled = 0
-    for earlier, previous, damaged, following in zip(slots, slots[1:], slots[2:], slots[3:]):
-        frame = damaged.frame
-        if frame.missing or previous.frame.missing or following.frame.missing or earlier.frame.missing:
-            continue
-        lost = damaged.damage.pixel_mask(frame.picture.height, frame.picture.width, DamageLabel.LOST)
-        if not lost.any() or lost.all():
-            continue
-        picture = Picture.from_frame(frame.picture)
-        last, truth, before = clean[previous.frame.pts], clean[frame.pts], clean[earlier.frame.pts]
-        for name, reordered in (("chosen", False), ("mean", True)):
-            repaired = concealer.conceal(picture, lost, Neighbours(last, following, before, reordered=reordered))
-            errors[name] += float(np.mean((repaired.y[lost].astype(float) - truth.y[lost]) ** 2))
-        filled += 1
+    errors, filled = fill_errors(damaged, {
+        "chosen": lambda last, following, before: Neighbours(last, following, before),
+        "mean": lambda last, following, before: Neighbours(last, following, before, reordered=True)})
     assert filled >= 4
     assert errors["chosen"] < 0.95 * errors["mean"], errors  # measured: 7308 against 8597 over 17 pictures
 
