@@ -1,8 +1,11 @@
 """`conceal` end to end on real damaged clips: every frame out, other streams copied, honest PSNR, clear errors."""
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 
 import av
 import numpy as np
@@ -122,6 +125,29 @@ def test_frames_written_behind_keep_their_order_and_a_write_error_reaches_the_ca
             for item in range(100):
                 put(item)
     assert not any(thread.name == "written-behind" for thread in threading.enumerate())
+
+
+def test_ctrl_c_while_the_writer_finishes_waits_for_it_to_stop():
+    """Ctrl-C while the repair waits for the writer to finish: the frames not yet written are abandoned, and the
+    interrupt is raised only once the writer has stopped. Python's Thread.join, interrupted, took the writer for
+    stopped, and `conceal` closed its output under it (a crash, SIGSEGV, in 8 of 22 interrupts at the end of a
+    repair of bikes)."""
+    writing, written = [], []
+
+    def write(item):
+        writing.append(item)
+        time.sleep(0.02)
+        written.append(item)
+
+    interrupt = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))
+    with pytest.raises(KeyboardInterrupt):
+        with written_behind(write, depth=50) as put:
+            for item in range(50):
+                put(item)
+            interrupt.start()
+    stopped = len(written)
+    time.sleep(0.1)
+    assert len(writing) == len(written) == stopped < 50  # nothing being written, nothing written since
 
 
 def test_a_stream_with_b_frames_keeps_every_picture_and_is_repaired_above_a_plain_decode(tmp_path):
