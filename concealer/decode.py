@@ -227,7 +227,7 @@ class _PictureSize:
     """The picture size of the stream: the first picture's, by which every stage after decoding is sized."""
 
     def __init__(self) -> None:
-        self.size: tuple[int, int] | None = None
+        self._size: tuple[int, int] | None = None
         self._decoded = 0
         self._odd_in_a_row = 0
 
@@ -236,13 +236,13 @@ class _PictureSize:
         real change of size, which is refused with a clear error."""
         self._decoded += 1
         here = (picture.width, picture.height)
-        self.size = self.size or here
-        if here == self.size:
+        self._size = self._size or here
+        if here == self._size:
             self._odd_in_a_row = 0
             return True
         self._odd_in_a_row += 1
         if self._odd_in_a_row > ODD_SIZES_TOLERATED:
-            raise InputError(f"{path}: the picture size changes from {self.size[0]}x{self.size[1]} to "
+            raise InputError(f"{path}: the picture size changes from {self._size[0]}x{self._size[1]} to "
                              f"{here[0]}x{here[1]} at decoded picture {self._decoded - ODD_SIZES_TOLERATED}, which "
                              f"is not supported: cut the file there and repair each part")
         return False

@@ -168,6 +168,8 @@ def fill_motion(previous: np.ndarray, current: np.ndarray, hole: np.ndarray,
         return warp
     ys, xs = np.nonzero(hole)  # the work is done on the hole's pixels alone
     dx, dy = warp.dx.copy(), warp.dy.copy()
+    if following is not None:
+        after_dx, after_dy, known = following.warp.dx[ys, xs], following.warp.dy[ys, xs], following.known[ys, xs]
     before_dx, before_dy = dx[ys, xs], dy[ys, xs]  # the motion of the interval before: carried, unless measured
     if before_previous is not None:
         band = slice(max(0, ys[0] - EARLIER_FLOW_MARGIN), ys[-1] + 1 + EARLIER_FLOW_MARGIN)
@@ -176,15 +178,12 @@ def fill_motion(previous: np.ndarray, current: np.ndarray, hole: np.ndarray,
         carried_dx, carried_dy = dx[ys, xs], dy[ys, xs]
         dx[ys, xs], dy[ys, xs] = (carried_dx + before_dx) / 2, (carried_dy + before_dy) / 2
         if following is not None and following.one_interval:
-            after_dx, after_dy = following.warp.dx[ys, xs], following.warp.dy[ys, xs]
             earlier_closer = np.hypot(before_dx - after_dx, before_dy - after_dy) < \
                 np.hypot(carried_dx - after_dx, carried_dy - after_dy)
-            known = following.known[ys, xs]
             dx[ys[known], xs[known]] = np.where(earlier_closer, before_dx, carried_dx)[known]
             dy[ys[known], xs[known]] = np.where(earlier_closer, before_dy, carried_dy)[known]
     if following is not None:
-        after_dx, after_dy = following.warp.dx[ys, xs], following.warp.dy[ys, xs]
-        agree = following.known[ys, xs] & (np.hypot(before_dx - after_dx, before_dy - after_dy) < VECTOR_AGREEMENT)
+        agree = known & (np.hypot(before_dx - after_dx, before_dy - after_dy) < VECTOR_AGREEMENT)
         dx[ys[agree], xs[agree]] = (before_dx[agree] + after_dx[agree]) / 2
         dy[ys[agree], xs[agree]] = (before_dy[agree] + after_dy[agree]) / 2
     return Warp(dx, dy)

@@ -108,7 +108,8 @@ class _Worker:
             finally:
                 self._ended.set()
 
-        threading.Thread(target=run, name=name, daemon=True).start()
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
+        self._thread.start()
 
     def wait(self, abandon: Callable[[], None], first: Callable[[], None] | None = None) -> None:
         """Wait until the work has ended (after `first`, which hands it its end marker). An interrupt meanwhile
@@ -120,6 +121,7 @@ class _Worker:
                     first()
                     first = None
                 self._ended.wait()
+                self._thread.join()  # its work has ended: the thread is on its way out
                 break
             except KeyboardInterrupt as interrupt:
                 abandon()
