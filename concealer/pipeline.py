@@ -48,7 +48,7 @@ from .media import (
 )
 from .metrics import FrameScores, frame_scores, json_safe, psnr
 from .overlay import OverlayWriter
-from .rebuild import rebuild_missing
+from .rebuild import RepeatedPictures, rebuild_missing
 from .reference_repair import open_reference_repair
 from .workers import decoded_ahead, written_behind
 
@@ -209,6 +209,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
         following_carry = FollowingCarry(height, width) if corrector and source_format.reordered else None
         decoder_concealed = source_format.codec in DECODER_CONCEALING_CODECS
         share = FillShare() if decoder_concealed else None
+        repeats = RepeatedPictures()
 
         def write(outgoing: _Outgoing) -> None:
             out = outgoing.picture.to_frame(video.codec_context.pix_fmt, outgoing.original)
@@ -244,10 +245,11 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                     steps_since_shown += 1
                     next_decoded = ahead[-1] if ahead and not ahead[-1].frame.missing else None
                     lost_in_a_row = steps_since_shown + len(ahead) - 1  # between the last picture and the next
-                    picture = rebuild_missing(last_shown, next_decoded,
-                                              steps_since_shown / lost_in_a_row if next_decoded else 1.0,
-                                              steps_since_shown / (lost_in_a_row + 1), source_format.reordered,
-                                              last_arrived)
+                    moved = repeats.lost(len(ahead) - 1)
+                    picture = previous if moved is None else \
+                        rebuild_missing(last_shown, next_decoded, moved if next_decoded else 1.0,
+                                        steps_since_shown / (lost_in_a_row + 1), source_format.reordered,
+                                        last_arrived)
                     if picture is None:
                         continue  # no picture anywhere near: nothing to rebuild from
                     if redecoder:
@@ -257,6 +259,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                 else:
                     lost = bool((damage.labels == DamageLabel.LOST).any())
                     plain = frame  # FFmpeg's decode, whatever the redecoder makes of it
+                    repeats.arrived(plain.luma(), not lost)
                     if redecoder and (own := redecoder.picture(frame.pts, lost)) is not None:
                         frame = dataclasses.replace(frame, picture=own)
                         damaged = dataclasses.replace(damaged, frame=frame)

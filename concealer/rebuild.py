@@ -23,6 +23,8 @@ chaplin 31.94 / 26.77 / 21.59 -> 31.99 / 26.85 / 21.65 (averaging always lost 2.
 """
 from __future__ import annotations
 
+import collections
+
 import cv2
 import numpy as np
 
@@ -57,6 +59,72 @@ def rebuild_missing(last: Picture | None, next_decoded: DamagedFrame | None, fra
     if before is not None and np.dot(_mean_vector(motion), _mean_vector(before)) > 0:
         dx, dy = (dx + before[0]) / 2, (dy + before[1]) / 2
     return Picture(*remap_planes([last.y, last.u, last.v], dx * fraction, dy * fraction))
+
+
+class RepeatedPictures:
+    """Which lost frames likely repeat the picture before them, from the repeats among the pictures that arrived.
+
+    Film brought to a higher frame rate shows some of its frames twice (chaplin_640x360: one frame in three
+    repeats the one before it, mostly every third or fourth slot), as do screen recordings and cameras that stall.
+    Where a lost frame was such a repeat, the picture before it is exactly what was lost, and moving it along the
+    next picture's vectors only errs. Each picture that arrives tells whether it repeats the one before (luma MSE
+    at most REPEAT_MSE); the gaps between repeats give the chance that a lost frame `d` slots after the last repeat
+    is one, count(gap = d) / count(gap >= d), and it is taken for one when that chance is over one half. A stream
+    that never repeats a picture is never taken to. `conceal` defaults, chaplin at 3 / 10 / 20% loss: 32.76 / 27.37 /
+    22.37 -> 32.77 / 27.68 / 22.34 dB (14 of 15 lost repeats found at 20%, but there the picture before is itself
+    so wrong that moving or blending it, which averages errors, scores about as well); with three B-frames 31.34 /
+    26.58 / 23.68 -> 31.34 / 26.61 / 23.61. bikes, bbb and fire2 (training), foreman and carphone: unchanged."""
+
+    # Luma MSE up to which a picture repeats the one before (an encoder codes a repeat as skipped blocks, which
+    # copy the picture before exactly: chaplin's repeats measure 0.0-1.5 against the clean stream's picture
+    # before, its other pictures 13-450).
+    REPEAT_MSE = 2.0
+    # Gaps between repeats seen before any lost frame is taken for one.
+    LEAST_GAPS = 4
+
+    def __init__(self) -> None:
+        self._gaps: collections.Counter[int] = collections.Counter()
+        self._since: int | None = None  # slots since the last repeat; None before the first
+        self._previous: np.ndarray | None = None  # the last slot's luma, when it arrived
+        self._moved = 0  # lost frames since the last picture that arrived, not taken for repeats
+
+    def arrived(self, luma: np.ndarray, whole: bool) -> None:
+        """A picture that arrived, in display order (`whole`: none of its blocks lost; a repeat is coded in so
+        few bytes that one that lost some is taken for none)."""
+        repeat = whole and self._previous is not None and self._previous.shape == luma.shape and \
+            cv2.norm(luma, self._previous, cv2.NORM_L2SQR) <= self.REPEAT_MSE * luma.size
+        if self._since is not None:
+            self._since += 1
+        if repeat:
+            if self._since is not None:
+                self._gaps[self._since] += 1
+            self._since = 0
+        self._previous, self._moved = luma, 0
+
+    def lost(self, later: int) -> float | None:
+        """A frame slot that never arrived, with `later` more lost after it before the next picture: None when
+        it likely repeats the picture before it, else its share of the run's motion, counting only the run's frames
+        that do not repeat (a run's k-th frame of n is moved k/n of the way: rebuild_missing)."""
+        self._previous = None
+        repeats = self._foreseen(later + 1)
+        if self._since is not None:
+            self._since = 0 if repeats[0] else self._since + 1
+        if repeats[0]:
+            return None
+        self._moved += 1
+        return self._moved / (self._moved + repeats[1:].count(False))
+
+    def _foreseen(self, count: int) -> list[bool]:
+        """Whether each of the next `count` lost slots likely repeats the picture before it."""
+        if self._since is None or sum(self._gaps.values()) < self.LEAST_GAPS:
+            return [False] * count
+        repeats, since = [], self._since
+        for _ in range(count):
+            distance = since + 1
+            reaching = sum(number for gap, number in self._gaps.items() if gap >= distance)
+            repeats.append(2 * self._gaps[distance] > reaching)
+            since = 0 if repeats[-1] else distance
+        return repeats
 
 
 def _mean_vector(motion: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
