@@ -88,9 +88,9 @@ class RepeatedPictures:
         self._previous: np.ndarray | None = None  # the last slot's luma, when it arrived
         self._moved = 0  # lost frames since the last picture that arrived, not taken for repeats
 
-    def arrived(self, luma: np.ndarray, whole: bool) -> None:
+    def arrived(self, luma: np.ndarray, whole: bool) -> bool:
         """A picture that arrived, in display order (`whole`: none of its blocks lost; a repeat is coded in so
-        few bytes that one that lost some is taken for none)."""
+        few bytes that one that lost some is taken for none): whether it repeats the picture before it."""
         repeat = whole and self._previous is not None and self._previous.shape == luma.shape and \
             cv2.norm(luma, self._previous, cv2.NORM_L2SQR) <= self.REPEAT_MSE * luma.size
         if self._since is not None:
@@ -100,6 +100,7 @@ class RepeatedPictures:
                 self._gaps[self._since] += 1
             self._since = 0
         self._previous, self._moved = luma, 0
+        return repeat
 
     def lost(self, later: int) -> float | None:
         """A frame slot that never arrived, with `later` more lost after it before the next picture: None when
