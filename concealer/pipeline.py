@@ -245,7 +245,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                     steps_since_shown += 1
                     next_decoded = ahead[-1] if ahead and not ahead[-1].frame.missing else None
                     lost_in_a_row = steps_since_shown + len(ahead) - 1  # between the last picture and the next
-                    moved = repeats.lost(len(ahead) - 1)
+                    moved = repeats.lost(sum(slot.frame.missing for slot in ahead))
                     repeat = moved is None
                     picture = previous if repeat else \
                         rebuild_missing(last_shown, next_decoded, moved if next_decoded else 1.0,

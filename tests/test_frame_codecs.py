@@ -180,3 +180,15 @@ def test_a_run_of_lost_frames_longer_than_the_look_ahead_is_rebuilt_toward_the_k
         position = (n - 2) / 28
         blend = (1 - position) * ours[2].astype(float) + position * ours[30]
         assert np.abs(ours[n] - blend).max() <= 1
+
+
+def test_frames_lost_up_to_the_end_of_the_stream_are_rebuilt(tmp_path):
+    """With no keyframe after a loss, every VP9 frame from it to the end is undecodable: the last frame slots have
+    nothing after them, and are rebuilt all the same."""
+    damaged = tmp_path / "damaged.mkv"
+    result = simulate_loss(clip("foreman_cif_h264.mp4"), damaged,
+                           loss=LossOptions(loss_rate=0.1, seed=3, protect_first_idr=True),
+                           packets=PacketisationOptions(encoder=EncoderSettings(codec=Codec.VP9, gop=60)))
+    assert 0 < result.summary.frames_lost < 30
+    summary = conceal(damaged, tmp_path / "fixed.mkv", reference=result.reference, codec="ffv1")
+    assert summary.frames == 60 and summary.frames_rebuilt > 30
