@@ -399,6 +399,12 @@ MOSTLY_INTACT = 0.5
 # 2, summed PSNR 513.56 dB trusted whole -> 516.60 / 517.42 / 517.48; bikes and chaplin at 3 / 10 / 20% 155.55 ->
 # 155.69 / 155.70 / 155.64 (fire2 at 176x144 above: 27.76 / 27.91 / 27.95).
 CHANGE_AS_MISFIT = 2.0
+# How many times better than the other candidates the optical flow measured over the whole of a damaged picture,
+# wrong pixels included, must bring the keyframe onto it (_keyframe_warp). Chosen among 1, 2 and 4 on
+# chaplin and bikes at 3 / 10 / 20% (no B-frames): against none, 1 gave +0.32 / -0.04 / -0.27 and -0.07 / -0.05 /
+# -0.26 dB, 2 +0.36 / +0.18 / 0.00 and -0.01 / -0.02 / -0.16, 4 +0.15 / +0.16 / +0.06 and +0.03 / 0.00 / -0.08; over
+# those, bbb and fire2 (5 / 10%) and the same with three B-frames, 2 summed +1.14 dB and 4 +0.90.
+FULL_FLOW_HANDICAP = 2.0
 
 
 @dataclass
@@ -549,30 +555,39 @@ class KeyframeBackfill:
 
 
 def _keyframe_warp(keyframe: HeldFrame, last: HeldFrame, hole: np.ndarray, span: int) -> Warp:
-    """The motion from the last damaged picture to the keyframe. The optical flow is not measured inside the damage,
-    whose pixels are wrong, but carried in from around it, which misses whatever moves unlike its surroundings.
-    Where the last picture's own vectors say where its blocks came from, that motion carried on for one more frame
-    interval (constant velocity) is the other candidate; each macroblock takes whichever of the two brings the
-    keyframe closer to the last picture. Measured on the training clips without B-frames (3 / 10 / 20% loss), carried
-    flow alone -> this: bikes 33.60 / 24.78 / 21.74 -> 33.63 / 24.80 / 21.75 dB, chaplin 32.18 / 26.97 / 21.87 ->
-    32.24 / 27.12 / 21.90; bbb_720p and fire2_720p (150 frames, 5 / 10%) 36.65 / 29.93 -> 37.05 / 30.06 and 29.54 /
-    25.82 -> 29.53 / 25.82. The candidate taken everywhere it exists instead: fire2 at 5% fell to 28.59."""
+    """The motion from the last damaged picture to the keyframe, chosen per macroblock among candidates by which
+    brings the keyframe closest to the last picture. The optical flow carried into the damage from around it (its
+    pixels are wrong) misses whatever moves unlike its surroundings. Where the last picture's own vectors say where
+    its blocks came from, that motion carried on for one more frame interval (constant velocity) is the second
+    candidate. Measured on the training clips without B-frames (3 / 10 / 20% loss), carried flow alone -> both:
+    bikes 33.60 / 24.78 / 21.74 -> 33.63 / 24.80 / 21.75 dB, chaplin 32.18 / 26.97 / 21.87 -> 32.24 / 27.12 /
+    21.90; bbb_720p and fire2_720p (150 frames, 5 / 10%) 36.65 / 29.93 -> 37.05 / 30.06 and 29.54 / 25.82 ->
+    29.53 / 25.82 (the vectors' candidate taken everywhere it exists instead: fire2 at 5% fell to 28.59).
+    The third is the flow measured over the whole picture, damage included, which follows a hand or a head that
+    moves on its own inside a large hole, where the carried flow pastes the keyframe's content in the wrong place
+    (chaplin at 3%: frames just before a keyframe got worse from the backfill); since it is measured on wrong
+    pixels it must fit FULL_FLOW_HANDICAP times better. Without it -> with it: chaplin 33.10 / 28.05 /
+    22.42 -> 33.46 / 28.22 / 22.41 dB, bikes 33.86 / 24.81 / 22.16 -> 33.86 / 24.79 / 22.00, bbb 37.17 / 30.19 ->
+    37.29 / 30.18, fire2 29.64 / 26.32 -> 29.87 / 26.62; with three B-frames chaplin 31.34 / 26.64 / 23.74 -> 31.47 /
+    26.72 / 23.63, bikes 28.90 / 25.73 / 21.53 -> 28.95 / 25.69 / 21.56; foreman, carphone and foreman_cif_hevc move
+    by 0.01 dB at most."""
     height, width = hole.shape
-    warp = estimate_warp(keyframe.picture.y, last.picture.y, hole)
-    moving = None if last.damaged.frame.missing else last.damaged.motion.smoothed_pixel_motion()
-    if moving is None:
-        return warp
-    dx, dy, predicted = moving
-    # Lost blocks' vectors are the decoder's guesses, not the encoder's.
-    onward = hole & predicted & ~last.damaged.damage.pixel_mask(height, width, DamageLabel.LOST)
-    if not onward.any():
-        return warp
-    candidate = Warp(np.where(onward, -dx / span, warp.dx).astype(np.float32),
-                     np.where(onward, -dy / span, warp.dy).astype(np.float32))
-    misfit = [macroblock_mean(cv2.absdiff(w.apply(keyframe.picture.y), last.picture.y).astype(np.float32))
-              for w in (warp, candidate)]
-    better = blocks_to_pixels(misfit[1] < misfit[0], MB, height, width)
-    return Warp(np.where(better, candidate.dx, warp.dx), np.where(better, candidate.dy, warp.dy))
+    carried = estimate_warp(keyframe.picture.y, last.picture.y, hole)
+    candidates = [(carried, 1.0)]
+    moving = last.damaged.motion.smoothed_pixel_motion()
+    if moving is not None:
+        dx, dy, predicted = moving
+        # Lost blocks' vectors are the decoder's guesses, not the encoder's.
+        onward = hole & predicted & ~last.damaged.damage.pixel_mask(height, width, DamageLabel.LOST)
+        if onward.any():
+            candidates.append((Warp(np.where(onward, -dx / span, carried.dx).astype(np.float32),
+                                    np.where(onward, -dy / span, carried.dy).astype(np.float32)), 1.0))
+    candidates.append((estimate_warp(keyframe.picture.y, last.picture.y, np.zeros_like(hole)), FULL_FLOW_HANDICAP))
+    misfits = np.stack([macroblock_mean(cv2.absdiff(warp.apply(keyframe.picture.y), last.picture.y)
+                                        .astype(np.float32)) * handicap for warp, handicap in candidates])
+    best = blocks_to_pixels(np.argmin(misfits, axis=0).astype(np.uint8), MB, height, width)
+    return Warp(np.choose(best, [warp.dx for warp, _ in candidates]),
+                np.choose(best, [warp.dy for warp, _ in candidates]))
 
 
 def _checked(damaged: DamagedFrame) -> DamageMap:

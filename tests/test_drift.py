@@ -503,3 +503,25 @@ def test_the_keyframe_correction_follows_what_moves_unlike_its_surroundings(tmp_
     carried = ghost()
     # Measured 716 against 768.
     assert followed < 0.97 * carried, (followed, carried)
+
+
+def test_the_keyframe_correction_follows_motion_measured_inside_a_large_hole(tmp_path, monkeypatch):
+    """chaplin at 3% loss (the benchmark's channel): up to the keyframe at frame 200 the damage covers much of the
+    picture, in which a hand moves unlike what is around it. The flow carried into the damage from its edges put the
+    keyframe's hand where it was not; the flow measured through the damage, taken where it fits far better, follows
+    it. Measured over frames 190-199: mean luma MSE 61.8 against 95.8 without that candidate."""
+    damaged = simulate_loss(clip("chaplin_640x360_mp3.mp4"), tmp_path / "d.mp4",
+                            loss=LossOptions(loss_rate=0.03, burst=2, seed=1))
+    clean = [f.luma().astype(np.float32) for f in decode_frames(damaged.reference)]
+
+    def error_before_keyframe() -> float:
+        out = tmp_path / "repaired.mkv"
+        conceal(damaged.damaged, out, codec="ffv1", lossless=True, overwrite=True)
+        frames = [f.luma().astype(np.float32) for f in decode_frames(out)]
+        assert len(frames) == len(clean)
+        return float(np.mean([np.mean((frames[i] - clean[i]) ** 2) for i in range(190, 200)]))
+
+    followed = error_before_keyframe()
+    monkeypatch.setattr(drift, "FULL_FLOW_HANDICAP", 1e9)
+    carried = error_before_keyframe()
+    assert followed < 0.8 * carried, (followed, carried)
