@@ -68,8 +68,8 @@ SECTIONS = [
     Section("quality-bframes", "Video concealment quality with B-frames", conceal_quality,
             "As the section above, for the H.264 clips re-encoded with three B-frames (x264's default, and how "
             "most real files come): pictures decode out of presentation order. `flow none` repairs only the "
-            "lost blocks; the pipeline also carries corrections from decoded I and P pictures. Target: never "
-            "below `FFmpeg`.",
+            "lost blocks; the pipeline also carries corrections from decoded reference pictures (I, P and "
+            "B-pyramid references). Target: never below `FFmpeg`.",
             ("--clips", "foreman_cif_h264.mp4", "--rates", "0.1", "--frames", "30", "--bframes", "3",
              "--variants", "flow:none,pipeline"),
             ("--clips", "foreman_cif_h264.mp4,carphone_qcif.mp4,bikes_640x272.mp4,chaplin_640x360_mp3.mp4",

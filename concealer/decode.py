@@ -57,6 +57,8 @@ class DecodedFrame:
     drifted: bool = False
     # H.264: the first macroblock of each of its slices that arrived (the rest of the picture lies between them).
     slice_starts: list[int] | None = None
+    # H.264: whether later pictures may be predicted from it (nal_ref_idc); None where unknown.
+    reference: bool | None = None
 
     @property
     def missing(self) -> bool:
@@ -197,7 +199,7 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
                     dependencies.refused()
                 continue
             for picture in frames:
-                starts = repair.slice_starts(picture.pts) if repair is not None else None
+                arrived = repair.arrived_slices(picture.pts) if repair is not None else None
                 if not size.fits(picture, path):  # a garbled header's size: its slot becomes a placeholder
                     yield from slots.refuse(picture)
                     continue
@@ -212,8 +214,8 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
                     substituted = repair.substituted(slot.pts) if repair is not None and not slot.missing else None
                     if substituted is not None:
                         slot = replace(slot, substituted=substituted)
-                    if starts is not None and slot.pts == picture.pts:
-                        slot = replace(slot, slice_starts=starts)
+                    if arrived is not None and slot.pts == picture.pts:
+                        slot = replace(slot, slice_starts=arrived.starts, reference=arrived.reference)
                     yield replace(slot, drifted=True) if slot.pts == picture.pts and drifted else slot
         yield from slots.finish()
 

@@ -33,6 +33,8 @@ constant offset would not (damage detection uses this; measured in concealer.det
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import av
 
 from .bitstream import (BitstreamError, BitWriter, Codec, Framing, H264Sps, framed, h264_nal_unit, header_reader,
@@ -44,12 +46,20 @@ SUBSTITUTE_PPS_ID = 255  # the last id: streams number theirs from 0
 P_SLICE_ALL = 5  # slice_type: P, and every slice of the picture is P
 B_SLICE_ALL = 6  # slice_type: B, and every slice of the picture is B
 B_SLICE = 1  # slice_type modulo 5
-# Pictures whose slice starts are kept until asked for: far more than a decoder holds back (16 at most in H.264).
-SLICE_STARTS_KEPT = 64
+# Pictures whose arrived slices are kept until asked for: far more than a decoder holds back (16 at most in H.264).
+SLICES_KEPT = 64
 MAX_SUBSTITUTES = 32  # a longer gap is a damaged frame_num, not lost frames
 MARK_SHIFT = (8, 0)  # quarter pixels: two pixels to the right
 HIDDEN_PTS = -(1 << 60)  # below the timestamps of any real stream
 REFERENCES_KEPT = 16  # last reference pictures remembered: as many as H.264 refers to
+
+
+@dataclass(frozen=True)
+class ArrivedSlices:
+    """What the slice headers of a picture that arrived say about it."""
+
+    starts: list[int]  # first_mb_in_slice of each slice (the rest of the picture lies between them)
+    reference: bool  # nal_ref_idc: later pictures may be predicted from it (in x264's B-pyramids, the middle B)
 
 
 class H264GapRepair:
@@ -73,7 +83,7 @@ class H264GapRepair:
         self._reference_frame_num: int | None = None  # of the last reference picture that arrived
         self._stale = False  # a reference picture was lost since the last IDR picture, and FFmpeg stood in for it
         self._drifted: set[int] = set()
-        self._slice_starts: dict[int, list[int]] = {}  # per picture (pts): first_mb_in_slice of its slices that arrived
+        self._arrived: dict[int, ArrivedSlices] = {}  # per picture (pts)
         self.order = PictureOrder()
         self._sequence = 0  # IDR pictures so far: each starts its own picture order counts
         self._reference_order = 0  # poc_type 0: the order count of the last reference picture
@@ -94,10 +104,11 @@ class H264GapRepair:
                 return [packet]
             first_slice = slices[0]
             if packet.pts is not None:
-                self._slice_starts[packet.pts] = [header_reader(data[u.payload_start:u.end], Codec.H264, 8).ue()
-                                                  for u in slices]
-                if len(self._slice_starts) > SLICE_STARTS_KEPT:  # not asked for (a picture that never came out)
-                    del self._slice_starts[next(iter(self._slice_starts))]
+                self._arrived[packet.pts] = ArrivedSlices(
+                    [header_reader(data[u.payload_start:u.end], Codec.H264, 8).ue() for u in slices],
+                    bool(data[first_slice.payload_start] >> 5 & 3))
+                if len(self._arrived) > SLICES_KEPT:  # not asked for (a picture that never came out)
+                    del self._arrived[next(iter(self._arrived))]
             nal = data[first_slice.payload_start:first_slice.end]
             sps, slice_type, frame_num, poc_lsb = self._read_slice(nal)
         except (BitstreamError, KeyError):
@@ -151,9 +162,9 @@ class H264GapRepair:
             return True
         return False
 
-    def slice_starts(self, pts: int | None) -> list[int] | None:
-        """The first macroblock of each slice of the picture at `pts` that arrived (asked once per picture)."""
-        return self._slice_starts.pop(pts, None)
+    def arrived_slices(self, pts: int | None) -> ArrivedSlices | None:
+        """What the slices of the picture at `pts` that arrived say (asked once per picture)."""
+        return self._arrived.pop(pts, None)
 
     def _lost_references(self, sps: H264Sps, frame_num: int, ref_idc: int, idr: bool) -> int:
         """How many reference pictures were lost just before this one. Every picture after a reference picture

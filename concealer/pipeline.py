@@ -227,6 +227,10 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
 
         def corrected_backwards(slots: list[HeldFrame]) -> None:
             for ready in slots:
+                frame = ready.damaged.frame
+                if corrector and following_carry and frame.b_picture and frame.reference:
+                    # Corrected now from the pictures shown after it too, for the pictures predicted from it.
+                    corrector.revise(frame.pts, ready.decoded, ready.picture)
                 for slot in backfill.hold(ready) if backfill else [ready]:
                     emit(slot)
 
@@ -303,8 +307,8 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                         share.see(picture.y, plain.luma(), damage, plain.picture.key_frame)
                     if redecoder and lost:
                         redecoder.repaired(picture)
-                    if corrector and anchor:
-                        corrector.remember(decoded, picture)
+                    if corrector and (anchor or frame.reference):
+                        corrector.remember(decoded, picture, pts=frame.pts, b_picture=not anchor)
                     last_decoded, last_shown, last_arrived, steps_since_shown = decoded, picture, damaged, 0
                     if anchor:
                         before_reference, reference = reference, picture

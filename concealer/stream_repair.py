@@ -666,8 +666,9 @@ class PacketRepair:
         """No picture is predicted from a stale reference: lost ones are rebuilt before they are needed."""
         return False
 
-    def slice_starts(self, pts: int | None) -> None:
-        """Not recorded: detection reads an HEVC picture's lost slices from the substituted blocks instead."""
+    def arrived_slices(self, pts: int | None) -> None:
+        """Not recorded: detection reads an HEVC picture's lost slices from the substituted blocks instead, and
+        drift correction takes only I and P pictures for references."""
         return None
 
 

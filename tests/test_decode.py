@@ -17,7 +17,7 @@ from concealer.workers import decoded_ahead
 from concealer.errors import InputError
 from concealer.truth import load_truth
 
-from conftest import clip, decode_luma, reencode, remux_without
+from conftest import clip, decode_luma, reencode, reference_flags, remux_without
 
 
 def luma_psnr(frames, clean):
@@ -213,3 +213,15 @@ def test_decodes_with_vectors_keep_the_cycle_collector_off_older_objects_while_t
     assert gc.get_freeze_count() > 0  # the second decode still runs
     second.close()
     assert gc.get_freeze_count() == 0
+
+
+def test_each_h264_picture_says_whether_later_ones_may_be_predicted_from_it(tmp_path):
+    """x264's B-pyramid makes the middle B picture of each run a reference (nal_ref_idc above 0): drift correction
+    carries its repair into the pictures decoded after it. Each decoded picture carries its slices' flag."""
+    source = reencode(tmp_path / "b.mp4", frames=30, options={"preset": "medium"})
+    flags = dict(reference_flags(source))
+    frames = list(decode_frames(source))
+    assert [f.reference for f in frames] == [bool(flags[f.pts]) for f in frames]
+    b_references = [f.pts for f in frames if f.b_picture and f.reference]
+    assert b_references and any(f.b_picture and not f.reference for f in frames)
+    assert all(f.reference for f in frames if not f.b_picture)

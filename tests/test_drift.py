@@ -132,9 +132,9 @@ def test_corrections_are_worked_out_only_where_they_can_arrive(damaged_foreman, 
     reached = CorrectionStack._reached
     counts = []
 
-    def everywhere(self, dx, dy, predicted):
+    def everywhere(self, references, dx, dy, predicted):
         every = np.ones(self._grid.mb_shape, bool)
-        counts.append(len(reached(self, dx, dy, predicted)[0]) / every.size)
+        counts.append(len(reached(self, references, dx, dy, predicted)[0]) / every.size)
         return np.nonzero(every)
 
     monkeypatch.setattr(CorrectionStack, "_reached", everywhere)
@@ -527,3 +527,36 @@ def test_the_keyframe_correction_follows_motion_measured_inside_a_large_hole(tmp
     monkeypatch.setattr(drift, "FULL_FLOW_HANDICAP", 1e9)
     carried = error_before_keyframe()
     assert followed < 0.8 * carried, (followed, carried)
+
+
+def test_a_b_reference_corrects_the_pictures_decoded_after_it_but_not_the_next_i_or_p_picture():
+    """x264's B-pyramid middle picture is a reference, decoded after the I or P picture shown next: a B picture
+    or a later I or P picture may take its correction, that next I or P picture may not. Once the pictures after
+    it are repaired, its revised correction replaces the first. Real foreman pictures, each correction a
+    constant shift, the picture to correct being the B reference itself (so that it fits it best everywhere)."""
+    anchor, b_reference, later = [Picture.from_frame(f.picture) for index, f in
+                                  enumerate(decode_frames(clip("foreman_cif_h264.mp4"))) if index in (0, 10, 20)]
+
+    def shifted(picture, step):
+        return Picture(*(np.clip(plane.astype(int) + step, 0, 255).astype(np.uint8)
+                         for plane in (picture.y, picture.u, picture.v)))
+
+    height, width = anchor.y.shape
+    stack = CorrectionStack(height, width, 4)
+    stack.remember(anchor, shifted(anchor, 4), pts=0)
+    stack.remember(b_reference, shifted(b_reference, 8), pts=10, b_picture=True)
+    still = np.zeros((height // 4, width // 4), np.float32)
+    everywhere = np.ones(still.shape, bool)
+
+    def carried(b_picture):
+        return float(np.median(stack.carried(b_reference.y, still, still, everywhere, b_picture)[0]))
+
+    assert carried(b_picture=True) == 8
+    assert carried(b_picture=False) == 4  # the next I or P picture was decoded before the B reference
+    stack.remember(later, later, pts=20)  # an I or P picture: the next one is decoded after the B reference
+    assert carried(b_picture=False) == 8
+    stack.revise(10, b_reference, shifted(b_reference, 12))
+    assert carried(b_picture=False) == 12
+    stack.clear()
+    stack.revise(10, b_reference, shifted(b_reference, 16))  # no longer held: nothing to revise
+    assert stack.carried(b_reference.y, still, still, everywhere) is None
