@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from .concealment import (DECODER_CONCEALING_CODECS, DEFAULT_CONCEALER, FillShare, Neighbours, NetworkConcealer,
-                          Picture, keeps_decoded_samples, make_concealer, same_scene)
+                          Picture, keeps_decoded_samples, make_concealer, same_scene, scene_cut_fill)
 from .decode import DecodedFrame, decode_frames
 from .detection import (
     MB,
@@ -276,6 +276,9 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                         def filled(nearest: Picture | None, before: Picture | None) -> Picture:
                             earlier = nearest if nearest is not None and same_scene(nearest.y, picture.y, mask) \
                                 else None
+                            if earlier is None and nearest is not None and source_format.reordered and \
+                                    frame.picture.pict_type != av.video.frame.PictureType.I:
+                                return scene_cut_fill(picture, mask, decoder_concealed)
                             motion_before = before if earlier is not None and before is not None and \
                                 same_scene(before.y, earlier.y, np.zeros_like(mask)) else None
                             return concealer.conceal(picture, mask, Neighbours(
