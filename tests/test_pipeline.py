@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from concealer import LossOptions, PacketisationOptions, simulate_loss
-from concealer.concealment import FillShare, FlowConcealer, Neighbours, Picture
+from concealer.concealment import FillShare, FlowConcealer, Neighbours, Picture, same_scene
 from concealer.decode import decode_frames
 from concealer.encode import EncoderSettings
 from concealer.errors import OutputError
@@ -217,6 +217,30 @@ def test_fire_is_repaired_above_a_plain_decode(tmp_path, model):
     summary = conceal(damaged.damaged, tmp_path / "fixed.mkv", model=model, codec="ffv1", lossless=True,
                       reference=damaged.reference)
     assert summary.psnr > plain_decode_psnr(damaged.damaged, damaged.reference) + 0.2, summary.psnr
+
+
+def test_flames_are_one_scene_and_a_cut_is_two():
+    """Consecutive pictures of fire2 differ by more than SCENE_CUT_MAD (32 at its ninth picture) and are still one
+    scene: the flow brings the one onto the other. bikes' cuts stay far apart however the flow moves them."""
+    fire = decode_luma(clip("fire2_720p_rotated.mp4"))
+    bikes = decode_luma(clip("bikes_640x272.mp4"))
+    fire_pts, bikes_pts = sorted(fire), sorted(bikes)
+    assert same_scene(fire[fire_pts[8]], fire[fire_pts[9]], np.zeros(fire[fire_pts[0]].shape, bool))
+    intact = np.zeros(bikes[bikes_pts[0]].shape, bool)
+    for cut in (76, 137, 187):
+        assert not same_scene(bikes[bikes_pts[cut - 1]], bikes[bikes_pts[cut]], intact)
+
+
+def test_holes_in_flames_are_filled_from_the_picture_before(tmp_path):
+    """Judged by their difference alone, pictures of flames took each other for scene cuts, and their holes were
+    left to FFmpeg's concealment: at 5% loss (seed 8) the repair scored 32.63 dB, the plain decode's figure. With
+    the flow's verdict, 35.95."""
+    source = reencode(tmp_path / "fire.mp4", "fire2_720p_rotated.mp4", size=(640, 360))
+    damaged = simulate_loss(source, tmp_path / "damaged.mp4",
+                            loss=LossOptions(model="gilbert", loss_rate=0.05, burst=2, seed=8))
+    summary = conceal(damaged.damaged, tmp_path / "fixed.mkv", codec="ffv1", lossless=True,
+                      reference=damaged.reference)
+    assert summary.psnr > plain_decode_psnr(damaged.damaged, damaged.reference) + 2.0, summary.psnr
 
 
 @pytest.mark.parametrize("ours_right", [True, False])
