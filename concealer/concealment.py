@@ -201,9 +201,9 @@ SCENE_CUT_MAD = 30.0
 # above which it does show another scene. Flames change by more than SCENE_CUT_MAD from one picture to the next
 # and still follow their flow: consecutive pictures of fire2_720p differ by up to 34, by 5-12 once moved, where
 # bikes' cuts stay at 25-65 (and a previous picture repaired too wrongly to copy from, in bbb_720p at 5% loss
-# with three B-frames, at 14.6). Against SCENE_CUT_MAD alone, `conceal` on fire2 (all 25 frames) at 5 / 10% loss:
-# 29.87 / 26.62 -> 31.87 / 27.36 dB, with three B-frames 29.46 / 26.44 -> 29.94 / 26.64; another seed +0.29 /
-# +0.22; bikes, chaplin and bbb (150 frames) with and without B-frames at 3-20% loss unchanged.
+# with three B-frames, at 14.6). Against SCENE_CUT_MAD alone, `conceal` on fire2 (its 25 frames looped to 150)
+# at 5 / 10% loss: 29.87 / 26.62 -> 31.87 / 27.36 dB, with three B-frames 29.46 / 26.44 -> 29.94 / 26.64;
+# another seed +0.29 / +0.22; bikes, chaplin and bbb (150 frames) with and without B-frames at 3-20% unchanged.
 SCENE_CUT_MOVED_MAD = 12.0
 
 
