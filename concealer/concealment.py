@@ -492,9 +492,9 @@ def scene_cut_fill(picture: Picture, mask: np.ndarray, decoder_concealed: bool) 
     better (`with_decoder_fill`). Training clips with three B-frames (`conceal` with defaults), before -> after:
     bikes at 10 / 20% loss 25.85 / 21.62 -> 26.06 / 21.83 dB (3% and seed 2 at 10% unchanged), fire2 720p (150
     frames) at 5 / 10% 29.13 / 26.08 -> 29.46 / 26.44, bbb 720p at 5 / 10% 34.91 / 26.01 -> 35.48 / 26.03, chaplin
-    unchanged; Telea
-    alone: -0.13 dB summed over those five, Navier-Stokes as Telea. Without B-frames the same fill measured below
-    FFmpeg's concealment (bikes at 3 / 10 / 20% -0.28 / -0.07 / -0.02, fire2 at 5% -0.05), so it is not used there."""
+    unchanged; Telea alone: -0.13 dB summed over those five, Navier-Stokes as Telea. Without B-frames the same fill
+    measured below FFmpeg's concealment (bikes at 3 / 10 / 20% -0.28 / -0.07 / -0.02, fire2 at 5% -0.05), so it is
+    not used there."""
     spatial = InpaintConcealer("telea").conceal(picture, mask, Neighbours())
     return with_decoder_fill(spatial, picture, mask) if decoder_concealed else spatial
 
