@@ -207,14 +207,15 @@ SCENE_CUT_MAD = 30.0
 SCENE_CUT_MOVED_MAD = 12.0
 
 
-def same_scene(previous: np.ndarray, luma: np.ndarray, mask: np.ndarray) -> bool:
-    """Whether `previous` shows the scene `luma` does (luma planes), judged on the pixels `mask` leaves intact."""
+def same_scene(previous: np.ndarray, luma: np.ndarray, mask: np.ndarray, warp: Warp | None = None) -> bool:
+    """Whether `previous` shows the scene `luma` does (luma planes), judged on the pixels `mask` leaves intact;
+    `warp` is `estimate_warp(previous, luma, mask)` where the caller has it already."""
     intact = ~mask
     if not intact.any():
         return True  # nothing to judge by: a whole lost picture continues the last one
     if float(cv2.absdiff(previous, luma)[intact].mean()) <= SCENE_CUT_MAD:
         return True
-    moved = estimate_warp(previous, luma, mask).apply(previous)
+    moved = (warp or estimate_warp(previous, luma, mask)).apply(previous)
     return float(cv2.absdiff(moved, luma)[intact].mean()) <= SCENE_CUT_MOVED_MAD
 
 
@@ -312,9 +313,12 @@ class FillShare:
         """Weigh the repairs of a picture before a keyframe (luma planes, `damaged` its HxW damage mask) against
         the keyframe's luma moved onto it, where the keyframe itself arrived (`keyframe_damaged` not)."""
         differ = damaged & ~keyframe_damaged & (ours != ffmpegs)
-        if np.count_nonzero(differ) < self.MIN_PIXELS or damaged.all() or not same_scene(keyframe, ours, damaged):
-            return  # too little to weigh, or a keyframe at a scene cut: no stand-in for the truth
-        truth = estimate_warp(keyframe, ours, damaged).apply(keyframe)[differ].astype(np.float32)
+        if np.count_nonzero(differ) < self.MIN_PIXELS or damaged.all():
+            return  # too little to weigh
+        warp = estimate_warp(keyframe, ours, damaged)
+        if not same_scene(keyframe, ours, damaged, warp):
+            return  # a keyframe at a scene cut: no stand-in for the truth
+        truth = warp.apply(keyframe)[differ].astype(np.float32)
         theirs_off = ffmpegs[differ].astype(np.float32) - truth
         gap = (ffmpegs[differ].astype(np.float32) - ours[differ]) / self.share  # FFmpeg's - our whole fill's
         self._towards += float(np.dot(theirs_off, gap))
