@@ -63,6 +63,10 @@ SECOND_OPINION = "favor_inter"
 # (with B-frames / without), recall 0.000 read from the vectors, 0.920 / 0.745 (precision 0.797 / 0.781) as for
 # codecs without vectors, and `conceal` 24.34 -> 26.19 / 22.42 -> 22.61 dB.
 VECTOR_EXPORTING_CODECS = ("h264",)
+# Share of a macroblock's luma samples at the ends of the 8-bit range (CLIPPED_LUMA) above which, in a picture
+# predicted from a stand-in for a lost reference, the block is taken for damaged though both decodes agree there.
+CLIPPED_SHARE = 0.5
+CLIPPED_LUMA = (1, 254)
 
 
 class DamageLabel(enum.IntEnum):
@@ -441,6 +445,8 @@ class BitstreamDetector:
             seeds, mb_error = self._traced_pixels(frame, luma, motion, difference)
         self._recent = [luma] + self._recent[:1]
         self._after_gap = False
+        if frame.drifted:
+            mb_error = np.where(clipped_blocks(luma), np.maximum(mb_error, TRUTH_SEED_ERROR), mb_error)
         damage = DamageMap(frame.pts, _label(seeds, mb_error))
         # The second decode could not stand marked copies in for the lost reference pictures, or did not decode
         # this one: nothing shows where a stale reference put it wrong.
@@ -487,6 +493,18 @@ class BitstreamDetector:
         if frame.substituted is not None:
             seeds = seeds | frame.substituted
         return seeds, error.commit(luma, np.maximum(inherited, estimate))
+
+
+def clipped_blocks(luma: np.ndarray) -> np.ndarray:
+    """Macroblocks of a picture predicted from a stand-in for a lost reference (DecodedFrame.drifted) that are
+    mostly at the ends of the sample range. The residuals were coded against the lost picture; added to a stand-in
+    that differs much (a reference lost at a scene cut), they overflow, and both decodes clip to the same white or
+    black, so where the damage is their difference no longer says. bbb_720p_vp8_30s from frame 600 (300 frames at
+    640x360, three B-frames, 3% loss): the first P picture after a cut to black was lost, and the 17 pictures up to
+    the next keyframe decoded near-white (luma MSE 40,000-56,000) with not one block marked."""
+    low, high = CLIPPED_LUMA
+    clipped = ((luma <= low) | (luma >= high)).astype(np.float32)
+    return macroblock_mean(clipped) > CLIPPED_SHARE
 
 
 def _concealed_blocks(grid: CellGrid, primary: MotionField, second_vectors: np.ndarray | None,

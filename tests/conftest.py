@@ -176,3 +176,28 @@ def reference_flags(path):
                          if u.nal_type in (1, 5))
             flags.append((packet.pts, data[first.payload_start] >> 5 & 3))
     return flags
+
+
+def lost_anchor_after_a_cut_to_black(folder: Path) -> tuple[Path, Path, list[int]]:
+    """A real stretch of bbb_720p_vp8_30s (frames 700-759 at 320x180) that cuts to black at its 20th frame and fades
+    in, coded by simulate-loss's encoder with three B-frames (GOP 2 s: keyframes at frames 0 and 48), with the first
+    P picture after the cut, a tiny black one, never arrived: the pictures predicted from it until the keyframe
+    decode onto the stand-in FFmpeg puts in its place, the bright picture before the cut, and overflow to white.
+    Returns (damaged, clean reference, the pts of the pictures after the lost one up to the keyframe)."""
+    from benchmarks.common import excerpt
+
+    from concealer import LossOptions, PacketisationOptions, simulate_loss
+    from concealer.encode import EncoderSettings
+
+    source = excerpt("bbb_720p_vp8_30s.webm", 60, start=700, size=(320, 180))
+    coded = simulate_loss(source, folder / "clean.mp4", loss=LossOptions(model="bernoulli", loss_rate=0.0),
+                          packets=PacketisationOptions(encoder=EncoderSettings(bframes=3)))
+    clean = decode_luma(coded.reference)
+    with av.open(str(coded.reference)) as container:
+        kinds = {frame.pts: frame.pict_type for frame in container.decode(video=0)}
+    order = [pts for pts in decode_order(coded.reference)]
+    lost = next(number for number, pts in enumerate(order)
+                if kinds[pts] == av.video.frame.PictureType.P and clean[pts].mean() < 20)
+    keyframe = next(pts for pts in sorted(clean) if pts > order[lost] and kinds[pts] == av.video.frame.PictureType.I)
+    remux_without(coded.reference, folder / "damaged.mp4", {lost})
+    return folder / "damaged.mp4", coded.reference, [pts for pts in sorted(clean) if order[lost] < pts < keyframe]

@@ -16,7 +16,7 @@ from concealer.errors import InputError
 from concealer.pixel_detection import reference_damage_maps
 from concealer.truth import load_truth
 
-from conftest import clip, reencode, reference_flags, remux_without
+from conftest import clip, decode_luma, lost_anchor_after_a_cut_to_black, reencode, reference_flags, remux_without
 
 
 @pytest.fixture(scope="module")
@@ -281,3 +281,16 @@ def test_b_pictures_predicted_from_the_concealment_of_the_picture_after_them_are
                     fn += np.count_nonzero(reference[pts] & ~found)
             waiting = []
     assert tp + fn > 200 and tp / (tp + fn) > 0.8, (tp, fn)
+
+
+def test_pictures_that_overflow_after_a_lost_reference_are_marked(tmp_path):
+    """The first P picture after a cut to black is lost: the pictures predicted from it decode onto the bright picture
+    before the cut and clip to white, in both of the detector's decodes alike, so their difference said nothing and
+    not one of their blocks was marked. Now each is marked where it clipped: 0.81 of its blocks or more."""
+    damaged, _, after = lost_anchor_after_a_cut_to_black(tmp_path)
+    marked = {item.frame.pts: item.damage.damaged.mean() for item in detect_damage(damaged)}
+    decoded = decode_luma(damaged, ec="guess_mvs+deblock")
+    white = [pts for pts in after if np.mean(decoded[pts] >= 254) > 0.5]
+    assert len(white) >= 15
+    shares = [marked[pts] for pts in white]
+    assert min(shares) >= 0.75 and np.mean(shares) >= 0.9, shares

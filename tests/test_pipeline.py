@@ -19,7 +19,7 @@ from concealer.errors import OutputError
 from concealer.pipeline import conceal
 from concealer.workers import written_behind
 
-from conftest import clip, decode_luma, plain_decode_psnr, reencode, stream_packets
+from conftest import clip, decode_luma, lost_anchor_after_a_cut_to_black, plain_decode_psnr, reencode, stream_packets
 
 
 @pytest.fixture(scope="module")
@@ -331,3 +331,12 @@ def test_the_flow_fill_takes_the_brightness_of_a_picture_in_a_fade():
     assert (filled.y[~mask] == dark.y[~mask]).all()
     assert abs(fill.mean() - truth.mean()) < 3, (fill.mean(), truth.mean())
     assert 10 * np.log10(255 ** 2 / np.mean((fill - truth) ** 2)) > 25
+
+
+def test_a_reference_lost_at_a_cut_to_black_is_repaired_from_the_keyframe_after(tmp_path):
+    """After the lost black P picture, the pictures up to the keyframe decode to white (luma MSE up to 56,000). Once
+    marked, the keyframe backfill takes them back from the keyframe, which it used to take for another scene than
+    the white pictures before it: 5.64 dB for a plain decode and for the repair before, 15.08 now."""
+    damaged, reference, _ = lost_anchor_after_a_cut_to_black(tmp_path)
+    summary = conceal(damaged, tmp_path / "fixed.mkv", codec="ffv1", lossless=True, reference=reference)
+    assert summary.psnr > plain_decode_psnr(damaged, reference) + 6, summary.psnr
