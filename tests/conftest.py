@@ -195,7 +195,7 @@ def lost_anchor_after_a_cut_to_black(folder: Path) -> tuple[Path, Path, list[int
     clean = decode_luma(coded.reference)
     with av.open(str(coded.reference)) as container:
         kinds = {frame.pts: frame.pict_type for frame in container.decode(video=0)}
-    order = [pts for pts in decode_order(coded.reference)]
+    order = decode_order(coded.reference)
     lost = next(number for number, pts in enumerate(order)
                 if kinds[pts] == av.video.frame.PictureType.P and clean[pts].mean() < 20)
     keyframe = next(pts for pts in sorted(clean) if pts > order[lost] and kinds[pts] == av.video.frame.PictureType.I)
