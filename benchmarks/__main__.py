@@ -28,6 +28,7 @@ from . import (
     hevc_repair,
     lost_pixels,
     memory,
+    robustness,
     simulate_speed,
     speed,
     table1,
@@ -74,6 +75,13 @@ SECTIONS = [
              "--variants", "flow:none,pipeline"),
             ("--clips", "foreman_cif_h264.mp4,carphone_qcif.mp4,bikes_640x272.mp4,chaplin_640x360_mp3.mp4",
              "--bframes", "3", "--variants", "flow:none,pipeline")),
+    Section("robustness", "Never below a plain decode, across channels and encodings (issue 5)", robustness,
+            "`conceal` with its defaults (lossless FFV1) against a plain FFmpeg decode of the same damaged file, "
+            "sequence luma PSNR against the clean decode, for the evaluation clips damaged by simulate-loss in "
+            "ways the quality sections do not: other loss rates and models, smaller packets, MPEG-TS, bit errors, "
+            "HEVC, B-frames and a long GOP, two seeds other than theirs. Target: never below the plain decode.",
+            ("--clips", "carphone_qcif.mp4", "--conditions", "gilbert-10-b3,ts-5,long-gop-b2", "--seeds", "2",
+             "--frames", "60")),
     Section("lost-pixels", "Concealment quality over the lost pixels alone (issue 4)", lost_pixels,
             "Luma PSNR over the truth's lost macroblocks only (truth detection, default drift correction, lossless "
             "FFV1), so that every model fills the same pixels; `FFmpeg decode` is a plain FFmpeg decode over the "

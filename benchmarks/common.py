@@ -144,8 +144,9 @@ def plain_decode(damaged: Path, reference: Path) -> Iterator[tuple[DecodedFrame,
     with av.open(str(damaged)) as container:
         stream = container.streams.video[0]
         stream.thread_count = 1  # FFmpeg's H.264 concealment is off under slice threads
-        decoded = {frame.pts: frame.reformat(format="yuv420p").to_ndarray()[:frame.height].astype(np.float32)
-                   for frame in _decodable(container.demux(stream))}
+        pictures = [(frame.pts, frame.reformat(format="yuv420p").to_ndarray()[:frame.height].astype(np.float32))
+                    for frame in _decodable(container.demux(stream))]
+    decoded = dict(_timed(pictures))
     shown = iter(sorted(decoded))
     last, upcoming = None, next(shown, None)
     for frame in decode_frames(reference):
@@ -155,6 +156,17 @@ def plain_decode(damaged: Path, reference: Path) -> Iterator[tuple[DecodedFrame,
             yield frame, last
         else:
             yield frame, decoded[upcoming] if upcoming is not None else np.full(frame.luma().shape, 128, np.float32)
+
+
+def _timed(pictures: list[tuple[int | None, np.ndarray]]) -> Iterator[tuple[int, np.ndarray]]:
+    """The decoder's pictures (in presentation order) with a timestamp each: one that came out without its own
+    (an MPEG-TS packet that lost its PES header) is shown one frame interval after the picture before it."""
+    known = sorted(pts for pts, _ in pictures if pts is not None)
+    step = int(np.median(np.diff(known))) if len(known) > 1 else 1
+    last = known[0] - step if known else 0
+    for pts, picture in pictures:
+        last = pts if pts is not None else last + step
+        yield last, picture
 
 
 def _decodable(packets: Iterator[av.Packet]) -> Iterator[av.VideoFrame]:

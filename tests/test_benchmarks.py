@@ -1,10 +1,12 @@
 """The benchmark helpers that the results page depends on: excerpts, the damage cache and section updates."""
 from __future__ import annotations
 
+import av
 import numpy as np
 from conftest import clip, decode_luma
 
 from benchmarks import common
+from concealer import LossOptions, PacketisationOptions, simulate_loss
 from benchmarks.__main__ import SECTIONS, write_section
 
 
@@ -37,3 +39,18 @@ def test_a_section_update_keeps_the_other_sections(tmp_path):
     text = page.read_text()
     assert "first figures" in text and "new figures" in text and "old figures" not in text
     assert text.index("first figures") < text.index("new figures")
+
+
+def test_the_plain_decode_shows_a_picture_that_lost_its_timestamp(tmp_path):
+    # Over MPEG-TS a lost packet can take a PES header, and with it a picture's pts: a player still shows the
+    # picture, and the baseline every repair is scored against must not fail on it.
+    damaged = simulate_loss(clip("realshort_320x240_aac.mp4"), tmp_path / "damaged.ts",
+                            loss=LossOptions(loss_rate=0.1, seed=2), packets=PacketisationOptions(transport="ts"))
+    with av.open(str(damaged.damaged)) as container:
+        stream = container.streams.video[0]
+        stream.thread_count = 1
+        timestamps = [frame.pts for frame in common._decodable(container.demux(stream))]
+    assert None in timestamps
+    shown = list(common.plain_decode(damaged.damaged, damaged.reference))
+    assert len(shown) == damaged.summary.frames
+    assert all(luma.shape == clean.luma().shape for clean, luma in shown)
