@@ -3,11 +3,11 @@
     python -m benchmarks.robustness [--clips a.mp4,b.mp4] [--conditions gilbert-3,...] [--seeds 2,3]
         [--frames N]
 
-The quality sections hold to one channel (Gilbert loss with mean burst 2, RTP, a 2 s GOP, seed 1). Here
-each clip (or its first N frames) goes through simulate-loss under each
-condition below and each seed, and is repaired with `conceal`'s defaults into lossless FFV1. `plain` is a
-plain FFmpeg decode of the same damaged file (common.plain_decode); both are scored as sequence luma PSNR
-against the decode of the clean re-encode. The last column flags every case below `plain`.
+The quality sections hold to one channel (Gilbert loss with mean burst 2, RTP, a 2 s GOP, seed 1). Here each
+clip (or its first N frames) goes through simulate-loss under each condition below and each seed, and is
+repaired with `conceal`'s defaults into lossless FFV1. `plain` is a plain FFmpeg decode of the same damaged
+file (common.plain_decode); both are scored as sequence luma PSNR against the decode of the clean re-encode.
+The last column flags every case below `plain`.
 """
 from __future__ import annotations
 

@@ -5,9 +5,9 @@ import av
 import numpy as np
 from conftest import clip, decode_luma
 
-from benchmarks import common
-from concealer import LossOptions, PacketisationOptions, simulate_loss
+from benchmarks import common, robustness
 from benchmarks.__main__ import SECTIONS, write_section
+from concealer import LossOptions, PacketisationOptions, simulate_loss
 
 
 def test_excerpt_loops_a_short_clip_from_its_start():
@@ -54,3 +54,12 @@ def test_the_plain_decode_shows_a_picture_that_lost_its_timestamp(tmp_path):
     shown = list(common.plain_decode(damaged.damaged, damaged.reference))
     assert len(shown) == damaged.summary.frames
     assert all(luma.shape == clean.luma().shape for clean, luma in shown)
+
+
+def test_every_robustness_condition_damages_a_clip():
+    name = clip("realshort_320x240_aac.mp4").name
+    for condition in robustness.CONDITIONS:
+        damaged = robustness.damaged_under(name, condition, seed=2, frames=6)
+        assert damaged.summary.frames == 6, condition
+        assert damaged.damaged.suffix == (".ts" if condition == "ts-5" else ".mp4"), condition
+        assert damaged.damaged.stat().st_size > 0 and damaged.reference.exists(), condition
