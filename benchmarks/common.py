@@ -127,13 +127,20 @@ def damage(name: str, rate: float, *, frames: int | None = None, seed: int = SEE
     codec = codec or source_codec(clip_path(name))
     key = (name, frames, rate, seed, codec, bframes)
     if key not in _damaged:
-        source = excerpt(name, frames) if frames else clip_path(name)
-        packets = PacketisationOptions(encoder=EncoderSettings(codec=codec, bframes=bframes))
-        suffix = ".mp4" if codec.has_nal_units else ".mkv"
-        output = work_dir() / f"{Path(name).stem}-{frames or 'all'}f-{rate:g}-{seed}-{codec.value}-b{bframes}{suffix}"
-        _damaged[key] = simulate_loss(source, output, loss=LossOptions(model="gilbert", loss_rate=rate, burst=BURST,
-                                                                       seed=seed), packets=packets)
+        _damaged[key] = damaged_copy(name, frames, f"{rate:g}-{seed}-{codec.value}-b{bframes}",
+                                     LossOptions(model="gilbert", loss_rate=rate, burst=BURST, seed=seed),
+                                     PacketisationOptions(encoder=EncoderSettings(codec=codec, bframes=bframes)))
     return _damaged[key]
+
+
+def damaged_copy(name: str, frames: int | None, label: str, loss: LossOptions,
+                 packets: PacketisationOptions) -> SimulationResult:
+    """simulate-loss on the clip, or on its first `frames` frames, into the work folder: a file named after the
+    clip and `label`, in the container the transport and codec call for."""
+    source = excerpt(name, frames) if frames else clip_path(name)
+    suffix = ".ts" if packets.transport == "ts" else ".mp4" if packets.encoder.codec.has_nal_units else ".mkv"
+    output = work_dir() / f"{Path(name).stem}-{frames or 'all'}f-{label}{suffix}"
+    return simulate_loss(source, output, loss=loss, packets=packets)
 
 
 def plain_decode(damaged: Path, reference: Path) -> Iterator[tuple[DecodedFrame, np.ndarray]]:

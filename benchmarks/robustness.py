@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from concealer import LossOptions, PacketisationOptions, SimulationResult, conceal, simulate_loss
+from concealer import LossOptions, PacketisationOptions, SimulationResult, conceal
 from concealer.bitstream import Codec
 from concealer.encode import EncoderSettings
 
-from .common import BURST, Table, arguments, clip_path, excerpt, names, work_dir
+from .common import BURST, Table, arguments, damaged_copy, loss_label, names, work_dir
 from .conceal_quality import plain_ffmpeg_psnr
 
 CLIPS = "foreman_cif_h264.mp4,carphone_qcif.mp4,bikes_640x272.mp4,chaplin_640x360_mp3.mp4"
@@ -58,13 +57,9 @@ CONDITIONS = {
 def damaged_under(name: str, condition: str, seed: int, frames: int | None) -> SimulationResult:
     """The clip (or its first `frames` frames) damaged by simulate-loss under `condition`."""
     spec = CONDITIONS[condition]
-    source = excerpt(name, frames) if frames else clip_path(name)
-    loss = LossOptions(**{"model": "gilbert", "burst": BURST, "seed": seed, **spec.loss})
-    packets = PacketisationOptions(**spec.packets, encoder=EncoderSettings(**spec.encoder))
-    codec = packets.encoder.codec
-    suffix = ".ts" if packets.transport == "ts" else ".mp4" if codec.has_nal_units else ".mkv"
-    output = work_dir() / f"{Path(name).stem}-{frames or 'all'}f-{condition}-{seed}{suffix}"
-    return simulate_loss(source, output, loss=loss, packets=packets)
+    return damaged_copy(name, frames, f"{condition}-{seed}",
+                        LossOptions(**{"model": "gilbert", "burst": BURST, "seed": seed, **spec.loss}),
+                        PacketisationOptions(**spec.packets, encoder=EncoderSettings(**spec.encoder)))
 
 
 def robustness_table(clips: list[str], conditions: list[str], seeds: list[int], frames: int | None) -> Table:
@@ -80,8 +75,7 @@ def robustness_table(clips: list[str], conditions: list[str], seeds: list[int], 
                                    reference=damaged.reference, overwrite=True)
                 summary = damaged.summary
                 cells = [name, condition, seed, summary.frames,
-                         f"{summary.requested_loss_rate:.0%} ({summary.effective_loss_rate:.1%})"
-                         + (f", {summary.bits_corrupted} bits" if summary.bits_corrupted else ""),
+                         loss_label(damaged) + (f", {summary.bits_corrupted} bits" if summary.bits_corrupted else ""),
                          f"{plain:.2f}", f"{repaired.psnr:.2f}"]
                 if math.isinf(plain):  # the channel spared this stream: nothing to repair
                     table.add(*cells, "-", "untouched" if math.isinf(repaired.psnr) else "CHANGED")
