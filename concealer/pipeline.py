@@ -441,24 +441,38 @@ def _cpu_threads(threads: int, network: bool) -> Iterator[None]:
 
 
 class _Reference:
-    """The clean decode, read in step with the repair (never held whole): each picture found by its pts."""
+    """The clean decode, read in step with the repair (never held whole): each picture found by its pts.
+
+    A frame lost from a stream of irregular frame times (a phone's) gets a timestamp spread over the gap it left
+    (decode._FrameSlots), not its own, which no reader of the damaged file can know: such a slot is scored against
+    the clean picture nearest in time, within half a frame interval of the clean stream."""
 
     def __init__(self, path: Path):
         self._path = path
         self._frames = (f for f in decode_frames(path) if not f.missing)
+        self._upcoming = [next(self._frames, None), next(self._frames, None)]  # the next two clean frames
+        self._interval = 0
 
     def scores(self, picture: Picture, pts: int) -> FrameScores:
-        for frame in self._frames:
-            if frame.pts == pts:
-                clean = Picture.from_frame(frame.picture)
-                if clean.y.shape != picture.y.shape:
-                    raise InputError(f"{self._path}: its frames are {clean.y.shape[1]}x{clean.y.shape[0]}, the "
-                                     f"repaired ones {picture.y.shape[1]}x{picture.y.shape[0]}: not this video's "
-                                     "clean stream")
-                return frame_scores(picture, clean)
-            if frame.pts > pts:
-                break
-        raise InputError(f"{self._path}: no frame at pts {pts}: is it the clean stream of this video?")
+        frame = self._nearest(pts)
+        clean = Picture.from_frame(frame.picture)
+        if clean.y.shape != picture.y.shape:
+            raise InputError(f"{self._path}: its frames are {clean.y.shape[1]}x{clean.y.shape[0]}, the "
+                             f"repaired ones {picture.y.shape[1]}x{picture.y.shape[0]}: not this video's "
+                             "clean stream")
+        return frame_scores(picture, clean)
+
+    def _nearest(self, pts: int) -> DecodedFrame:
+        """The next clean frame nearest to `pts`, the ones before it passed over."""
+        while (after := self._upcoming[1]) is not None and abs(after.pts - pts) <= abs(self._upcoming[0].pts - pts):
+            self._upcoming = [after, next(self._frames, None)]
+        frame, after = self._upcoming
+        if frame is None or (frame.pts != pts and 2 * abs(frame.pts - pts) > (
+                self._interval if after is None else after.pts - frame.pts)):
+            raise InputError(f"{self._path}: no frame at pts {pts}: is it the clean stream of this video?")
+        self._upcoming = [after, next(self._frames, None)]
+        self._interval = 0 if after is None else after.pts - frame.pts  # for the last one, that before it
+        return frame
 
 
 class _Tally:

@@ -108,6 +108,23 @@ def test_frames_lost_from_a_variable_rate_stream_are_still_found(tmp_path):
     assert [f.pts for f in frames if f.missing] == doc["lost_frames"]
 
 
+def test_frames_lost_from_a_phone_clip_are_counted_and_spread_over_their_gap(tmp_path):
+    """fire2, recorded at an irregular rate (7,199-9,007 ticks a frame), damaged as it is: six frames lost in a row
+    span a gap that the nominal frame duration puts five in. The picture order counts say six, and each placeholder
+    lies within half a frame of the frame it stands for."""
+    result = simulate_loss(clip("fire2_720p_rotated.mp4"), tmp_path / "d.mp4", packets=PacketisationOptions(
+        as_is=True), loss=LossOptions(loss_rate=0.03, protect_first_idr=True))
+    doc, _, _ = load_truth(result.truth)
+    clean = sorted(decode_luma(result.reference))
+    assert len(doc["lost_frames"]) == 9 and np.ptp(np.diff(clean)) > 1000  # the case this test is about
+    frames = list(decode_frames(result.damaged))
+    assert len(frames) == len(clean)
+    steps = np.diff(clean)
+    for frame, pts, step in zip(frames, clean, np.minimum(np.append(steps, steps[-1]), np.insert(steps, 0, steps[0]))):
+        assert frame.missing == (pts in doc["lost_frames"])
+        assert 2 * abs(frame.pts - pts) < step
+
+
 def restamped(source, out, index: int):
     """`source` remuxed into Matroska with picture `index` stamped with the time of the one before it, as a
     muxer that slips does."""
