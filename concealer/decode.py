@@ -176,7 +176,9 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
         first = list(itertools.islice(packets, CADENCE_PACKETS))
         timestamps = [packet.pts for packet in first if packet.size]
         duration = frame_duration(stream, timestamps)
-        repair = open_stream_repair(path, stream, marked_substitutes) if repairs else None
+        untimed = bool(timestamps) and all(t is None for t in timestamps)  # raw Annex B: its repair stamps it
+        repair = open_stream_repair(path, stream, marked_substitutes, duration if untimed else None) \
+            if repairs else None
         order = repair.order if repair is not None and not gaps_are_losses else None
         slots = _FrameSlots(duration, stream.time_base, order, _timestamp_clock(timestamps, duration))
         dependencies = _Vp9Dependencies(duration) if repairs and stream.codec_context.name == "vp9" else None

@@ -198,7 +198,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
         copies = _PassThrough(passthrough_source, sink)
         summary.streams_left_out = copies.left_out
         sink.metadata.update(content_tags(passthrough_source.metadata))
-        redecoder = open_reference_repair(source) if drift == "redecode" else None
+        redecoder = open_reference_repair(source, (height, width)) if drift == "redecode" else None
         if redecoder:
             stack.enter_context(redecoder)
         summary.drift = "carry" if drift == "redecode" and redecoder is None else drift

@@ -30,6 +30,7 @@ import contextlib
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -53,7 +54,7 @@ from .bitstream import (
     parse_h264_sps,
 )
 from .concealment import Picture
-from .decode import FFMPEG_CONCEALMENT, configure_decoder, plane_samples
+from .decode import FFMPEG_CONCEALMENT, configure_decoder, frame_duration, plane_samples
 from .h264_repair import SUBSTITUTE_PPS_ID, H264GapRepair, substitute_pps, substitute_slice_header
 from .media import main_video, open_video_input
 
@@ -89,17 +90,19 @@ class ReferenceRepair:
     FFmpeg concealed them."""
 
     def __init__(self, container: av.container.InputContainer, packets: Iterator[av.Packet], config_sets: list[bytes],
-                 framing: Framing, length_size: int):
+                 framing: Framing, length_size: int, frame_ticks: Fraction | None = None,
+                 visible: tuple[int, int] | None = None):
         self._container = container
         stream = main_video(container)
         configure_decoder(stream, FFMPEG_CONCEALMENT, threads=1)
-        self._visible = (stream.codec_context.height, stream.codec_context.width)
+        self._visible = visible or (stream.codec_context.height, stream.codec_context.width)
         # Whole macroblocks out: the rows and columns a crop hides are still what later vectors may point into.
         stream.codec_context.options = {**stream.codec_context.options, "apply_cropping": "0"}
         self._decoder = stream.codec_context
         self._time_base = stream.time_base
         self._framing, self._length_size = framing, length_size
-        self._gap = H264GapRepair(stream.codec_context.extradata)
+        # A stream without timestamps is stamped as the primary decode stamps it (`frame_ticks`), frame by frame.
+        self._gap = H264GapRepair(stream.codec_context.extradata, frame_ticks=frame_ticks)
         self._sps: dict[int, H264Sps] = {}
         self._pps: dict[int, H264Pps] = {}
         for unit in config_sets:
@@ -300,9 +303,11 @@ class ReferenceRepair:
         return Picture(*planes)
 
 
-def open_reference_repair(path: Path) -> ReferenceRepair | None:
+def open_reference_repair(path: Path, visible: tuple[int, int] | None = None) -> ReferenceRepair | None:
     """A ReferenceRepair of the video in `path`, or None where the stream is not one it handles (not H.264,
-    B-frames, or parameter sets whose samples I_PCM pictures cannot hold as decoded)."""
+    B-frames, or parameter sets whose samples I_PCM pictures cannot hold as decoded). `visible`: (height, width)
+    of the pictures the repair is of (media.probe_video_format's, from the first picture), where the container's
+    may differ (a raw stream that changes size was probed at 176x144 and its 352x288 pictures cut to that)."""
     container = open_video_input(path)
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(container.close)
@@ -319,13 +324,17 @@ def open_reference_repair(path: Path) -> ReferenceRepair | None:
             pictures = [parse_h264_pps(unit) for unit in units if unit[0] & 0x1F == PPS]
         except (BitstreamError, IndexError, av.error.FFmpegError):
             return None  # a damaged codec record or container: the pipeline carries, as on any other stream
-        if first is None or first.pts is None:
-            return None  # raw Annex B: no timestamps to keep the two decodes' pictures in step by
+        if first is None:
+            return None
+        # Raw Annex B has no timestamps to keep the two decodes' pictures in step by: both stamp it alike.
+        frame_ticks = frame_duration(stream) if first.pts is None else None
+        if first.pts is None and frame_ticks is None:
+            return None
         if not all(_rewritable(sps) for sps in sequences) or any(p.pps_id == SUBSTITUTE_PPS_ID for p in pictures):
             return None
         framing = Framing.LENGTH_PREFIXED if config else Framing.ANNEX_B
         repair = ReferenceRepair(container, itertools.chain([first], packets), units, framing,
-                                 config.length_size if config else 4)
+                                 config.length_size if config else 4, frame_ticks, visible)
         cleanup.pop_all()
         return repair
     return None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -672,18 +673,18 @@ class PacketRepair:
         return None
 
 
-def open_stream_repair(path: Path, stream: av.video.stream.VideoStream, marked_substitutes: bool = False
-                       ) -> PacketRepair | H264GapRepair | None:
+def open_stream_repair(path: Path, stream: av.video.stream.VideoStream, marked_substitutes: bool = False,
+                       frame_ticks: Fraction | None = None) -> PacketRepair | H264GapRepair | None:
     """A repairer for the main video stream of `path` (`stream`) when it is HEVC or H.264 (None otherwise);
-    `marked_substitutes` is H264GapRepair's `mark`. H.264 with B-frames gets no substitutes (marked copies
-    when `marked_substitutes`), and its drifted pictures are flagged.
+    `marked_substitutes` is H264GapRepair's `mark`, `frame_ticks` its stamp for a stream without timestamps. H.264
+    with B-frames gets no substitutes (marked copies when `marked_substitutes`), and its drifted pictures are flagged.
 
     Learning HEVC's slice layout reads the packets once more before decoding (no decode).
     """
     context = stream.codec_context
     if context.name == "h264":
         try:  # with reordered pictures it substitutes nothing unmarked and says which pictures drifted
-            return H264GapRepair(context.extradata, marked_substitutes, reordered=bool(context.has_b_frames))
+            return H264GapRepair(context.extradata, marked_substitutes, bool(context.has_b_frames), frame_ticks)
         except BitstreamError:
             return None
     if context.name != "hevc":
