@@ -599,13 +599,30 @@ def learn_slice_layout(access_units: Iterable[bytes], extradata: bytes | None) -
 class PacketRepair:
     """Repairs the packets of one HEVC stream as they are demuxed, and remembers what it substituted."""
 
-    def __init__(self, repair: HevcStreamRepair, height: int, width: int):
+    def __init__(self, repair: HevcStreamRepair, height: int, width: int, frame_ticks: Fraction | None = None):
         self._repair = repair
         self._shape = (height, width)
         self._substituted: dict[int, np.ndarray] = {}  # by pts, until its picture comes out
         self._last: tuple[int, int] | None = None  # (POC, pts) of the last picture that arrived
         self._ticks_per_poc: int | None = None
         self.order = PictureOrder()
+        # A stream without timestamps (raw Annex B): each picture is stamped from its order count, one frame per
+        # step (x265's), each coded video sequence after the last picture of the one before. Without stamps nothing
+        # could be said of which picture was repaired: raw HEVC damaged by simulate-loss at 5% (foreman CIF, seed
+        # 2) came out with no damage found and at 18.84 dB, the same damage in MP4 at 27.80.
+        self._frame_ticks = frame_ticks
+        self._stamping: tuple[int, int] | None = None  # (coded video sequence, frame index of its order count 0)
+        self._last_index = -1  # of the last picture stamped
+
+    def _stamp(self, unit: RepairedAccessUnit) -> int | None:
+        """A raw stream's timestamp for `unit`, from its order count; None when that is not known."""
+        if unit.poc is None:
+            return None
+        if self._stamping is None or self._stamping[0] != unit.sequence:
+            self._stamping = (unit.sequence, self._last_index + 1 - unit.poc)
+        index = self._stamping[1] + unit.poc
+        self._last_index = max(self._last_index, index)
+        return round(index * self._frame_ticks)
 
     def packets(self, packet: av.Packet) -> list[av.Packet]:
         """The packet's pictures repaired, each preceded by the pictures it needs that were lost whole.
@@ -615,6 +632,10 @@ class PacketRepair:
         seen between pictures that arrived (x265: one frame per step).
         """
         units = self._repair.repair(bytes(packet))
+        if packet.pts is None and self._frame_ticks is not None and units:
+            anchor = next((u for u in units if not u.rebuilt), units[0])
+            packet.pts = self._stamp(anchor)
+            self._ticks_per_poc = round(self._frame_ticks)
         if len(units) == 1 and not units[0].substituted:
             self._learn_timing(units[0].poc, packet.pts)
             self.order.record(packet.pts, units[0].sequence, units[0].poc)
@@ -693,6 +714,6 @@ def open_stream_repair(path: Path, stream: av.video.stream.VideoStream, marked_s
         with open_video_input(path) as container:
             layout = learn_slice_layout((bytes(p) for p in container.demux(main_video(container)) if p.size),
                                         context.extradata)
-        return PacketRepair(HevcStreamRepair(context.extradata, layout), context.height, context.width)
+        return PacketRepair(HevcStreamRepair(context.extradata, layout), context.height, context.width, frame_ticks)
     except BitstreamError:  # an unreadable codec record: the decoder gets the stream as it is
         return None

@@ -1,4 +1,6 @@
 """HEVC stream repair: substitutes for lost slice segments keep FFmpeg decoding every picture."""
+from fractions import Fraction
+
 import av
 import numpy as np
 import pytest
@@ -188,6 +190,23 @@ def test_blind_detection_marks_the_substituted_blocks_lost(damaged):
     labels = {f.frame.pts: f.damage.labels for f in detect_damage(damaged.damaged, mode="bitstream")}
     for pts, lost in zip(truth_pts.tolist(), truth_maps):
         assert (labels[pts][lost] == DamageLabel.LOST).all()
+
+
+def test_a_raw_stream_is_stamped_so_its_substituted_blocks_are_found(tmp_path):
+    """Raw Annex B HEVC has no timestamps: its pictures are stamped from their order counts, and blind detection
+    marks lost exactly the blocks the truth lost, the first picture's included (it found none before)."""
+    damaged = simulate_loss(clip("foreman_cif_hevc.mp4"), tmp_path / "d.hevc", loss=LossOptions(loss_rate=0.05, seed=2),
+                            packets=PacketisationOptions(encoder=EncoderSettings(codec=Codec.HEVC)))
+    doc, truth_pts, truth_maps = load_truth(damaged.truth)
+    assert 0 in truth_pts.tolist()  # the case this test is about: the first picture lost slices
+    found = [f.damage.labels == DamageLabel.LOST for f in detect_damage(damaged.damaged, mode="bitstream")]
+    assert len(found) == len(list(decode_frames(damaged.reference)))
+    with av.open(str(clip("foreman_cif_hevc.mp4"))) as source:  # the truth counts in the source clip's time base
+        frame_rate = source.streams.video[0].average_rate
+    truth = {round(pts * Fraction(*doc["video"]["time_base"]) * frame_rate): lost
+             for pts, lost in zip(truth_pts.tolist(), truth_maps)}
+    for index, lost in enumerate(found):
+        assert np.array_equal(lost, truth.get(index, np.zeros_like(lost)))
 
 
 def test_picture_lost_whole_is_rebuilt_so_the_pictures_after_it_decode(damaged, tmp_path):
