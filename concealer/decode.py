@@ -131,6 +131,13 @@ def frame_duration(stream: av.video.stream.VideoStream, timestamps: Sequence[int
 CADENCE_PACKETS = 64
 
 
+def untimed(first: Sequence[av.Packet]) -> bool:
+    """Whether a stream whose first packets are `first` (CADENCE_PACKETS of them) has no timestamps at all: raw
+    Annex B, which its stream repair stamps (h264_repair, stream_repair)."""
+    sized = [packet for packet in first if packet.size]
+    return bool(sized) and all(packet.pts is None for packet in sized)
+
+
 def _timestamp_clock(timestamps: Sequence[int | None], duration: Fraction | None) -> int:
     """The ticks of the clock the timestamps were counted in before they were written in the stream's time base:
     the greatest common divisor of their differences. Times written in milliseconds into a 1/16000 time base
@@ -176,8 +183,7 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
         first = list(itertools.islice(packets, CADENCE_PACKETS))
         timestamps = [packet.pts for packet in first if packet.size]
         duration = frame_duration(stream, timestamps)
-        untimed = bool(timestamps) and all(t is None for t in timestamps)  # raw Annex B: its repair stamps it
-        repair = open_stream_repair(path, stream, marked_substitutes, duration if untimed else None) \
+        repair = open_stream_repair(path, stream, marked_substitutes, duration if untimed(first) else None) \
             if repairs else None
         order = repair.order if repair is not None and not gaps_are_losses else None
         slots = _FrameSlots(duration, stream.time_base, order, _timestamp_clock(timestamps, duration))

@@ -54,7 +54,7 @@ from .bitstream import (
     parse_h264_sps,
 )
 from .concealment import Picture
-from .decode import FFMPEG_CONCEALMENT, configure_decoder, frame_duration, plane_samples
+from .decode import CADENCE_PACKETS, FFMPEG_CONCEALMENT, configure_decoder, frame_duration, plane_samples, untimed
 from .h264_repair import SUBSTITUTE_PPS_ID, H264GapRepair, substitute_pps, substitute_slice_header
 from .media import main_video, open_video_input
 
@@ -317,23 +317,21 @@ def open_reference_repair(path: Path, visible: tuple[int, int] | None = None) ->
             return None
         packets = (packet for packet in container.demux(stream) if packet.size)
         try:
-            first = next(packets, None)
+            first = list(itertools.islice(packets, CADENCE_PACKETS))
             config = parse_decoder_config(Codec.H264, context.extradata)
             units = [unit for unit in config.parameter_sets if unit] if config else []
             sequences = [parse_h264_sps(unit) for unit in units if unit[0] & 0x1F == SPS]
             pictures = [parse_h264_pps(unit) for unit in units if unit[0] & 0x1F == PPS]
         except (BitstreamError, IndexError, av.error.FFmpegError):
             return None  # a damaged codec record or container: the pipeline carries, as on any other stream
-        if first is None:
-            return None
         # Raw Annex B has no timestamps to keep the two decodes' pictures in step by: both stamp it alike.
-        frame_ticks = frame_duration(stream) if first.pts is None else None
-        if first.pts is None and frame_ticks is None:
+        frame_ticks = frame_duration(stream) if untimed(first) else None
+        if not first or (first[0].pts is None and frame_ticks is None):
             return None
         if not all(_rewritable(sps) for sps in sequences) or any(p.pps_id == SUBSTITUTE_PPS_ID for p in pictures):
             return None
         framing = Framing.LENGTH_PREFIXED if config else Framing.ANNEX_B
-        repair = ReferenceRepair(container, itertools.chain([first], packets), units, framing,
+        repair = ReferenceRepair(container, itertools.chain(first, packets), units, framing,
                                  config.length_size if config else 4, frame_ticks, visible)
         cleanup.pop_all()
         return repair

@@ -74,18 +74,23 @@ def test_frames_lost_from_a_phone_clip_are_rebuilt_and_scored_against_their_own(
     assert summary.psnr == pytest.approx(10 * np.log10(255 ** 2 / mse), abs=1e-3)
 
 
-def test_a_raw_h264_stream_is_repaired_as_the_same_stream_in_mp4(tmp_path):
-    """A raw Annex B stream has no timestamps: its lost frame is found from the frame numbers alone, rebuilt, and
-    the repair is the one the same damaged stream gets in MP4 (it used to come out as FFmpeg's copy of the frame
-    before, not rebuilt, and carried rather than redecoded: 29.84 dB against 34.21)."""
+@pytest.mark.parametrize("rate,seed,bframes", [(0.05, 2, 0), (0.1, 3, 0), (0.1, 2, 3)])
+def test_a_raw_h264_stream_is_repaired_as_the_same_stream_in_mp4(tmp_path, rate, seed, bframes):
+    """A raw Annex B stream has no timestamps: its lost frames are found from the frame numbers and order counts
+    alone, and a picture whose first slice was lost is split from the one before it, which FFmpeg's parser joined it
+    to. The repair is the one the same damaged stream gets in MP4. Before: 29.84 / 29.47 / 14.12 dB against 34.21 /
+    34.11 / 15.24, lost frames came out as FFmpeg's copies of the frame before, not rebuilt, a picture joined to the
+    one before it was rebuilt as lost, and the stream was carried rather than redecoded."""
     summaries = []
     for name in ("d.h264", "d.mp4"):
-        damaged = simulate_loss(clip("foreman_cif_h264.mp4"), tmp_path / name, loss=LossOptions(loss_rate=0.05, seed=2))
+        damaged = simulate_loss(clip("foreman_cif_h264.mp4"), tmp_path / name,
+                                loss=LossOptions(loss_rate=rate, seed=seed),
+                                packets=PacketisationOptions(encoder=EncoderSettings(bframes=bframes)))
         summaries.append(conceal(damaged.damaged, tmp_path / f"{name}.mkv", codec="ffv1", lossless=True,
                                  reference=damaged.reference))
     raw, boxed = summaries
-    assert raw.frames == boxed.frames == 60 and raw.frames_rebuilt == boxed.frames_rebuilt == 1
-    assert raw.drift == "redecode" and raw.psnr == pytest.approx(boxed.psnr, abs=0.01)
+    assert raw.frames == boxed.frames == 60 and raw.frames_rebuilt == boxed.frames_rebuilt
+    assert raw.drift == boxed.drift and raw.psnr == pytest.approx(boxed.psnr, abs=0.01)
 
 
 def test_lossless_x264_output_keeps_the_pictures(damaged_foreman, tmp_path):
