@@ -74,6 +74,8 @@ class H264GapRepair:
         self._frame_ticks = frame_ticks
         self._stamped = 0  # the frame index after the last picture stamped
         self._stamp_origin: int | None = None  # with B-frames: the frame index of order count 0
+        self._ticks_per_order: Fraction | None = None  # timestamp ticks per order count step
+        self._last_timed: tuple[int, int, int] | None = None  # (sequence, order count, pts) of the last picture
         self._sps: dict[int, H264Sps] = {}
         self._pps_sps: dict[int, int] = {}  # PPS id -> SPS id
         config = parse_decoder_config(Codec.H264, extradata)
@@ -101,51 +103,58 @@ class H264GapRepair:
     def packets(self, packet: av.Packet) -> list[av.Packet]:
         """The packet's pictures, each preceded by a substitute for each reference frame lost just before it.
 
-        In a stream without timestamps (raw Annex B) each picture is first given its frame time (`_stamp`), so that
-        the substitutes hide as in a timed stream: a raw H.264 stream (foreman CIF at 5% loss) lost a frame that came
-        out as its substitute, a copy of the frame before it taken for a picture that arrived and never rebuilt. And
-        FFmpeg's parser tells a picture from the one before by its first slice: where that was lost, the slices that
-        arrived ride in the packet of the picture before, taken for one picture with a reference lost after it.
-        There they are split off again (`_pictures`): foreman CIF at 10% loss into raw H.264, seeds 1 / 3, 33.59 /
+        FFmpeg's parser (raw Annex B, MPEG-TS) tells a picture from the one before by its first slice: where that
+        was lost, the slices that arrived ride in the packet of the picture before, taken for one picture with a
+        reference lost after it. They are split off again (`_pictures`). In a stream without timestamps each picture
+        is then given its frame time (`_stamp`), so that the substitutes hide as in a timed stream: a raw H.264 stream
+        (foreman CIF at 5% loss) lost a frame that came out as its substitute, a copy of the frame before it taken
+        for a picture that arrived and never rebuilt. Foreman CIF at 10% loss into raw H.264, seeds 1 / 3: 33.59 /
         29.47 -> 35.00 / 34.11 dB, as the same damage in MP4; with three B-frames (seed 2) 14.35 -> 15.24, as in MP4.
-        MPEG-TS has the parser's packets too, but split there measured worse (`benchmarks.robustness`, condition
-        ts-5: foreman seed 2 31.04 -> 27.15 dB, chaplin seed 2 28.15 -> 27.72, bikes seed 3 26.51 -> 27.65): the part
-        split off has no timestamp of its own there. It is left whole."""
-        pictures = self._pictures(packet) if self._frame_ticks is not None else [packet]
-        return [each for picture in pictures for each in self._one_picture(picture)]
+        Over MPEG-TS (`benchmarks.robustness`, condition ts-5, seeds 2 / 3): foreman 31.04 / 28.79 -> 31.96 / 28.79
+        dB, bikes 27.72 / 26.51 -> 28.01 / 27.60, chaplin 28.15 / 31.95 -> 28.20 / 31.95, carphone unchanged; seeds
+        4-6 unchanged on all four. Timed by their order count alone (the part split off has no timestamp of its own
+        there), foreman at seed 2 fell to 27.15 dB."""
+        return [each for picture in self._pictures(packet) for each in self._one_picture(picture)]
 
     def _pictures(self, packet: av.Packet) -> list[av.Packet]:
-        """The packet split where its slices start another picture (another frame_num, order count or IDR flag);
-        the first part keeps its timestamps, the others have none."""
+        """The packet split where its slices start another picture (another frame_num, order count or IDR flag).
+        The first part keeps its timestamps; in a timed stream each other one is timed by its order count's distance
+        after the first, at the ticks per order count step seen between pictures that arrived, and where that is not
+        known, the packet stays whole (benchmarks.fuzz, h264 seed 15: a duplicated picture rode in a later one's
+        packet and, timed before the stream's start, was written where the output's edit list hides it)."""
         data = bytes(packet)
         try:
             units = nal_units(data, Codec.H264, self._framing, self._length_size)
             parts: list[list[bytes]] = [[]]
-            current = None
+            pictures: list[tuple[H264Sps, int, int, int]] = []  # (SPS, NAL type, frame_num, POC lsb) of each part
             for unit in units:
                 nal = data[unit.payload_start:unit.end]
                 if unit.nal_type in (SPS, PPS):
                     self._learn(nal)
                 elif unit.nal_type in (SLICE, IDR_SLICE):
-                    _, _, frame_num, poc_lsb = self._read_slice(nal)
-                    picture = (unit.nal_type, frame_num, poc_lsb)
-                    if current is not None and picture != current:
+                    sps, _, frame_num, poc_lsb = self._read_slice(nal)
+                    picture = (sps, unit.nal_type, frame_num, poc_lsb)
+                    if pictures and picture[1:] != pictures[-1][1:]:
                         parts.append([])
-                    current = picture
+                    if len(pictures) < len(parts):
+                        pictures.append(picture)
                 parts[-1].append(nal)
         except (BitstreamError, KeyError):
             return [packet]  # unreadable: one picture, as the parser said
         if len(parts) == 1:
             return [packet]
-        split = [packet]
-        for nals in parts[1:]:
+        steps = [_order_steps(pictures[0], picture) for picture in pictures[1:]]
+        if packet.pts is not None and not (self._ticks_per_order and all(step and step > 0 for step in steps)):
+            return [packet]  # timed, but not surely after it (a B picture, or a duplicate of an earlier one): whole
+        split = []
+        for index, nals in enumerate(parts):
             part = av.Packet(framed(nals, self._framing, self._length_size))
             part.stream, part.time_base = packet.stream, packet.time_base
+            if not index:
+                part.pts, part.dts, part.is_keyframe = packet.pts, packet.dts, packet.is_keyframe
+            elif packet.pts is not None:
+                part.pts = packet.pts + round(steps[index - 1] * self._ticks_per_order)
             split.append(part)
-        first = av.Packet(framed(parts[0], self._framing, self._length_size))
-        first.stream, first.pts, first.dts, first.time_base = packet.stream, packet.pts, packet.dts, packet.time_base
-        first.is_keyframe = packet.is_keyframe
-        split[0] = first
         return split
 
     def _one_picture(self, packet: av.Packet) -> list[av.Packet]:
@@ -173,6 +182,7 @@ class H264GapRepair:
         missing = self._lost_references(sps, frame_num, ref_idc, idr)
         if packet.pts is None and self._frame_ticks is not None:
             self._stamp(packet, order, idr, missing)
+        self._learn_timing(order, packet.pts)
         self.order.record(packet.pts, self._sequence, order)
         if packet.pts is not None:
             self._arrived[packet.pts] = arrived
@@ -202,6 +212,15 @@ class H264GapRepair:
         if previous is None or not 0 < missing <= MAX_SUBSTITUTES or not self._repairable(sps):
             return [packet]
         return self._substitutes(packet, sps, frame_num, previous, poc_lsb, missing, ref_idc) + [packet]
+
+    def _learn_timing(self, order: int | None, pts: int | None) -> None:
+        """The ticks per order count step, from this picture and the last one timed of the same sequence."""
+        last = self._last_timed
+        self._last_timed = None if order is None or pts is None else (self._sequence, order, pts)
+        if last is None or self._last_timed is None or last[0] != self._sequence or order == last[1]:
+            return
+        if (ticks := Fraction(pts - last[2], order - last[1])) > 0:
+            self._ticks_per_order = ticks  # foreman at 29.97 fps over MPEG-TS: 3003 ticks a frame, 1501.5 a step
 
     def _stamp(self, packet: av.Packet, order: int | None, idr: bool, missing: int) -> None:
         """The frame time of a picture in a stream without timestamps (raw Annex B), `missing` reference frames lost
@@ -381,6 +400,21 @@ class H264GapRepair:
 
     def _nal(self, header: int, rbsp: bytes) -> bytes:
         return framed([h264_nal_unit(header, rbsp)], self._framing, self._length_size)
+
+
+def _order_steps(first: tuple[H264Sps, int, int, int], other: tuple[H264Sps, int, int, int]) -> int | None:
+    """How many order count steps picture `other` lies after `first` (each: SPS, NAL type, frame_num, POC lsb),
+    from the low bits the slice headers carry; None where they do not say (poc_type 1)."""
+    sps = other[0]
+    if sps.poc_type == 0:
+        limit, distance = 1 << sps.log2_max_poc_lsb, other[3] - first[3]
+    elif sps.poc_type == 2:
+        limit, distance = 1 << sps.log2_max_frame_num, other[2] - first[2]
+    else:
+        return None
+    distance %= limit
+    distance = distance - limit if distance > limit // 2 else distance
+    return distance if sps.poc_type == 0 else 2 * distance
 
 
 def _lost_reference_order(copied: int, earlier: list[int], current: int | None, missing: int) -> int:
