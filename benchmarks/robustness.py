@@ -45,6 +45,8 @@ CONDITIONS = {
                                   {"packet_size": 400}),
     "ts-5": Condition("Gilbert loss 5% of MPEG-TS packets (188 bytes), PES headers lost with them",
                       {"loss_rate": 0.05}, {"transport": "ts"}),
+    "ts-5-b3": Condition("as ts-5, three B-frames (IPTV as most of it is coded)", {"loss_rate": 0.05},
+                         {"transport": "ts"}, {"bframes": 3}),
     "bit-errors": Condition("no loss, bit errors at 1e-5 in bursts of 8 bytes", {"loss_rate": 0.0,
                                                                                 "bit_error_rate": 1e-5,
                                                                                 "byte_burst": 8}),
