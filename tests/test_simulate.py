@@ -284,10 +284,19 @@ def test_cli_refuses_to_overwrite_and_writes_atomically(tmp_path):
     assert proc.returncode == 1 and "--overwrite" in proc.stderr and out.read_bytes() == before
     assert cli(*args, "--seed", "9", "--overwrite").returncode == 0
     # A muxer that refuses the stream leaves nothing behind.
-    proc = cli(str(clip("foreman_cif_h264.mp4")), "-o", str(tmp_path / "bad.webm"))
+    proc = cli(str(clip("foreman_cif_h264.mp4")), "-o", str(tmp_path / "bad.webm"), "--codec", "h264")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["out.mp4", "out.reference.mp4", "out.mp4.truth.json", "out.mp4.truth.npz"])
+
+
+@pytest.mark.parametrize("name,codec", [("d.hevc", "hevc"), ("d.webm", "vp9")])
+def test_cli_re_encodes_in_the_codec_the_output_name_holds(tmp_path, name, codec):
+    """A raw HEVC stream or a WebM file cannot hold H.264: without --codec the re-encode is in what it holds."""
+    proc = cli(str(clip("carphone_qcif.mp4")), "-o", str(tmp_path / name), "-q")
+    assert proc.returncode == 0, proc.stderr
+    with av.open(str(tmp_path / name)) as damaged:
+        assert damaged.streams.video[0].codec_context.name in (codec, "libvpx-vp9")
 
 
 def test_cli_prints_summary_table(tmp_path):

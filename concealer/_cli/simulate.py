@@ -25,8 +25,9 @@ from . import run
               help="Damage the input's own H.264/HEVC/VP9/AV1 stream instead of re-encoding.")
 @click.option("--transport", type=click.Choice(["rtp", "ts"]), default="rtp", show_default=True,
               help="rtp: one NAL unit per packet, FU-A fragments; ts: 188-byte TS packets, 7 per datagram.")
-@click.option("--codec", type=click.Choice(["h264", "hevc", "vp9", "av1"]), default="h264", show_default=True,
-              help="Encoder in re-encode mode (libx264, libx265, libvpx-vp9, SVT-AV1).")
+@click.option("--codec", type=click.Choice(["h264", "hevc", "vp9", "av1"]),
+              help="Encoder in re-encode mode (libx264, libx265, libvpx-vp9, SVT-AV1) [default: what DAMAGED's name "
+                   "holds: hevc for .hevc/.h265/.265, vp9 for .webm/.ivf, else h264].")
 @click.option("--packet-size", type=int, default=1200, show_default=True,
               help="Bytes per network packet (x264 slice-max-size in re-encode mode).")
 @click.option("--gop", type=int, help="Frames between keyframes, fixed [default: 2 seconds].")
@@ -55,13 +56,24 @@ def simulate_loss_command(source, damaged, reference, truth, overwrite, as_is, t
     loss = LossOptions(model=model, loss_rate=loss_rate, burst=burst, pattern=pattern,
                        bit_error_rate=bit_error_rate, byte_burst=byte_burst, protect_params=protect_params,
                        protect_first_idr=protect_first_idr, damage_audio=damage_audio, seed=seed)
-    encoder = EncoderSettings(codec=Codec(codec), crf=crf, preset=preset, gop=gop, bframes=bframes)
+    encoder = EncoderSettings(codec=Codec(codec or codec_for(damaged)), crf=crf, preset=preset, gop=gop,
+                              bframes=bframes)
     packets = PacketisationOptions(as_is=as_is, transport=transport, packet_size=packet_size, encoder=encoder,
                                    hevc_slices=slices)
     result = simulate_loss(source, damaged, reference=reference, truth=truth, loss=loss, packets=packets,
                            overwrite=overwrite)
     if not quiet:
         Console().print(summary_table(result))
+
+
+# Output names that hold one codec only (raw streams, WebM's and IVF's video): re-encoded in it unless told otherwise,
+# where H.264 used to be tried and refused by the muxer ("choose another container").
+CODEC_OF_SUFFIX = {".hevc": "hevc", ".h265": "hevc", ".265": "hevc", ".webm": "vp9", ".ivf": "vp9"}
+
+
+def codec_for(damaged: Path) -> str:
+    """The codec a re-encode into `damaged` uses by default, from its name."""
+    return CODEC_OF_SUFFIX.get(damaged.suffix.lower(), "h264")
 
 
 def summary_table(result: SimulationResult) -> Table:
