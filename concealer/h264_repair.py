@@ -67,8 +67,11 @@ class H264GapRepair:
     """Re-inserts the lost reference frames of one H.264 stream as its packets are demuxed."""
 
     def __init__(self, extradata: bytes | None, mark: bool = False, reordered: bool = False,
-                 frame_ticks: Fraction | None = None):
+                 frame_ticks: Fraction | None = None, parsed: bool = False):
         self._mark = mark
+        # Packets cut by FFmpeg's parser (media.parsed_packets) may hold more than one picture: they are split. A
+        # stored sample (MP4, MKV) holds one, whatever a garbled slice header says.
+        self._parsed = parsed
         # A stream without timestamps (raw Annex B): each picture is stamped with the next frame time, so that the
         # substitutes hide as in a timed stream and leave their slots to the frames they stand for.
         self._frame_ticks = frame_ticks
@@ -114,7 +117,8 @@ class H264GapRepair:
         dB, bikes 27.72 / 26.51 -> 28.01 / 27.60, chaplin 28.15 / 31.95 -> 28.20 / 31.95, carphone unchanged; seeds
         4-6 unchanged on all four. Timed by their order count alone (the part split off has no timestamp of its own
         there), foreman at seed 2 fell to 27.15 dB."""
-        return [each for picture in self._pictures(packet) for each in self._one_picture(picture)]
+        pictures = self._pictures(packet) if self._parsed else [packet]
+        return [each for picture in pictures for each in self._one_picture(picture)]
 
     def _pictures(self, packet: av.Packet) -> list[av.Packet]:
         """The packet split where its slices start another picture (another frame_num, order count or IDR flag).

@@ -107,6 +107,16 @@ class StreamCopies:
     left_out: list[str]  # the others, which the output's format cannot hold (an iPhone's metadata tracks in MP4)
 
 
+# Containers whose video packets FFmpeg's parser cuts from a byte stream (MPEG-TS, raw Annex B) rather than reads
+# as stored samples (MP4, MKV): a picture whose first slice was lost rides there in the packet of the one before.
+PARSED_FORMATS = ("mpegts", "h264", "hevc")
+
+
+def parsed_packets(container: av.container.InputContainer) -> bool:
+    """Whether the container's video packets are cut by FFmpeg's parser (PARSED_FORMATS)."""
+    return container.format.name in PARSED_FORMATS
+
+
 def _can_hold(format_name: str, stream: av.stream.Stream) -> bool:
     """Whether a container of `format_name` holds `stream` copied as it is (by `add_stream_copy`, as the output
     will): FFmpeg tells only when a header is written, so one is, to memory."""

@@ -56,7 +56,7 @@ from .bitstream import (
 from .concealment import Picture
 from .decode import CADENCE_PACKETS, FFMPEG_CONCEALMENT, configure_decoder, frame_duration, plane_samples, untimed
 from .h264_repair import SUBSTITUTE_PPS_ID, H264GapRepair, substitute_pps, substitute_slice_header
-from .media import main_video, open_video_input
+from .media import main_video, open_video_input, parsed_packets
 
 SPS, PPS, SLICE, IDR_SLICE = 7, 8, 1, 5
 I_SLICE_ALL = 7  # slice_type: I, and every slice of the picture is I
@@ -91,7 +91,7 @@ class ReferenceRepair:
 
     def __init__(self, container: av.container.InputContainer, packets: Iterator[av.Packet], config_sets: list[bytes],
                  framing: Framing, length_size: int, frame_ticks: Fraction | None = None,
-                 visible: tuple[int, int] | None = None):
+                 visible: tuple[int, int] | None = None, parsed: bool = False):
         self._container = container
         stream = main_video(container)
         configure_decoder(stream, FFMPEG_CONCEALMENT, threads=1)
@@ -102,7 +102,7 @@ class ReferenceRepair:
         self._time_base = stream.time_base
         self._framing, self._length_size = framing, length_size
         # A stream without timestamps is stamped as the primary decode stamps it (`frame_ticks`), frame by frame.
-        self._gap = H264GapRepair(stream.codec_context.extradata, frame_ticks=frame_ticks)
+        self._gap = H264GapRepair(stream.codec_context.extradata, frame_ticks=frame_ticks, parsed=parsed)
         self._sps: dict[int, H264Sps] = {}
         self._pps: dict[int, H264Pps] = {}
         for unit in config_sets:
@@ -332,7 +332,7 @@ def open_reference_repair(path: Path, visible: tuple[int, int] | None = None) ->
             return None
         framing = Framing.LENGTH_PREFIXED if config else Framing.ANNEX_B
         repair = ReferenceRepair(container, itertools.chain(first, packets), units, framing,
-                                 config.length_size if config else 4, frame_ticks, visible)
+                                 config.length_size if config else 4, frame_ticks, visible, parsed_packets(container))
         cleanup.pop_all()
         return repair
     return None

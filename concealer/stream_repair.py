@@ -49,7 +49,7 @@ from .bitstream import (
     parse_hevc_slice_header,
 )
 from .h264_repair import H264GapRepair
-from .media import main_video, open_video_input
+from .media import main_video, open_video_input, parsed_packets
 from .picture_order import PictureOrder, order_count
 
 # CABAC tables (H.265 Tables 9-52 and 9-53, shared with H.264).
@@ -705,7 +705,8 @@ def open_stream_repair(path: Path, stream: av.video.stream.VideoStream, marked_s
     context = stream.codec_context
     if context.name == "h264":
         try:  # with reordered pictures it substitutes nothing unmarked and says which pictures drifted
-            return H264GapRepair(context.extradata, marked_substitutes, bool(context.has_b_frames), frame_ticks)
+            return H264GapRepair(context.extradata, marked_substitutes, bool(context.has_b_frames), frame_ticks,
+                                 parsed_packets(stream.container))
         except BitstreamError:
             return None
     if context.name != "hevc":

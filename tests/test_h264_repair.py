@@ -8,6 +8,7 @@ from concealer import LossOptions, PacketisationOptions, simulate_loss
 from concealer.bitstream import Codec, parse_decoder_config, parse_h264_sps
 from concealer.decode import NO_CONCEALMENT, decode_frames
 from concealer.h264_repair import H264GapRepair, _lost_reference_order
+from concealer.media import parsed_packets
 
 from conftest import clip, decode_luma, reference_flags, remux_without
 
@@ -178,7 +179,8 @@ def test_a_picture_the_parser_joined_to_the_one_before_is_split_off_and_timed(tm
     clean = set(decode_luma(result.reference))
     with av.open(str(result.damaged)) as container:
         stream = container.streams.video[0]
-        repair = H264GapRepair(stream.codec_context.extradata)
+        assert parsed_packets(container)
+        repair = H264GapRepair(stream.codec_context.extradata, parsed=True)
         packets = [packet for packet in container.demux(stream) if packet.size]
         out = [part for packet in packets for part in repair.packets(packet) if not repair.stands_in(part)]
     assert [part.pts for part in out if part.pts not in {p.pts for p in packets}] == [108108]
