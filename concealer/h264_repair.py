@@ -115,8 +115,8 @@ class H264GapRepair:
         29.47 -> 35.00 / 34.11 dB, as the same damage in MP4; with three B-frames (seed 2) 14.35 -> 15.24, as in MP4.
         Over MPEG-TS (`benchmarks.robustness`, condition ts-5, seeds 2 / 3): foreman 31.04 / 28.79 -> 31.96 / 28.79
         dB, bikes 27.72 / 26.51 -> 28.01 / 27.60, chaplin 28.15 / 31.95 -> 28.20 / 31.95, carphone unchanged; seeds
-        4-6 unchanged on all four. Timed by their order count alone (the part split off has no timestamp of its own
-        there), foreman at seed 2 fell to 27.15 dB."""
+        4-6 unchanged on all four. Split but given no timestamp (its own went with the lost PES header), foreman at
+        seed 2 fell to 27.15 dB instead."""
         pictures = self._pictures(packet) if self._parsed else [packet]
         return [each for picture in pictures for each in self._one_picture(picture)]
 

@@ -9,6 +9,8 @@ and a lost picture leaves a hole in that count where a long-held one does not.
 """
 from __future__ import annotations
 
+from fractions import Fraction
+
 
 def order_count(previous: int, lsb: int, limit: int) -> int:
     """A picture's order count from its pic_order_cnt_lsb (`lsb`) and the order count of the picture it is counted
@@ -43,7 +45,7 @@ class PictureOrder:
         if pts is not None and count is not None:
             self._counts.setdefault(pts, (sequence, count))
 
-    def missing_between(self, earlier: int, later: int, intervals: float | None = None) -> int | None:
+    def missing_between(self, earlier: int, later: int, intervals: Fraction | None = None) -> int | None:
         """How many pictures the order counts put between the pictures at `earlier` and `later`, which came out
         one after the other; None where they cannot say (a count not parsed, another coded video sequence, a
         cadence not yet established or not kept). Forgets every picture up to `earlier`.
