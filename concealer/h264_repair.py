@@ -40,7 +40,7 @@ import av
 
 from .bitstream import (BitstreamError, BitWriter, Codec, Framing, H264Sps, framed, h264_nal_unit, header_reader,
                         nal_units, parse_decoder_config, parse_h264_sps)
-from .picture_order import PictureOrder, order_count
+from .picture_order import FrameClock, PictureOrder, order_count
 
 SPS, PPS, SLICE, IDR_SLICE = 7, 8, 1, 5
 SUBSTITUTE_PPS_ID = 255  # the last id: streams number theirs from 0
@@ -74,9 +74,7 @@ class H264GapRepair:
         self._parsed = parsed
         # A stream without timestamps (raw Annex B): each picture is stamped with the next frame time, so that the
         # substitutes hide as in a timed stream and leave their slots to the frames they stand for.
-        self._frame_ticks = frame_ticks
-        self._stamped = 0  # the frame index after the last picture stamped
-        self._stamp_origin: int | None = None  # with B-frames: the frame index of order count 0
+        self._clock = None if frame_ticks is None else FrameClock(frame_ticks, 2)
         self._ticks_per_order: Fraction | None = None  # timestamp ticks per order count step
         self._last_timed: tuple[int, int, int] | None = None  # (sequence, order count, pts) of the last picture
         self._sps: dict[int, H264Sps] = {}
@@ -184,8 +182,8 @@ class H264GapRepair:
         copied_order, earlier = self._reference_order, self._references  # before this picture's
         order = self._picture_order_count(sps, frame_num, poc_lsb, ref_idc, idr)
         missing = self._lost_references(sps, frame_num, ref_idc, idr)
-        if packet.pts is None and self._frame_ticks is not None:
-            self._stamp(packet, order, idr, missing)
+        if packet.pts is None and self._clock is not None:
+            self._stamp(packet, order, missing)
         self._learn_timing(order, packet.pts)
         self.order.record(packet.pts, self._sequence, order)
         if packet.pts is not None:
@@ -226,19 +224,13 @@ class H264GapRepair:
         if (ticks := Fraction(pts - last[2], order - last[1])) > 0:
             self._ticks_per_order = ticks  # foreman at 29.97 fps over MPEG-TS: 3003 ticks a frame, 1501.5 a step
 
-    def _stamp(self, packet: av.Packet, order: int | None, idr: bool, missing: int) -> None:
+    def _stamp(self, packet: av.Packet, order: int | None, missing: int) -> None:
         """The frame time of a picture in a stream without timestamps (raw Annex B), `missing` reference frames lost
         just before it. Decoded in display order, the next frame's after those; with B-frames, from its order count
         (two a frame, as x264 and most encoders count frame pictures), each IDR picture's coded video sequence after
         the last picture of the one before."""
-        if not self._reordered or order is None:
-            index = self._stamped + missing
-        else:
-            if idr or self._stamp_origin is None:
-                self._stamp_origin = self._stamped - order // 2
-            index = self._stamp_origin + order // 2
-        self._stamped = max(self._stamped, index + 1)
-        packet.pts = round(index * self._frame_ticks)
+        ordered = self._reordered and order is not None
+        packet.pts = self._clock.ordered(self._sequence, order) if ordered else self._clock.after(missing)
         packet.dts = None if self._reordered else packet.pts
 
     def hidden(self, pts: int | None) -> bool:

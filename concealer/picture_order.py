@@ -69,3 +69,28 @@ class PictureOrder:
         if self._steps_seen < ESTABLISHED and (intervals is None or abs(step // self._step - intervals) >= 1):
             return None
         return step // self._step - 1
+
+
+class FrameClock:
+    """Timestamps for the pictures of a stream that has none (raw Annex B), so that a lost one leaves a gap in them:
+    by decode order (`after`), or by order count (`ordered`: `steps` of it a frame), each coded video sequence's
+    count 0 placed right after the last picture stamped before it."""
+
+    def __init__(self, frame_ticks: Fraction, steps: int):
+        self._ticks, self._steps = frame_ticks, steps
+        self._next = 0  # the frame index after the last picture stamped
+        self._origin: tuple[int, int] | None = None  # (coded video sequence, frame index of its order count 0)
+
+    def after(self, skipped: int) -> int:
+        """The next picture in display order, `skipped` lost just before it."""
+        return self._stamped(self._next + skipped)
+
+    def ordered(self, sequence: int, count: int) -> int:
+        """The picture of order count `count` in the `sequence`-th coded video sequence."""
+        if self._origin is None or self._origin[0] != sequence:
+            self._origin = (sequence, self._next - count // self._steps)
+        return self._stamped(self._origin[1] + count // self._steps)
+
+    def _stamped(self, index: int) -> int:
+        self._next = max(self._next, index + 1)
+        return round(index * self._ticks)

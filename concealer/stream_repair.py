@@ -50,7 +50,7 @@ from .bitstream import (
 )
 from .h264_repair import H264GapRepair
 from .media import main_video, open_video_input, parsed_packets
-from .picture_order import PictureOrder, order_count
+from .picture_order import FrameClock, PictureOrder, order_count
 
 # CABAC tables (H.265 Tables 9-52 and 9-53, shared with H.264).
 _RANGE_LPS = (
@@ -611,18 +611,7 @@ class PacketRepair:
         # could be said of which picture was repaired: raw HEVC damaged by simulate-loss at 5% (foreman CIF, seed
         # 2) came out with no damage found and at 18.84 dB, the same damage in MP4 at 27.80.
         self._frame_ticks = frame_ticks
-        self._stamping: tuple[int, int] | None = None  # (coded video sequence, frame index of its order count 0)
-        self._last_index = -1  # of the last picture stamped
-
-    def _stamp(self, unit: RepairedAccessUnit) -> int | None:
-        """A raw stream's timestamp for `unit`, from its order count; None when that is not known."""
-        if unit.poc is None:
-            return None
-        if self._stamping is None or self._stamping[0] != unit.sequence:
-            self._stamping = (unit.sequence, self._last_index + 1 - unit.poc)
-        index = self._stamping[1] + unit.poc
-        self._last_index = max(self._last_index, index)
-        return round(index * self._frame_ticks)
+        self._clock = None if frame_ticks is None else FrameClock(frame_ticks, 1)
 
     def packets(self, packet: av.Packet) -> list[av.Packet]:
         """The packet's pictures repaired, each preceded by the pictures it needs that were lost whole.
@@ -632,9 +621,9 @@ class PacketRepair:
         seen between pictures that arrived (x265: one frame per step).
         """
         units = self._repair.repair(bytes(packet))
-        if packet.pts is None and self._frame_ticks is not None and units:
+        if packet.pts is None and self._clock is not None and units:
             anchor = next((u for u in units if not u.rebuilt), units[0])
-            packet.pts = self._stamp(anchor)
+            packet.pts = None if anchor.poc is None else self._clock.ordered(anchor.sequence, anchor.poc)
             self._ticks_per_poc = round(self._frame_ticks)
         if len(units) == 1 and not units[0].substituted:
             self._learn_timing(units[0].poc, packet.pts)
