@@ -263,6 +263,12 @@ class PictureGeometry:
     block_size: int
     # HEVC slice headers carry dependent_slice_segment_flag before the address when the PPS enables it.
     dependent_slice_segments_enabled: bool = False
+    # H.264 MBAFF pictures (interlaced, mb_adaptive_frame_field_flag) address vertical pairs of macroblocks.
+    macroblock_pairs: bool = False
+
+    @property
+    def block_height(self) -> int:
+        return self.block_size * (2 if self.macroblock_pairs else 1)
 
     @property
     def blocks_wide(self) -> int:
@@ -270,7 +276,7 @@ class PictureGeometry:
 
     @property
     def blocks_high(self) -> int:
-        return -(-self.height // self.block_size)
+        return -(-self.height // self.block_height)
 
     @property
     def block_count(self) -> int:
@@ -302,8 +308,9 @@ def parse_slice_header(nal: bytes, codec: Codec, geometry: PictureGeometry) -> S
     return SliceHeader(reader.u(address_bits), dependent)
 
 
-def h264_geometry(width: int, height: int) -> PictureGeometry:
-    return PictureGeometry(width, height, 16)
+def h264_geometry(width: int, height: int, sps: H264Sps | None = None) -> PictureGeometry:
+    """The slice-address grid of H.264 pictures: macroblocks, or vertical pairs of them where `sps` says MBAFF."""
+    return PictureGeometry(width, height, 16, macroblock_pairs=sps is not None and sps.mbaff)
 
 
 @dataclass(frozen=True)
@@ -771,6 +778,8 @@ class H264Sps:
     delta_pic_order_always_zero: bool = False  # poc_type 1 only
     cropped_origin: tuple[int, int] = (0, 0)  # luma samples cropped off the top and the left
     gaps_allowed: bool = False  # gaps_in_frame_num_value_allowed_flag: a frame_num gap is no loss
+    # mb_adaptive_frame_field_flag: frame pictures code their macroblocks in vertical pairs, frame or field each
+    mbaff: bool = False
 
     @property
     def mb_count(self) -> int:
@@ -825,7 +834,8 @@ def parse_h264_sps(nal: bytes) -> H264Sps:
     frame_mbs_only = reader.flag()
     if log2_max_frame_num > 16 or log2_max_poc_lsb > 16:
         raise BitstreamError("H.264 SPS with out-of-range frame_num or POC sizes")
-    reader.skip(1 if frame_mbs_only else 2)  # mb_adaptive_frame_field_flag, direct_8x8_inference_flag
+    mbaff = not frame_mbs_only and reader.flag()  # mb_adaptive_frame_field_flag
+    reader.skip(1)  # direct_8x8_inference_flag
     origin = (0, 0)
     if reader.flag():  # frame_cropping_flag: offsets in chroma samples (7.4.2.1.1)
         unit_x = 2 if chroma_format in (1, 2) and not separate else 1
@@ -833,7 +843,7 @@ def parse_h264_sps(nal: bytes) -> H264Sps:
         left, _, top, _ = (reader.ue() for _ in range(4))
         origin = (top * unit_y, left * unit_x)
     return H264Sps(sps_id, separate, log2_max_frame_num, poc_type, log2_max_poc_lsb, frame_mbs_only, mbs_wide,
-                   map_units_high, chroma_format, bit_depth, always_zero, origin, gaps_allowed)
+                   map_units_high, chroma_format, bit_depth, always_zero, origin, gaps_allowed, mbaff)
 
 
 @dataclass(frozen=True)
@@ -870,6 +880,7 @@ def parse_h264_pps(nal: bytes) -> H264Pps:
 
 
 H264_IDR = 5  # nal_unit_type of a slice of an IDR picture
+H264_SPS = 7  # nal_unit_type of a sequence parameter set
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ class EncoderSettings:
     ctu: int | None = None  # HEVC coding-tree-unit size; 32 gives finer slices than x265's 64
     threads: int = 0
     lossless: bool = False  # x264 qp 0 / x265 lossless, for evaluation
+    # H.264: interlaced, top field first, as broadcast is coded (x264's MBAFF: macroblocks in vertical pairs)
+    interlaced: bool = False
 
     def codec_params(self) -> str:
         params: list[str] = ["qp=0"] if self.lossless and self.codec is Codec.H264 else []
@@ -45,6 +47,8 @@ class EncoderSettings:
         if self.codec is Codec.H264:
             if self.slice_max_size:
                 params.append(f"slice-max-size={self.slice_max_size}")
+            if self.interlaced:
+                params.append("tff=1")
             return ":".join(params)
         if self.slices:
             params.append(f"slices={self.slices}")

@@ -19,9 +19,9 @@ import av
 import numpy as np
 
 from . import transport
-from .bitstream import (BitstreamError, Codec, Framing, PictureGeometry, h264_geometry, hevc_geometry,
+from .bitstream import (H264_SPS, BitstreamError, Codec, Framing, PictureGeometry, h264_geometry, hevc_geometry,
                         is_parameter_set, is_slice, nal_header_size, nal_type_of, nal_units,
-                        parse_decoder_config, parse_slice_header)
+                        parse_decoder_config, parse_h264_sps, parse_slice_header)
 from .channel import BernoulliLoss, BitErrors, ChannelLog, GilbertElliottLoss, LossModel, PatternLoss
 from .decode import frame_duration
 from .encode import EncoderSettings, add_video_encoder
@@ -174,6 +174,8 @@ class _Simulation:
         if not self.width or not self.height:
             raise InputError(f"{source.name}: the video stream has no frame size (is it a real video?)")
         self.codec = self._output_codec()
+        if packets.encoder.interlaced and not packets.as_is and self.codec is not Codec.H264:
+            raise UsageError(f"interlaced re-encoding is H.264's (MBAFF) here, not {self.codec.value}'s")
         if not self.codec.has_nal_units:
             if packets.transport == "ts":
                 raise UsageError(f"{self.codec.value} is sent over RTP here; --transport ts carries H.264 and HEVC")
@@ -219,6 +221,8 @@ class _Simulation:
                                         for n in nal_units(data, self.codec, Framing.ANNEX_B)])
 
     def _learn_parameter_sets(self, sets) -> None:
+        if self.codec is Codec.H264:
+            self._learn_h264_geometry(sets)
         if self.codec is not Codec.HEVC:
             return
         sps = next((s for s in sets if nal_type_of(self.codec, s[0]) == 33), None)
@@ -228,6 +232,17 @@ class _Simulation:
                 self.geometry = hevc_geometry(sps, pps)
             except BitstreamError as exc:
                 raise InputError(f"{self.source.name}: unreadable HEVC parameter sets ({exc})") from exc
+
+    def _learn_h264_geometry(self, sets) -> None:
+        """Whether slices address macroblocks or, in MBAFF pictures, vertical pairs of them: a slice lost from
+        macroblock pair 110 of a CIF picture starts on macroblock row 10, not 5."""
+        for unit in sets:
+            if nal_type_of(self.codec, unit[0]) == H264_SPS:
+                try:
+                    sps = parse_h264_sps(unit)
+                except (BitstreamError, IndexError) as exc:
+                    raise InputError(f"{self.source.name}: unreadable H.264 sequence parameter set ({exc})") from exc
+                self.geometry = h264_geometry(self.width, self.height, sps)
 
     # --- streaming ------------------------------------------------------------------------------
     def write_streams(self, outputs: AtomicOutputs, reference_path: Path,
@@ -494,9 +509,7 @@ class _Simulation:
         blocks = np.zeros(geometry.block_count, dtype=bool)
         blocks[slice_range[0]:slice_range[1]] = True
         grid = blocks.reshape(geometry.blocks_high, geometry.blocks_wide)
-        scale = geometry.block_size // 16
-        if scale > 1:
-            grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+        grid = grid.repeat(geometry.block_height // 16, axis=0).repeat(geometry.block_size // 16, axis=1)
         rows, cols = lost_blocks.shape
         lost_blocks |= grid[:rows, :cols]
 
@@ -592,7 +605,8 @@ class _Simulation:
             video={"codec": self.codec.value, "width": self.width, "height": self.height,
                    "time_base": [self.time_base.numerator, self.time_base.denominator],
                    "mode": "as-is" if self.packets.as_is else "re-encode", "transport": self.packets.transport,
-                   "block_size": self._block_size()},
+                   "block_size": self._block_size(),
+                   "macroblock_pairs": self.geometry is not None and self.geometry.macroblock_pairs},
             options={"loss": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.loss).items()},
                      "packet_size": self.packets.packet_size,
                      "encoder": None if self.encoder_settings is None else {

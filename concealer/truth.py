@@ -23,7 +23,9 @@ class LossEvent:
     `byte_range` is [start, end) inside the NAL unit (0 = its header), so it is
     independent of how the container frames NAL units. `slice_range` is the
     [first, end) slice address range, in blocks of `block_size` luma pixels
-    (16x16 macroblocks for H.264, CTUs for HEVC), of the slice the event destroyed.
+    (16x16 macroblocks for H.264, CTUs for HEVC), of the slice the event destroyed; in
+    H.264 MBAFF pictures (the truth's video `macroblock_pairs`) a block is a vertical
+    pair of macroblocks, 16 wide and 32 tall.
     """
 
     kind: str  # "lost" (packet never arrived) or "bit-error" (arrived corrupted)

@@ -13,8 +13,8 @@ from concealer.bitstream import Codec, Framing, nal_units, parse_decoder_config
 from concealer.encode import EncoderSettings
 from concealer.truth import load_truth
 
-from conftest import (clip, decode_luma, decode_order, macroblock_difference, remux_without, stream_packets,
-                      strip_adts)
+from conftest import (clip, decode_luma, decode_order, macroblock_difference, reencode, remux_without,
+                      stream_packets, strip_adts)
 
 H264, HEVC = EncoderSettings(codec=Codec.H264), EncoderSettings(codec=Codec.HEVC)
 
@@ -151,6 +151,27 @@ def test_lost_slices_damage_exactly_their_frames(tmp_path, source, packets):
     if first_loss in damaged:
         truth_map = dict(zip(pts.tolist(), mb))[first_loss]
         assert macroblock_difference(clean[first_loss], damaged[first_loss])[truth_map].mean() > 0.5
+
+
+def test_mbaff_truth_marks_the_macroblock_pairs_its_lost_slices_covered(tmp_path):
+    """x264's interlaced pictures (MBAFF) address vertical pairs of macroblocks: a slice lost from pair 110 of a CIF
+    picture covers macroblock rows 10-17, not 5-17 (the truth marked those until it read the SPS). With FFmpeg's
+    concealment off, the truth's lost blocks that were clean before differ in the frame that lost them."""
+    source = reencode(tmp_path / "mbaff.mp4", frames=40, options={"preset": "medium", "x264-params": "tff=1:keyint=20"})
+    result = simulate(source, tmp_path / "d.mp4", loss_rate=0.05, seed=2, packets=PacketisationOptions(as_is=True))
+    doc, pts, mb = load_truth(result.truth)
+    assert doc["video"]["macroblock_pairs"]
+    clean, damaged = decode_luma(result.reference, ec="0"), decode_luma(result.damaged, ec="0")
+    truth = dict(zip(pts.tolist(), mb))
+    ever_differed = np.zeros(mb.shape[1:], dtype=bool)
+    checked = matched = 0
+    for frame_pts in sorted(set(clean) & set(damaged)):
+        diff = macroblock_difference(clean[frame_pts], damaged[frame_pts])
+        newly_lost = truth.get(frame_pts, np.zeros_like(ever_differed)) & ~ever_differed
+        checked += np.count_nonzero(newly_lost)
+        matched += np.count_nonzero(newly_lost & diff)
+        ever_differed |= diff
+    assert checked > 100 and matched >= 0.95 * checked, (matched, checked)
 
 
 def test_hevc_truth_uses_ctus(tmp_path):
@@ -297,6 +318,16 @@ def test_cli_re_encodes_in_the_codec_the_output_name_holds(tmp_path, name, codec
     assert proc.returncode == 0, proc.stderr
     with av.open(str(tmp_path / name)) as damaged:
         assert damaged.streams.video[0].codec_context.name in (codec, "libvpx-vp9")
+
+
+def test_cli_re_encodes_interlaced_in_h264_alone(tmp_path):
+    """--interlaced: x264's MBAFF (the truth's slices then address macroblock pairs); HEVC is refused in one line."""
+    proc = cli(str(clip("carphone_qcif.mp4")), "-o", str(tmp_path / "i.mp4"), "--interlaced", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "i.mp4.truth.json").read_text())["video"]["macroblock_pairs"]
+    proc = cli(str(clip("carphone_qcif.mp4")), "-o", str(tmp_path / "i.hevc"), "--interlaced", "-q")
+    assert proc.returncode != 0 and "interlaced" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "i.hevc").exists()
 
 
 def test_cli_prints_summary_table(tmp_path):
