@@ -166,6 +166,24 @@ def test_interlaced_h264_damage_is_found(tmp_path):
     assert recall >= 0.95 and precision >= 0.85, (recall, precision)
 
 
+def test_interlaced_h264_lost_blocks_are_found_pair_by_pair(tmp_path):
+    """x264's MBAFF pictures, damaged over RTP: the blocks they lost are those FFmpeg guessed vectors for, taken pair
+    by pair up to the next slice that arrived (its concealment misses the last row of pairs of a lost slice, which
+    keep a stale buffer's samples). Measured 1.000 / 0.973 against the truth; from the pixels 0.429 / 0.963."""
+    result = simulate_loss(clip("foreman_cif_h264.mp4"), tmp_path / "d.mp4", loss=LossOptions(loss_rate=0.05, seed=3),
+                           packets=PacketisationOptions(encoder=EncoderSettings(interlaced=True)))
+    _, truth_pts, truth_maps = load_truth(result.truth)
+    truth = dict(zip(truth_pts.tolist(), truth_maps))
+    found = wanted = hit = 0
+    for damaged in detect_damage(result.damaged, mode="bitstream"):
+        if damaged.frame.missing:
+            continue
+        lost = damaged.damage.labels == DamageLabel.LOST
+        lost_truly = truth.get(damaged.frame.pts, np.zeros_like(lost))
+        found, wanted, hit = found + lost.sum(), wanted + lost_truly.sum(), hit + (lost & lost_truly).sum()
+    assert wanted > 500 and hit >= 0.98 * wanted and hit >= 0.9 * found, (hit, wanted, found)
+
+
 @pytest.mark.parametrize("encoder", ["mpeg2video", "mpeg4"])
 def test_mpeg_damage_is_found(tmp_path, encoder):
     """MPEG-2 and MPEG-4 Part 2 over MPEG-TS, 2% of its TS packets lost: FFmpeg's decoders export no guessed vectors,
