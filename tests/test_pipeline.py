@@ -201,6 +201,20 @@ def test_a_stream_with_b_frames_keeps_every_picture_and_is_repaired_above_a_plai
     assert summary.psnr > plain_psnr + 0.6, (summary.psnr, plain_psnr)
 
 
+@pytest.mark.parametrize("seed", [3, 4])
+def test_an_interlaced_stream_is_repaired_well_above_a_plain_decode(tmp_path, seed):
+    """Foreman coded interlaced (x264's MBAFF), 5% loss: its repairs become the decoder's references, the lost blocks
+    are read pair by pair (FFmpeg leaves some of them with a stale buffer's samples, which would spread to every later
+    picture), and a frame lost before a picture that lost nearly everything moves on as the picture before it moved.
+    Measured 34.77 / 31.55 dB against a plain decode's 28.14 / 25.11; at 76a1bc5 25.04 / 18.98, at 15999fe 34.77 /
+    21.46."""
+    damaged = simulate_loss(clip("foreman_cif_h264.mp4"), tmp_path / "i.mp4",
+                            loss=LossOptions(loss_rate=0.05, seed=seed),
+                            packets=PacketisationOptions(encoder=EncoderSettings(interlaced=True)))
+    summary = conceal(damaged.damaged, tmp_path / "fixed.mkv", codec="ffv1", lossless=True, reference=damaged.reference)
+    assert summary.psnr > plain_decode_psnr(damaged.damaged, damaged.reference) + 5, summary.psnr
+
+
 def test_an_i_or_p_picture_among_b_frames_is_filled_from_the_one_before_it(tmp_path):
     """With B-frames, the pictures shown just before a P picture were predicted from it, FFmpeg's concealment of
     its lost slices included: filled from them, its holes took back that concealment (chaplin, B-frames, 10% loss:
