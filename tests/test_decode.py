@@ -243,3 +243,17 @@ def test_each_h264_picture_says_whether_later_ones_may_be_predicted_from_it(tmp_
     b_references = [f.pts for f in frames if f.b_picture and f.reference]
     assert b_references and any(f.b_picture and not f.reference for f in frames)
     assert all(f.reference for f in frames if not f.b_picture)
+
+
+def test_interlaced_pictures_held_with_their_vectors_read_are_what_a_player_decodes(tmp_path):
+    """FFmpeg leaves some lost macroblocks of interlaced (MBAFF) B-frame streams unconcealed, holding whatever the
+    buffer it was handed held: pictures held by the caller, or kept alive by their side data until the cycle
+    collector ran, changed what later damaged pictures showed (foreman at 5% loss, seed 4: 44 of 60 pictures
+    differed from a plain decode's). Each interlaced picture is copied out of the decoder and its vectors read through
+    a side-data container of their own, so every picture is the one a player's decoder shows."""
+    damaged = simulate_loss(clip("foreman_cif_h264.mp4"), tmp_path / "d.mp4", loss=LossOptions(loss_rate=0.05, seed=4),
+                            packets=PacketisationOptions(encoder=EncoderSettings(interlaced=True, bframes=3)))
+    held = list(decode_frames(damaged.damaged, motion_vectors=True))
+    plain = decode_luma(damaged.damaged, ec="guess_mvs+deblock")
+    assert sum(not slot.missing for slot in held) == len(plain) > 50
+    assert all(np.array_equal(slot.luma(), plain[slot.pts]) for slot in held if not slot.missing)
