@@ -102,10 +102,15 @@ def _released(picture: av.VideoFrame) -> av.VideoFrame:
     return copied_picture(picture) if picture.interlaced_frame else picture
 
 
+def sample_bits(format: av.VideoFormat) -> int:
+    """The bits of the format's deepest component: 8 for yuv420p, 10 for yuv420p10le."""
+    return max(component.bits for component in format.components)
+
+
 def plane_samples(frame: av.VideoFrame, index: int) -> np.ndarray:
     """A writable view of plane `index` without its line padding: uint8, or uint16 for deeper formats."""
     plane = frame.planes[index]
-    dtype = np.dtype(np.uint16 if max(c.bits for c in frame.format.components) > 8 else np.uint8)
+    dtype = np.dtype(np.uint16 if sample_bits(frame.format) > 8 else np.uint8)
     return np.frombuffer(plane, dtype).reshape(-1, plane.line_size // dtype.itemsize)[:plane.height, :plane.width]
 
 

@@ -25,7 +25,7 @@ import av
 import cv2
 import numpy as np
 
-from .decode import FFMPEG_CONCEALMENT, NO_CONCEALMENT, DecodedFrame, decode_frames
+from .decode import FFMPEG_CONCEALMENT, NO_CONCEALMENT, DecodedFrame, decode_frames, sample_bits
 from .errors import InputError, UsageError
 from .heap import keep_large_blocks
 from .media import probe_video_format
@@ -557,18 +557,15 @@ def _unreceived_blocks(slice_starts: list[int], vectors: np.ndarray | None, mb_s
     rows, cols = mb_shape
     total = rows * cols
     lost = np.zeros(total, bool)
-    starts = sorted({start for start in slice_starts if 0 <= start < total})
-    if not starts:
-        return lost.reshape(mb_shape)
-    lost[:starts[0]] = True
-    if vectors is not None and len(vectors):
+    stretches = _slice_stretches(lost, slice_starts)
+    if stretches and vectors is not None and len(vectors):
         covering = (vectors["dst_y"] - vectors["h"] // 2) // MB * cols + (vectors["dst_x"] - vectors["w"] // 2) // MB
         inside = (covering >= 0) & (covering < total)
         covering, vectors = covering[inside], vectors[inside]
         concealed_like = (vectors["w"] == MB) & (vectors["h"] == MB) & (vectors["source"] < 0)
         count = np.bincount(covering, minlength=total)
         like = (count == 1) & (np.bincount(covering, weights=concealed_like, minlength=total) == 1)
-        for start, end in itertools.pairwise(starts + [total]):
+        for start, end in stretches:
             first = end
             while first - 1 > start and like[first - 1]:
                 first -= 1
@@ -592,14 +589,20 @@ def _lost_pairs(concealed: np.ndarray, slice_starts: list[int] | None) -> np.nda
     padded = np.zeros((2 * pair_rows, cols), bool)
     padded[:rows] = concealed
     lost = padded.reshape(pair_rows, 2, cols).any(axis=1).ravel()
+    for start, end in _slice_stretches(lost, slice_starts):
+        run = np.flatnonzero(lost[start:end])
+        if run.size:
+            lost[start + run[0]:end] = True
+    return lost.reshape(pair_rows, cols).repeat(2, axis=0)[:rows]
+
+
+def _slice_stretches(lost: np.ndarray, slice_starts: list[int] | None) -> list[tuple[int, int]]:
+    """The stretch of blocks (in slice address order) from each slice that arrived to the next one's start: what it
+    and the slices lost after it covered. Marks every block of `lost` before the first slice that arrived."""
     starts = sorted({start for start in slice_starts or () if 0 <= start < lost.size})
     if starts:
         lost[:starts[0]] = True
-        for start, end in itertools.pairwise(starts + [lost.size]):
-            run = np.flatnonzero(lost[start:end])
-            if run.size:
-                lost[start + run[0]:end] = True
-    return lost.reshape(pair_rows, cols).repeat(2, axis=0)[:rows]
+    return list(itertools.pairwise(starts + [lost.size]))
 
 
 class TruthDetector:
@@ -669,7 +672,7 @@ def detect_damage(path: Path, *, mode: str = "auto", truth: Path | None = None) 
     # 0.054 -> 0.631); `conceal` 26.34 / 22.87 / 36.28 -> 26.77 / 23.02 / 37.39 dB at seeds 1-3, against a plain
     # decode's 26.15 / 22.71 / 35.94.
     vectors_exported = video_format.codec in VECTOR_EXPORTING_CODECS and not video_format.interlaced and \
-        max(component.bits for component in av.VideoFormat(video_format.pix_fmt).components) <= 8
+        sample_bits(av.VideoFormat(video_format.pix_fmt)) <= 8
     use_truth = mode == "truth" or (mode == "auto" and truth is not None)
     detector: DamageDetector
     if mode == "pixels":
