@@ -442,6 +442,11 @@ class BitstreamDetector:
                     if frame.picture.is_corrupt else np.zeros(self._grid.mb_shape, bool)  # FFmpeg concealed nothing
             else:
                 seeds = _concealed_blocks(self._grid, motion, other.motion_vectors, difference)
+                if frame.slice_starts is not None:
+                    # Where both concealments guess the same vector (chaplin's black side bars) the vectors miss lost
+                    # blocks: chaplin at 3 / 10 / 20%, lost-label recall 0.74-0.77 -> 0.997, `conceal` +0.08 / +0.39
+                    # / +0.01 dB.
+                    seeds = _lost_to_next_slice(seeds, frame.slice_starts)
             mb_error = self._traced_ratio(luma, motion, difference, self._grid.expand_mbs(seeds), frame.drifted,
                                           frame.b_picture)
         else:
@@ -588,12 +593,20 @@ def _lost_pairs(concealed: np.ndarray, slice_starts: list[int] | None) -> np.nda
     pair_rows = -(-rows // 2)
     padded = np.zeros((2 * pair_rows, cols), bool)
     padded[:rows] = concealed
-    lost = padded.reshape(pair_rows, 2, cols).any(axis=1).ravel()
+    lost = _lost_to_next_slice(padded.reshape(pair_rows, 2, cols).any(axis=1), slice_starts)
+    return lost.repeat(2, axis=0)[:rows]
+
+
+def _lost_to_next_slice(concealed: np.ndarray, slice_starts: list[int] | None) -> np.ndarray:
+    """`concealed` (blocks in slice address order, a grid) with each run of lost blocks extended to where the next
+    slice that arrived starts, and every block before the first one that arrived marked: slices tile the picture, so
+    a lost slice's blocks run from where the last one that arrived stopped to where the next one that arrived starts."""
+    lost = concealed.ravel().copy()
     for start, end in _slice_stretches(lost, slice_starts):
         run = np.flatnonzero(lost[start:end])
         if run.size:
             lost[start + run[0]:end] = True
-    return lost.reshape(pair_rows, cols).repeat(2, axis=0)[:rows]
+    return lost.reshape(concealed.shape)
 
 
 def _slice_stretches(lost: np.ndarray, slice_starts: list[int] | None) -> list[tuple[int, int]]:

@@ -112,6 +112,18 @@ def test_lost_slices_of_b_pictures_are_found(tmp_path):
         assert tp > 100 and tp / (tp + fp) > 0.97 and tp / (tp + fn) > 0.97, (is_b, tp, fp, fn)
 
 
+def test_lost_blocks_that_both_concealments_guess_alike_are_found(tmp_path):
+    """chaplin's black side bars: FFmpeg guesses the same vector for a lost block there in both decodes, so the
+    vectors alone missed a quarter of its lost blocks (here 1879 found, 595 missed; 2438 / 36 now). A lost run of
+    blocks goes on to where the next slice that arrived starts."""
+    source = reencode(tmp_path / "chaplin.mp4", "chaplin_640x360_mp3.mp4", frames=60,
+                      options={"preset": "medium", "x264-params": "keyint=50:slice-max-size=1200:bframes=0"})
+    result = simulate_loss(source, tmp_path / "d.mp4", loss=LossOptions(loss_rate=0.1, burst=2, seed=1),
+                           packets=PacketisationOptions(as_is=True))
+    tp, fp, fn = lost_label_counts(result)
+    assert tp > 300 and tp / (tp + fn) > 0.98 and tp / (tp + fp) > 0.98, (tp, fp, fn)
+
+
 def test_truth_map_marks_every_lost_macroblock(foreman):
     doc, pts, maps = load_truth(foreman.truth)
     truth = dict(zip(pts.tolist(), maps))
