@@ -64,7 +64,7 @@ def add_video_encoder(container: av.container.OutputContainer, settings: Encoder
     """Add a configured encoder stream (8-bit 4:2:0 unless told otherwise) to `container`."""
     if settings.preset not in X264_PRESETS:
         raise UsageError(f"unknown encoder preset {settings.preset!r}")
-    stream = container.add_stream(ENCODERS[settings.codec], rate=rate)
+    stream = _added_stream(container, ENCODERS[settings.codec], settings.codec.value, rate)
     stream.width, stream.height = width, height
     stream.pix_fmt = pix_fmt
     stream.time_base = time_base
@@ -110,10 +110,9 @@ def add_output_encoder(container: av.container.OutputContainer, codec: str, sett
     pix_fmt = output_pixel_format("ffv1" if codec == "ffv1" else ENCODERS[Codec(codec)], source.pix_fmt)
     geometry = {"width": source.width, "height": source.height, "rate": source.rate, "time_base": source.time_base}
     if codec != "ffv1":
-        stream = add_video_encoder(container, replace(settings, codec=Codec(codec)),
-                                   pix_fmt=pix_fmt, **geometry)
+        stream = add_video_encoder(container, replace(settings, codec=Codec(codec)), pix_fmt=pix_fmt, **geometry)
     else:
-        stream = container.add_stream("ffv1", rate=source.rate)
+        stream = _added_stream(container, "ffv1", codec, source.rate)
         stream.width, stream.height, stream.pix_fmt = source.width, source.height, pix_fmt
         stream.time_base = stream.codec_context.time_base = source.time_base
     context = stream.codec_context
@@ -132,6 +131,17 @@ def add_output_encoder(container: av.container.OutputContainer, codec: str, sett
         raise OutputError(f"{codec} cannot encode {source.width}x{source.height} {pix_fmt} video "
                           f"({exc.strerror or exc}); try --codec ffv1 with a .mkv output") from exc
     return stream
+
+
+def _added_stream(container: av.container.OutputContainer, encoder: str, codec: str, rate: Fraction | None
+                  ) -> av.VideoStream:
+    """A new stream of `encoder`, or OutputError where the container's format cannot hold `codec` (WebM and H.264,
+    MOV and FFV1): PyAV refuses it as a ValueError."""
+    try:
+        return container.add_stream(encoder, rate=rate)
+    except ValueError as exc:
+        raise OutputError(f"the {container.format.long_name or container.format.name} format cannot hold {codec} "
+                          f"video: write a .mkv, which holds them all") from exc
 
 
 def output_pixel_format(encoder: str, pix_fmt: str) -> str:

@@ -255,7 +255,7 @@ class _Simulation:
             suffix = Path(self.source.name).suffix
             reference = stack.enter_context(open_output(outputs[reference_path], fmt, shown_as=reference_path,
                                                         input_suffix=suffix))
-            ref_video, ref_others = self._add_reference_streams(reference)
+            ref_video, ref_others = self._add_reference_streams(reference, reference_path)
             reference.start_encoding()
             self.time_base = ref_video.time_base
             self._read_configuration(self.video_in.codec_context.extradata if self.packets.as_is
@@ -295,11 +295,15 @@ class _Simulation:
                                  f"re-encode it, or remux it into MP4 or MKV first")
         return self._ground_truth() if damaged is not None else None
 
-    def _add_reference_streams(self, reference: av.container.OutputContainer):
+    def _add_reference_streams(self, reference: av.container.OutputContainer, shown_as: Path):
+        """The reference's streams; OutputError about `shown_as` (the file the user named) where its format cannot
+        hold one."""
         try:
             return self._add_streams(reference)
-        except ValueError as exc:
-            raise OutputError(f"{reference.name}: {exc}; choose another container, e.g. .mp4 or .mkv") from exc
+        except OutputError as exc:  # the encoder's codec
+            raise OutputError(f"{shown_as}: {exc}") from exc
+        except ValueError as exc:  # a stream copied from the source
+            raise OutputError(f"{shown_as}: {exc}; choose another container, e.g. .mp4 or .mkv") from exc
 
     def _add_streams(self, reference: av.container.OutputContainer):
         if self.packets.as_is:

@@ -190,6 +190,21 @@ def test_a_stream_the_output_format_cannot_hold_is_one_line(tmp_path, command):
     assert "write a .mkv instead" in proc.stderr
 
 
+@pytest.mark.parametrize("arguments, codec", [
+    (["conceal", "INPUT", "-o", "fixed.webm"], "h264"),
+    (["conceal", "INPUT", "-o", "fixed.mov", "--codec", "ffv1"], "ffv1"),
+    (["conceal", "INPUT", "-o", "fixed.avi", "--codec", "hevc"], "hevc"),
+    (["conceal", "detect", "INPUT", "--masks-out", "masks.npz", "--overlay", "overlay.webm"], "h264"),
+    (["simulate-loss", "INPUT", "-o", "damaged.webm", "--codec", "h264"], "h264")])
+def test_an_encoded_codec_the_container_cannot_hold_is_one_line(tmp_path, arguments, codec):
+    """`conceal damaged.webm -o fixed.webm` (WebM holds VP8, VP9 and AV1 only) ended in PyAV's traceback."""
+    out = tmp_path / "out"
+    out.mkdir()
+    command, *options = arguments
+    proc = run([script(command)] + [str(clip("carphone_qcif.mp4")) if o == "INPUT" else o for o in options], out)
+    assert_clean_failure(proc, out, f"format cannot hold {codec} video: write a .mkv")
+
+
 def test_ctrl_c_mid_repair_writes_nothing_and_says_how_far_it_got(tmp_path):
     # 720p: its first packets are written about 0.5 s into a 3.4 s repair. With bikes (0.6 s into 2.4 s) one CI run in
     # three on 2026-11-28 saw the repair end with status 0 after the interrupt; the cause was not found, and a longer
