@@ -149,6 +149,9 @@ DRIFT_STRATEGIES = ("redecode", "carry", "reconceal", "none")
 # Frame slots looked ahead for the next picture that arrived (a run of lost frames longer than
 # this is rebuilt by repeating the last picture).
 LOOK_AHEAD = 16
+# Frame slots before the first picture that decoded looked ahead for it at most: they have no picture before them to
+# repeat, and hold no picture themselves (a few kilobytes each).
+LEADING_LOOK_AHEAD = 4096
 
 
 def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detect: str = "auto",
@@ -357,10 +360,10 @@ PREFETCH = 4
 def _look_ahead(frames: Iterator[DamagedFrame]
                 ) -> Iterator[tuple[DamagedFrame, tuple[DamagedFrame, ...], DamagedFrame | None]]:
     """Each frame slot with the slots after it up to the next one that has a picture (at most
-    LOOK_AHEAD): the temporal model looks at the next frame, a lost frame's rebuild at the next
-    picture that arrived; and the next I or P picture, which the B pictures before it are filled
-    from too (FlowConcealer). Placeholders hold no picture, so at most one decoded frame waits
-    besides the B pictures before an I or P picture."""
+    LOOK_AHEAD, or LEADING_LOOK_AHEAD before the first picture): the temporal model looks at the
+    next frame, a lost frame's rebuild at the next picture that arrived; and the next I or P
+    picture, which the B pictures before it are filled from too (FlowConcealer). Placeholders hold
+    no picture, so at most one decoded frame waits besides the B pictures before an I or P picture."""
     waiting: collections.deque[DamagedFrame] = collections.deque()
 
     def ahead() -> tuple[DamagedFrame, ...]:
@@ -374,9 +377,12 @@ def _look_ahead(frames: Iterator[DamagedFrame]
     def anchor() -> DamagedFrame | None:
         return next((slot for slot in itertools.islice(waiting, 1, None) if _anchor(slot)), None)
 
+    pictured = False  # whether a slot with a picture came yet
     for slot in frames:
         waiting.append(slot)
-        while len(waiting) > 1 and (_anchor(slot) or len(waiting) > LOOK_AHEAD):
+        pictured = pictured or not slot.frame.missing
+        reach = LOOK_AHEAD if pictured else LEADING_LOOK_AHEAD
+        while len(waiting) > 1 and (_anchor(slot) or len(waiting) > reach):
             yield waiting[0], ahead(), anchor()
             waiting.popleft()
     while waiting:

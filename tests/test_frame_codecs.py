@@ -192,3 +192,18 @@ def test_frames_lost_up_to_the_end_of_the_stream_are_rebuilt(tmp_path):
     assert 0 < result.summary.frames_lost < 30
     summary = conceal(damaged, tmp_path / "fixed.mkv", reference=result.reference, codec="ffv1")
     assert summary.frames == 60 and summary.frames_rebuilt > 30
+
+
+def test_frames_before_the_first_picture_that_decodes_all_come_out(tmp_path):
+    """A VP9 stream whose first keyframe was lost: its next 29 frames cannot be decoded until the next keyframe. Each
+    becomes a copy of that keyframe's picture, on its own time; only the last 16 came out before (the look-ahead),
+    the rest were dropped and the repair ran short of the input by 13 frames."""
+    source = encode_vp9(tmp_path, "gop30.webm", 60, g="30", keyint_min="30")
+    damaged = tmp_path / "first-keyframe-lost.webm"
+    timestamps = remux_without(source, damaged, {0})
+    summary = conceal(damaged, tmp_path / "fixed.mkv", codec="ffv1")
+    with av.open(str(tmp_path / "fixed.mkv")) as repaired:
+        shown = [frame.pts for frame in repaired.decode(video=0)]
+    assert summary.frames == 59 and summary.frames_rebuilt == 29 and shown == timestamps[1:], (summary, shown)
+    pictures = decode_luma(tmp_path / "fixed.mkv")
+    assert len({pictures[pts].tobytes() for pts in shown[:30]}) == 1
