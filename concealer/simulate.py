@@ -24,7 +24,7 @@ from .bitstream import (H264_SPS, BitstreamError, Codec, Framing, PictureGeometr
                         parse_decoder_config, parse_h264_sps, parse_slice_header)
 from .channel import BernoulliLoss, BitErrors, ChannelLog, GilbertElliottLoss, LossModel, PatternLoss
 from .decode import frame_duration
-from .encode import EncoderSettings, add_video_encoder
+from .encode import ENCODERS, EncoderSettings, add_video_encoder
 from .errors import InputError, OutputError, UsageError
 from .heap import tune_malloc
 from .media import (AtomicOutputs, StreamCopies, add_stream_copy, copy_attachments, copy_stream_description,
@@ -174,6 +174,10 @@ class _Simulation:
         if not self.width or not self.height:
             raise InputError(f"{source.name}: the video stream has no frame size (is it a real video?)")
         self.codec = self._output_codec()
+        if not packets.as_is and self.codec.has_nal_units and (self.width % 2 or self.height % 2):
+            raise InputError(f"{source.name}: {ENCODERS[self.codec]} cannot re-encode its odd picture size "
+                             f"({self.width}x{self.height}) in 4:2:0; use --codec vp9, or --as-is for an H.264 or "
+                             f"HEVC stream")
         if packets.encoder.interlaced and not packets.as_is and self.codec is not Codec.H264:
             raise UsageError(f"interlaced re-encoding is H.264's (MBAFF) here, not {self.codec.value}'s")
         if not self.codec.has_nal_units:

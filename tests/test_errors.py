@@ -205,6 +205,15 @@ def test_an_encoded_codec_the_container_cannot_hold_is_one_line(tmp_path, argume
     assert_clean_failure(proc, out, f"format cannot hold {codec} video: write a .mkv")
 
 
+def test_an_odd_picture_size_x264_cannot_re_encode_is_one_line(tmp_path):
+    """x264 and x265 code 4:2:0 in even sizes only: the muxer's refusal said to write a .mkv, which it was."""
+    source = reencode(tmp_path / "odd.mkv", frames=10, size=(351, 287), encoder="ffv1")
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = run([script("simulate-loss"), str(source), "-o", f"{out}/damaged.mp4"], out)
+    assert_clean_failure(proc, out, "libx264 cannot re-encode its odd picture size (351x287) in 4:2:0")
+
+
 def test_ctrl_c_mid_repair_writes_nothing_and_says_how_far_it_got(tmp_path):
     # 720p: its first packets are written about 0.5 s into a 3.4 s repair. With bikes (0.6 s into 2.4 s) one CI run in
     # three on 2026-11-28 saw the repair end with status 0 after the interrupt; the cause was not found, and a longer
