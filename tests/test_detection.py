@@ -7,7 +7,7 @@ import av
 import numpy as np
 import pytest
 
-from concealer import LossOptions, PacketisationOptions, simulate_loss
+from concealer import LossOptions, PacketisationOptions, conceal, simulate_loss
 from concealer.bitstream import Codec
 from concealer.decode import decode_frames
 from concealer.detection import CellGrid, DamageLabel, MotionField, detect_damage, macroblock_mean
@@ -114,14 +114,25 @@ def test_lost_slices_of_b_pictures_are_found(tmp_path):
 
 def test_lost_blocks_that_both_concealments_guess_alike_are_found(tmp_path):
     """chaplin's black side bars: FFmpeg guesses the same vector for a lost block there in both decodes, so the
-    vectors alone missed a quarter of its lost blocks (here 1879 found, 595 missed; 2438 / 36 now). A lost run of
-    blocks goes on to where the next slice that arrived starts."""
+    vectors alone missed a quarter of its lost blocks (here 1879 found, 595 missed). Every block before the first
+    slice that arrived is lost, and so is every block from the last one found lost to where the next slice that
+    arrived starts (2111 / 363 now)."""
     source = reencode(tmp_path / "chaplin.mp4", "chaplin_640x360_mp3.mp4", frames=60,
                       options={"preset": "medium", "x264-params": "keyint=50:slice-max-size=1200:bframes=0"})
     result = simulate_loss(source, tmp_path / "d.mp4", loss=LossOptions(loss_rate=0.1, burst=2, seed=1),
                            packets=PacketisationOptions(as_is=True))
     tp, fp, fn = lost_label_counts(result)
-    assert tp > 300 and tp / (tp + fn) > 0.98 and tp / (tp + fp) > 0.98, (tp, fp, fn)
+    assert tp > 300 and tp / (tp + fn) > 0.83 and tp / (tp + fp) > 0.98, (tp, fp, fn)
+
+
+def test_runs_of_lost_blocks_in_slices_cut_short_are_not_bridged(tmp_path):
+    """Over MPEG-TS a slice loses its end rather than all of it, and inside the lost run FFmpeg's copy of the picture
+    before (the same guess in both decodes) was right where nothing moved: filled instead, with the run bridged to
+    the next slice that arrived, the repair fell from 26.79 to 25.58 dB."""
+    result = simulate_loss(clip("foreman_cif_h264.mp4"), tmp_path / "d.ts", loss=LossOptions(loss_rate=0.05, seed=2),
+                           packets=PacketisationOptions(transport="ts", encoder=EncoderSettings(bframes=3)))
+    summary = conceal(result.damaged, tmp_path / "fixed.mkv", codec="ffv1", reference=result.reference)
+    assert summary.psnr > 26.4, summary.psnr
 
 
 def test_truth_map_marks_every_lost_macroblock(foreman):
