@@ -75,8 +75,6 @@ class H264GapRepair:
         # A stream without timestamps (raw Annex B): each picture is stamped with the next frame time, so that the
         # substitutes hide as in a timed stream and leave their slots to the frames they stand for.
         self._clock = None if frame_ticks is None else FrameClock(frame_ticks, 2)
-        self._ticks_per_order: Fraction | None = None  # timestamp ticks per order count step
-        self._last_timed: tuple[int, int, int] | None = None  # (sequence, order count, pts) of the last picture
         self._sps: dict[int, H264Sps] = {}
         self._pps_sps: dict[int, int] = {}  # PPS id -> SPS id
         config = parse_decoder_config(Codec.H264, extradata)
@@ -146,7 +144,8 @@ class H264GapRepair:
         if len(parts) == 1:
             return [packet]
         steps = [_order_steps(pictures[0], picture) for picture in pictures[1:]]
-        if packet.pts is not None and not (self._ticks_per_order and all(step and step > 0 for step in steps)):
+        ticks = self.order.ticks_per_step
+        if packet.pts is not None and not (ticks and all(step and step > 0 for step in steps)):
             return [packet]  # timed, but not surely after it (a B picture, or a duplicate of an earlier one): whole
         split = []
         for index, nals in enumerate(parts):
@@ -155,7 +154,7 @@ class H264GapRepair:
             if not index:
                 part.pts, part.dts, part.is_keyframe = packet.pts, packet.dts, packet.is_keyframe
             elif packet.pts is not None:
-                part.pts = packet.pts + round(steps[index - 1] * self._ticks_per_order)
+                part.pts = packet.pts + round(steps[index - 1] * ticks)
             split.append(part)
         return split
 
@@ -184,7 +183,6 @@ class H264GapRepair:
         missing = self._lost_references(sps, frame_num, ref_idc, idr)
         if packet.pts is None and self._clock is not None:
             self._stamp(packet, order, missing)
-        self._learn_timing(order, packet.pts)
         self.order.record(packet.pts, self._sequence, order)
         if packet.pts is not None:
             self._arrived[packet.pts] = arrived
@@ -214,15 +212,6 @@ class H264GapRepair:
         if previous is None or not 0 < missing <= MAX_SUBSTITUTES or not self._repairable(sps):
             return [packet]
         return self._substitutes(packet, sps, frame_num, previous, poc_lsb, missing, ref_idc) + [packet]
-
-    def _learn_timing(self, order: int | None, pts: int | None) -> None:
-        """The ticks per order count step, from this picture and the last one timed of the same sequence."""
-        last = self._last_timed
-        self._last_timed = None if order is None or pts is None else (self._sequence, order, pts)
-        if last is None or self._last_timed is None or last[0] != self._sequence or order == last[1]:
-            return
-        if (ticks := Fraction(pts - last[2], order - last[1])) > 0:
-            self._ticks_per_order = ticks  # foreman at 29.97 fps over MPEG-TS: 3003 ticks a frame, 1501.5 a step
 
     def _stamp(self, packet: av.Packet, order: int | None, missing: int) -> None:
         """The frame time of a picture in a stream without timestamps (raw Annex B), `missing` reference frames lost

@@ -38,12 +38,23 @@ class PictureOrder:
         self._counts: dict[int, tuple[int, int]] = {}  # pts -> (coded video sequence, picture order count)
         self._step: int | None = None  # the smallest count step seen between pictures that came out in a row
         self._steps_seen = 0
+        # Timestamp ticks per order count step, and the last picture recorded: (sequence, count, pts), None untimed.
+        self.ticks_per_step: Fraction | None = None
+        self._last_timed: tuple[int, int, int] | None = None
 
     def record(self, pts: int | None, sequence: int, count: int | None) -> None:
         """Picture `pts` has order `count` in the `sequence`-th coded video sequence (None: not known). A second
-        picture stamped with the same time keeps the first one's count: the first is the one shown there."""
+        picture stamped with the same time keeps the first one's count: the first is the one shown there. With the
+        picture recorded before, both timed and of one sequence, it gives the ticks per count step (foreman at
+        29.97 fps over MPEG-TS in H.264: 3003 ticks a frame, 1501.5 a step), by which the stream repairs time the
+        pictures they split out of one packet or rebuild."""
         if pts is not None and count is not None:
             self._counts.setdefault(pts, (sequence, count))
+        last = self._last_timed
+        self._last_timed = None if pts is None or count is None else (sequence, count, pts)
+        if last is not None and self._last_timed is not None and last[0] == sequence and count != last[1]:
+            if (ticks := Fraction(pts - last[2], count - last[1])) > 0:
+                self.ticks_per_step = ticks
 
     def missing_between(self, earlier: int, later: int, intervals: Fraction | None = None) -> int | None:
         """How many pictures the order counts put between the pictures at `earlier` and `later`, which came out

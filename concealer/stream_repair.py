@@ -603,8 +603,6 @@ class PacketRepair:
         self._repair = repair
         self._shape = (height, width)
         self._substituted: dict[int, np.ndarray] = {}  # by pts, until its picture comes out
-        self._last: tuple[int, int] | None = None  # (POC, pts) of the last picture that arrived
-        self._ticks_per_poc: int | None = None
         self.order = PictureOrder()
         # A stream without timestamps (raw Annex B): each picture is stamped from its order count, one frame per
         # step (x265's), each coded video sequence after the last picture of the one before. Without stamps nothing
@@ -624,32 +622,21 @@ class PacketRepair:
         if packet.pts is None and self._clock is not None and units:
             anchor = next((u for u in units if not u.rebuilt), units[0])
             packet.pts = None if anchor.poc is None else self._clock.ordered(anchor.sequence, anchor.poc)
-            self._ticks_per_poc = round(self._frame_ticks)
         if len(units) == 1 and not units[0].substituted:
-            self._learn_timing(units[0].poc, packet.pts)
             self.order.record(packet.pts, units[0].sequence, units[0].poc)
             return [packet]
         anchor = next((u for u in units if not u.rebuilt), units[0])
+        ticks = self.order.ticks_per_step or self._frame_ticks  # untimed streams: one frame a step
         out = []
         for unit in units:
             if unit is anchor:
                 out.append(self._packet(unit, packet, packet.pts, packet.dts, packet.is_keyframe))
                 continue
             pts = None
-            if packet.pts is not None and self._ticks_per_poc and None not in (unit.poc, anchor.poc):
-                pts = packet.pts + (unit.poc - anchor.poc) * self._ticks_per_poc
+            if packet.pts is not None and ticks and None not in (unit.poc, anchor.poc):
+                pts = packet.pts + round((unit.poc - anchor.poc) * ticks)
             out.append(self._packet(unit, packet, pts, None, False))
-        self._learn_timing(anchor.poc, packet.pts)
         return out
-
-    def _learn_timing(self, poc: int | None, pts: int | None) -> None:
-        if poc is None or pts is None:
-            return
-        if self._last is not None and poc != self._last[0]:
-            ticks, steps = pts - self._last[1], poc - self._last[0]
-            if ticks % steps == 0 and ticks // steps > 0:
-                self._ticks_per_poc = ticks // steps
-        self._last = (poc, pts)
 
     def _packet(self, unit: RepairedAccessUnit, original: av.Packet, pts: int | None, dts: int | None,
                 keyframe: bool) -> av.Packet:
