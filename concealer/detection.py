@@ -604,9 +604,10 @@ def _lost_to_next_slice(concealed: np.ndarray, slice_starts: list[int] | None, b
     the picture before, right where nothing moves) the fill did worse than that copy when the slice was cut short
     rather than lost (MPEG-TS loses parts of slices). foreman with three B-frames over MPEG-TS at 5%, seed 2: 26.79
     dB unbridged, 25.58 bridged; chaplin so at seed 4 26.35 / 26.02; chaplin over RTP at 3 / 10 / 20% 33.48 / 28.39
-    / 22.46 / 33.54 / 28.61 / 22.42. Over 28 damaged clips (RTP and TS, B-frames or none), against neither: +0.74 dB
-    summed unbridged, -0.60 bridged. Lost-label recall against the truth, chaplin at 3 / 10%: 0.74 / 0.74 by the
-    vectors alone, 0.82 / 0.85 so (the black side bars, copied right, stay unmarked inside a run)."""
+    / 22.46 dB unbridged, 33.54 / 28.61 / 22.42 bridged. Over 28 damaged clips (RTP and TS, B-frames or none),
+    against neither: +0.74 dB summed unbridged, -0.60 bridged. Lost-label recall against the truth, chaplin at 3 /
+    10%: 0.74 / 0.74 by the vectors alone, 0.82 / 0.85 so (the black side bars, copied right, stay unmarked inside a
+    run)."""
     lost = concealed.ravel().copy()
     for start, end in _slice_stretches(lost, slice_starts):
         run = np.flatnonzero(lost[start:end])
