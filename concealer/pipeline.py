@@ -166,7 +166,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
     frame's corrections along the decoder's motion vectors into the frames predicted from it, and
     then corrects the frames before the next keyframe from it (drift.KeyframeBackfill, which holds
     up to 64 frames back, fewer from 720p up); `redecode` has a second decoder predict every picture from
-    the repairs themselves where the stream allows it (H.264 without B-frames, 8-bit 4:2:0: see
+    the repairs themselves where the stream allows it (H.264 without B-frames, 4:2:0: see
     concealer.reference_repair) and carries elsewhere, with the same backfill (carrying needs to know what the
     decoder predicts from after a loss: VP9 and AV1 carry nothing, see drift.CARRIED_CODECS); `reconceal` fills the
     propagated blocks with the model as if they were lost, `none` leaves them.

@@ -60,7 +60,7 @@ from .bitstream import (
 )
 from .concealment import Picture
 from .decode import (CADENCE_PACKETS, FFMPEG_CONCEALMENT, configure_decoder, copied_picture, frame_duration,
-                     untimed)
+                     plane_samples, untimed)
 from .h264_repair import SUBSTITUTE_PPS_ID, H264GapRepair, substitute_pps, substitute_slice_header
 from .media import main_video, open_video_input, parsed_packets
 
@@ -86,7 +86,8 @@ class _Awaiting:
 
 
 class ReferenceRepair:
-    """A decode of an H.264 stream (no B-frames, 8-bit 4:2:0, progressive or MBAFF) whose references are our repairs.
+    """A decode of an H.264 stream (no B-frames, 4:2:0 in 8 or 10 bits, progressive or MBAFF) whose references are our
+    repairs.
 
     The pipeline asks for each picture that arrived (`picture`, saying whether blocks of it were lost),
     and hands back the repair of each damaged one (`repaired`) and the rebuild of each lost frame
@@ -158,7 +159,8 @@ class ReferenceRepair:
         # x264 gives the next IDR picture (it alternates two), as consecutive IDR pictures' ids must.
         idr_pic_id = (header.idr_pic_id + 2) % 65536 if header.idr else None
         self._decode_own(header.sps, header.frame_num, poc_lsb, (awaiting.reader, *header.marking),
-                         header.nal_ref_idc, self._whole(picture, awaiting.decoded), idr_pic_id, awaiting.pts)
+                         header.nal_ref_idc, self._whole(picture, awaiting.decoded, header.sps.bit_depth), idr_pic_id,
+                         awaiting.pts)
 
     def rebuilt(self, pts: int, picture: Picture) -> None:
         """The rebuild of a frame lost whole at `pts`: the stand-in for it, if there is one, holds it."""
@@ -178,7 +180,7 @@ class ReferenceRepair:
             self._decode(packet)
             return
         self._decode_own(header.sps, header.frame_num, header.poc_lsb, (reader, *header.marking), header.nal_ref_idc,
-                         self._whole(picture, self._last), None, packet.pts)
+                         self._whole(picture, self._last, header.sps.bit_depth), None, packet.pts)
 
     def _settle(self) -> None:
         """A damaged picture whose repair never came takes its own place back among the references."""
@@ -254,9 +256,9 @@ class ReferenceRepair:
         return rewritten, awaiting
 
     def _decode_own(self, sps: H264Sps, frame_num: int, poc_lsb: int | None, marking: tuple[BitReader, int, int],
-                    ref_idc: int, picture: Picture, idr_pic_id: int | None, pts: int | None) -> None:
+                    ref_idc: int, planes: list[np.ndarray], idr_pic_id: int | None, pts: int | None) -> None:
         pps = h264_nal_unit(0x60 | PPS, substitute_pps(sps.sps_id))
-        own = _pcm_picture(sps, frame_num, poc_lsb, marking, ref_idc, picture, idr_pic_id)
+        own = _pcm_picture(sps, frame_num, poc_lsb, marking, ref_idc, planes, idr_pic_id)
         packet = av.Packet(framed([pps, own], self._framing, self._length_size))
         packet.pts = packet.dts = pts
         packet.time_base = self._time_base
@@ -278,27 +280,32 @@ class ReferenceRepair:
         return copied_picture(frame, height, width)
 
     @staticmethod
-    def _whole(picture: Picture, around: av.VideoFrame | None) -> Picture:
-        """`picture` out to whole macroblocks. What a crop hides is the decoder's own (from `around`, a decoded
-        picture of whole macroblocks) under the macroblocks the repair left as decoded, and the repair's edge
-        repeated under those it changed (`around` holds FFmpeg's concealment there)."""
+    def _whole(picture: Picture, around: av.VideoFrame | None, depth: int) -> list[np.ndarray]:
+        """`picture`'s planes out to whole macroblocks, in samples of `depth` bits. The macroblocks the repair left as
+        decoded are the decoder's own (from `around`, a decoded picture of whole macroblocks), at the stream's depth
+        and under a crop too; under those it changed, the repair's edge is repeated (`around` holds FFmpeg's
+        concealment there), and deeper streams take its 8-bit samples scaled up."""
+        shift = depth - 8
+        scaled = [plane.astype(np.uint16) << shift if shift else plane for plane in (picture.y, picture.u, picture.v)]
         if around is None:
-            return picture
+            return scaled
         whole = Picture.from_frame(around)
         (height, width), (full_height, full_width) = picture.y.shape, whole.y.shape
-        if full_height < height or full_width < width or (full_height, full_width) == (height, width):
-            return picture
-        changed = np.zeros((full_height, full_width), bool)
-        changed[:height, :width] = picture.y != whole.y[:height, :width]
-        kept = ~changed.reshape(full_height // 16, 16, full_width // 16, 16).any(axis=(1, 3))
-        planes = []
+        if full_height < height or full_width < width:
+            return scaled
+        changed = np.zeros((full_height // 16, full_width // 16), bool)
         for part, own, size in zip((picture.y, picture.u, picture.v), (whole.y, whole.u, whole.v), (16, 8, 8)):
+            differs = np.zeros(own.shape, bool)
+            differs[:part.shape[0], :part.shape[1]] = part != own[:part.shape[0], :part.shape[1]]
+            changed |= differs.reshape(own.shape[0] // size, size, own.shape[1] // size, size).any(axis=(1, 3))
+        planes = []
+        for index, (part, size) in enumerate(zip(scaled, (16, 8, 8))):
+            own = plane_samples(around, index)
             padded = np.pad(part, ((0, own.shape[0] - part.shape[0]), (0, own.shape[1] - part.shape[1])), mode="edge")
-            hidden = np.kron(kept, np.ones((size, size), bool))[:own.shape[0], :own.shape[1]]
-            hidden[:part.shape[0], :part.shape[1]] = False
-            padded[hidden] = own[hidden]
+            kept = np.kron(~changed, np.ones((size, size), bool))[:own.shape[0], :own.shape[1]]
+            padded[kept] = own[kept]
             planes.append(padded)
-        return Picture(*planes)
+        return planes
 
 
 def open_reference_repair(path: Path, visible: tuple[int, int] | None = None) -> ReferenceRepair | None:
@@ -337,9 +344,10 @@ def open_reference_repair(path: Path, visible: tuple[int, int] | None = None) ->
 
 
 def _rewritable(sps: H264Sps) -> bool:
-    """Whether pictures of this SPS are what a Picture holds (8-bit 4:2:0, frame pictures, no offset crop)
-    and their order counts allow a picture between two (poc_type 0 or 2, or 1 without deltas)."""
-    return sps.chroma_format == 1 and sps.bit_depth == 8 and (sps.frame_mbs_only or sps.mbaff) and \
+    """Whether pictures of this SPS are what I_PCM pictures can stand for (4:2:0 in 8 or 10 bits, x264's depths and
+    the ones tested; frame pictures, no offset crop) and their order counts allow a picture between two (poc_type 0
+    or 2, or 1 without deltas)."""
+    return sps.chroma_format == 1 and sps.bit_depth in (8, 10) and (sps.frame_mbs_only or sps.mbaff) and \
         not sps.separate_colour_planes and sps.cropped_origin == (0, 0) and \
         (sps.poc_type != 1 or sps.delta_pic_order_always_zero)
 
@@ -372,9 +380,10 @@ def _non_reference(nal: bytes, header: H264SliceHeader, reader: BitReader) -> by
 
 
 def _pcm_picture(sps: H264Sps, frame_num: int, poc_lsb: int | None, marking: tuple[BitReader, int, int],
-                 ref_idc: int, picture: Picture, idr_pic_id: int | None) -> bytes:
+                 ref_idc: int, planes: list[np.ndarray], idr_pic_id: int | None) -> bytes:
     """A one-slice I picture (CAVLC, under the stand-ins' PPS, deblocking off) whose every macroblock is
-    I_PCM with the samples of `picture`, edges repeated out to whole macroblocks: decoded, exactly `picture`."""
+    I_PCM with the samples of `planes` (Y, U, V of the SPS's bit depth), edges repeated out to whole macroblocks:
+    decoded, exactly those samples."""
     writer = substitute_slice_header(I_SLICE_ALL, sps, frame_num, poc_lsb, idr_pic_id)
     reader, start, end = marking
     writer.copy(reader, start, end)  # dec_ref_pic_marking(), as the damaged picture had it
@@ -387,10 +396,14 @@ def _pcm_picture(sps: H264Sps, frame_num: int, poc_lsb: int | None, marking: tup
     rows, cols = sps.mb_count // sps.mbs_wide, sps.mbs_wide
     pair = 2 if sps.mbaff else 1  # MBAFF pictures code macroblocks pair by pair, the top one of each first
     blocks = []
-    for plane, size in zip((picture.y, picture.u, picture.v), (16, 8, 8)):
+    for plane, size in zip(planes, (16, 8, 8)):
         padded = np.pad(plane, ((0, rows * size - plane.shape[0]), (0, cols * size - plane.shape[1])), mode="edge")
         blocks.append(padded.reshape(rows // pair, pair, size, cols, size).transpose(0, 3, 1, 2, 4)
                       .reshape(rows * cols, size * size))
+    if sps.bit_depth > 8:  # pcm_sample_luma / pcm_sample_chroma are u(v) of the bit depth: big-endian bit strings
+        samples = np.concatenate(blocks, axis=1).astype(">u2")
+        bits = np.unpackbits(samples.view(np.uint8).reshape(*samples.shape, 2), axis=2)[:, :, 16 - sps.bit_depth:]
+        blocks = [np.packbits(bits.reshape(rows * cols, -1), axis=1)]
     prefix = np.broadcast_to(np.frombuffer(I_PCM_PREFIX, np.uint8), (rows * cols, len(I_PCM_PREFIX))).copy()
     if sps.mbaff:
         prefix[::2] = np.frombuffer(MBAFF_TOP_I_PCM_PREFIX, np.uint8)
