@@ -205,15 +205,18 @@ def test_interlaced_h264_lost_blocks_are_found_pair_by_pair(tmp_path):
     assert tp > 500 and tp / (tp + fn) > 0.98 and tp / (tp + fp) > 0.9, (tp, fp, fn)
 
 
-def test_lost_blocks_of_10_bit_h264_are_found(tmp_path):
+@pytest.mark.parametrize("seed", [1, 2])
+def test_lost_blocks_of_10_bit_h264_are_found(tmp_path, seed):
     """FFmpeg's concealment guesses the same vectors for the lost blocks of 10-bit H.264 whatever its `ec` flags, so
-    they are found from the pixels, as for codecs without vectors (foreman at 5%: recall 0.076 from the vectors)."""
+    they are found from the pixels, as for codecs without vectors (foreman at 5%: recall 0.076 from the vectors), and
+    every block before the first slice that arrived is lost: at seed 2 a picture that lost its top half was found
+    clean where damage had spread before (recall 0.63 from the pixels alone, 0.97 so; seed 1 0.94 -> 1.00)."""
     source = reencode(tmp_path / "ten.mp4", pix_fmt="yuv420p10le",
                       options={"preset": "fast", "x264-params": "keyint=60:slice-max-size=1200:bframes=0"})
-    result = simulate_loss(source, tmp_path / "d.mp4", loss=LossOptions(loss_rate=0.05, seed=1, protect_first_idr=True),
-                           packets=PacketisationOptions(as_is=True))
+    loss = LossOptions(loss_rate=0.05, seed=seed, protect_first_idr=True)
+    result = simulate_loss(source, tmp_path / "d.mp4", loss=loss, packets=PacketisationOptions(as_is=True))
     tp, fp, fn = lost_label_counts(result)
-    assert tp > 100 and tp / (tp + fn) > 0.85 and tp / (tp + fp) > 0.9, (tp, fp, fn)
+    assert tp > 100 and tp / (tp + fn) > 0.95 and tp / (tp + fp) > 0.95, (tp, fp, fn)
 
 
 @pytest.mark.parametrize("encoder", ["mpeg2video", "mpeg4"])
