@@ -57,6 +57,10 @@ CONDITIONS = {
                                  encoder={"interlaced": True, "bframes": 3}),
     "long-gop-b2": Condition("Gilbert loss 5%, a keyframe every 250 frames, two B-frames", {"loss_rate": 0.05},
                              encoder={"gop": 250, "bframes": 2}),
+    "ten-bit-5": Condition("Gilbert loss 5%, re-encoded in 10 bits (H.264 High 10)", {"loss_rate": 0.05},
+                           encoder={"bit_depth": 10}),
+    "hevc-ten-bit-5": Condition("Gilbert loss 5%, re-encoded in HEVC Main 10", {"loss_rate": 0.05},
+                                encoder={"codec": Codec.HEVC, "bit_depth": 10}),
 }
 
 

@@ -36,6 +36,8 @@ class EncoderSettings:
     lossless: bool = False  # x264 qp 0 / x265 lossless, for evaluation
     # H.264: interlaced, top field first, as broadcast is coded (x264's MBAFF: macroblocks in vertical pairs)
     interlaced: bool = False
+    # H.264 / HEVC: 8-bit 4:2:0, or 10-bit (High 10 / Main 10, yuv420p10le), as HDR and contribution video come
+    bit_depth: int = 8
 
     def codec_params(self) -> str:
         params: list[str] = ["qp=0"] if self.lossless and self.codec is Codec.H264 else []
@@ -60,10 +62,13 @@ class EncoderSettings:
 
 def add_video_encoder(container: av.container.OutputContainer, settings: EncoderSettings, *,
                       width: int, height: int, rate: Fraction | None, time_base: Fraction,
-                      pix_fmt: str = "yuv420p") -> av.VideoStream:
-    """Add a configured encoder stream (8-bit 4:2:0 unless told otherwise) to `container`."""
+                      pix_fmt: str | None = None) -> av.VideoStream:
+    """Add a configured encoder stream (4:2:0 of the settings' bit depth unless told otherwise) to `container`."""
     if settings.preset not in X264_PRESETS:
         raise UsageError(f"unknown encoder preset {settings.preset!r}")
+    if settings.bit_depth not in (8, 10) or (settings.bit_depth != 8 and not settings.codec.has_nal_units):
+        raise UsageError(f"{settings.codec.value} is encoded in 8 bits here; H.264 and HEVC in 8 or 10")
+    pix_fmt = pix_fmt or ("yuv420p10le" if settings.bit_depth == 10 else "yuv420p")
     stream = _added_stream(container, ENCODERS[settings.codec], settings.codec.value, rate)
     stream.width, stream.height = width, height
     stream.pix_fmt = pix_fmt

@@ -330,6 +330,20 @@ def test_cli_re_encodes_interlaced_in_h264_alone(tmp_path):
     assert not (tmp_path / "i.hevc").exists()
 
 
+@pytest.mark.parametrize("name, profile", [("t.mp4", "High 10"), ("t.hevc", "Main 10")])
+def test_cli_re_encodes_in_10_bits(tmp_path, name, profile):
+    """--bit-depth 10: H.264 High 10 or HEVC Main 10, damaged and reference alike; VP9 is refused in one line."""
+    proc = cli(str(clip("carphone_qcif.mp4")), "-o", str(tmp_path / name), "--bit-depth", "10", "-q")
+    assert proc.returncode == 0, proc.stderr
+    for path in (tmp_path / name, next(tmp_path.glob("t.reference.*"))):
+        with av.open(str(path)) as stream:
+            context = stream.streams.video[0].codec_context
+            assert (context.pix_fmt, context.profile) == ("yuv420p10le", profile)
+    proc = cli(str(clip("carphone_qcif.mp4")), "-o", str(tmp_path / "t.webm"), "--bit-depth", "10", "-q")
+    assert proc.returncode != 0 and "8 bits" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "t.webm").exists()
+
+
 def test_cli_prints_summary_table(tmp_path):
     proc = cli(str(clip("carphone_qcif.mp4")), "-o", str(tmp_path / "c.mp4"), "--loss-rate", "0.1")
     assert proc.returncode == 0, proc.stderr

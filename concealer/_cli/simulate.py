@@ -35,6 +35,8 @@ from . import run
 @click.option("--preset", default="medium", show_default=True)
 @click.option("--bframes", type=int, default=0, show_default=True)
 @click.option("--interlaced", is_flag=True, help="Re-encode interlaced, top field first (H.264 MBAFF).")
+@click.option("--bit-depth", type=click.Choice(["8", "10"]), default="8", show_default=True,
+              help="Re-encode in 8 or 10 bits (H.264 High 10, HEVC Main 10).")
 @click.option("--slices", type=int, default=6, show_default=True, help="Slices per picture (HEVC only).")
 @click.option("--model", type=click.Choice(["bernoulli", "gilbert"]), default="gilbert", show_default=True,
               help="Channel model.")
@@ -51,14 +53,14 @@ from . import run
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
 def simulate_loss_command(source, damaged, reference, truth, overwrite, as_is, transport, codec, packet_size, gop,
-                          crf, preset, bframes, interlaced, slices, model, loss_rate, burst, pattern, bit_error_rate,
-                          byte_burst, protect_params, protect_first_idr, damage_audio, seed, quiet):
+                          crf, preset, bframes, interlaced, bit_depth, slices, model, loss_rate, burst, pattern,
+                          bit_error_rate, byte_burst, protect_params, protect_first_idr, damage_audio, seed, quiet):
     """Damage SOURCE the way a lossy network does and write the ground truth beside it."""
     loss = LossOptions(model=model, loss_rate=loss_rate, burst=burst, pattern=pattern,
                        bit_error_rate=bit_error_rate, byte_burst=byte_burst, protect_params=protect_params,
                        protect_first_idr=protect_first_idr, damage_audio=damage_audio, seed=seed)
     encoder = EncoderSettings(codec=Codec(codec or codec_for(damaged)), crf=crf, preset=preset, gop=gop,
-                              bframes=bframes, interlaced=interlaced)
+                              bframes=bframes, interlaced=interlaced, bit_depth=int(bit_depth))
     packets = PacketisationOptions(as_is=as_is, transport=transport, packet_size=packet_size, encoder=encoder,
                                    hevc_slices=slices)
     result = simulate_loss(source, damaged, reference=reference, truth=truth, loss=loss, packets=packets,
