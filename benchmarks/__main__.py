@@ -79,8 +79,8 @@ SECTIONS = [
             "`conceal` with its defaults (lossless FFV1) against a plain FFmpeg decode of the same damaged file, "
             "sequence luma PSNR against the clean decode, for the evaluation clips damaged by simulate-loss in "
             "ways the quality sections do not: other loss rates and models, smaller packets, MPEG-TS, bit errors, "
-            "HEVC, B-frames, a long GOP and interlaced coding, two seeds other than theirs. Target: never below the "
-            "plain decode.",
+            "HEVC, B-frames, a long GOP, interlaced coding and 10 bits, two seeds other than theirs. Target: never "
+            "below the plain decode.",
             ("--clips", "carphone_qcif.mp4", "--conditions", "gilbert-10-b3,ts-5,long-gop-b2", "--seeds", "2",
              "--frames", "60")),
     Section("lost-pixels", "Concealment quality over the lost pixels alone (issue 4)", lost_pixels,
