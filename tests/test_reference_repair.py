@@ -51,11 +51,12 @@ def test_every_picture_made_non_reference_and_replaced_by_itself_decodes_as_the_
             repair.repaired(Picture.from_frame(frame))
 
 
-def test_10_bit_pictures_replaced_by_their_i_pcm_selves_decode_as_the_stream(tmp_path):
+@pytest.mark.parametrize("params", ["cabac=1", "cabac=0", "cabac=1:tff=1"])
+def test_10_bit_pictures_replaced_by_their_i_pcm_selves_decode_as_the_stream(tmp_path, params):
     """In 10 bits each I_PCM sample is a 10-bit string: the pictures the repair left alone are written as decoded,
-    and every later picture is the stream's own, every 10-bit sample of it."""
+    and every later picture is the stream's own, every 10-bit sample of it (CABAC, CAVLC, MBAFF)."""
     stream = tmp_path / "ten.mp4"
-    _encode(clip("foreman_cif_h264.mp4"), stream, 20, "cabac=1", pix_fmt="yuv420p10le")
+    _encode(clip("foreman_cif_h264.mp4"), stream, 20, params, pix_fmt="yuv420p10le")
     with av.open(str(stream)) as container:
         plain = {frame.pts: [plane_samples(frame, index).copy() for index in range(3)]
                  for frame in container.decode(video=0)}
