@@ -149,9 +149,9 @@ DRIFT_STRATEGIES = ("redecode", "carry", "reconceal", "none")
 # Frame slots looked ahead for the next picture that arrived (a run of lost frames longer than
 # this is rebuilt by repeating the last picture).
 LOOK_AHEAD = 16
-# Frame slots before the first picture that decoded looked ahead for it at most: they have no picture before them to
-# repeat, and hold no picture themselves (a few kilobytes each).
-LEADING_LOOK_AHEAD = 4096
+# Frame slots before the first picture that decoded looked ahead for it at most (34 s at 30 fps): they have no picture
+# before them to repeat, and hold no picture themselves, only a damage map (32 KB at 4K: 33 MB at most).
+LEADING_LOOK_AHEAD = 1024
 
 
 def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detect: str = "auto",
