@@ -67,16 +67,14 @@ def rebuild_missing(last: Picture | None, next_decoded: DamagedFrame | None, fra
     before = last_arrived.motion.smoothed_pixel_motion() if last_arrived is not None else None
     if next_decoded.motion.between_neighbours and \
             np.mean(next_decoded.damage.labels == DamageLabel.LOST) > MEASURED_MOTION_LOST_SHARE:
-        if before is None:
-            return last
-        dx, dy, _ = before  # its flow follows FFmpeg's concealment: the motion before the gap goes on instead
-        return Picture(*remap_planes([last.y, last.u, last.v], dx * fraction, dy * fraction))
-    motion = next_decoded.motion.smoothed_pixel_motion()
+        motion = before  # its flow follows FFmpeg's concealment: the motion before the gap goes on instead
+    else:
+        motion = next_decoded.motion.smoothed_pixel_motion()
+        if motion is not None and before is not None and np.dot(_mean_vector(motion), _mean_vector(before)) > 0:
+            motion = ((motion[0] + before[0]) / 2, (motion[1] + before[1]) / 2, motion[2])
     if motion is None:
-        return last  # the next picture is intra: no motion to follow
+        return last  # no motion to follow: the next picture is intra, or nothing arrived before the gap
     dx, dy, _ = motion
-    if before is not None and np.dot(_mean_vector(motion), _mean_vector(before)) > 0:
-        dx, dy = (dx + before[0]) / 2, (dy + before[1]) / 2
     return Picture(*remap_planes([last.y, last.u, last.v], dx * fraction, dy * fraction))
 
 
