@@ -36,6 +36,9 @@ import numpy as np
 # FFmpeg's H.264 `ec` flags: guess motion vectors, deblock concealed blocks ("0": no concealment).
 FFMPEG_CONCEALMENT = "guess_mvs+deblock"
 NO_CONCEALMENT = "0"
+# FFmpeg's decoders with error resilience (error_resilience.c): every macroblock of a picture comes out decoded or
+# concealed. The others (HEVC, VP9, AV1) leave what they could not decode as the buffer held it (_released).
+ERROR_CONCEALING_DECODERS = ("h264", "mpeg1video", "mpeg2video", "mpeg4", "h263")
 PLANAR_8BIT_YUV = ("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p")
 # A longer gap between timestamps is a jump in them (damaged, or a stream discontinuity), not lost frames:
 # filling it would add hours of rebuilt frames for one garbled timestamp (found by benchmarks.fuzz).
@@ -87,22 +90,30 @@ class DecodedFrame:
         return luma
 
 
-def _released(picture: av.VideoFrame) -> av.VideoFrame:
-    """An interlaced picture copied out of the decoder as it comes, so that the decoder reuses its buffers as a
-    player's does; a progressive one as it is. FFmpeg leaves some lost macroblocks of MBAFF pictures unconcealed (see
-    detection._lost_pairs), holding whatever the buffer it was handed held, and in B-frame streams the pictures
-    predicted from them too. `conceal` holds up to 16 decoded pictures ahead, which kept the recent buffers busy, so
-    the decoder was handed older or zeroed ones (foreman coded interlaced with three B-frames at 5%, seed 4: a damaged
-    picture's luma 986 in MSE from the clean one where a plain decode's was 204; 44 of its 60 pictures differed from a
-    plain decode's). Copied, and their vectors read apart from them (_motion_vectors), none differs. Foreman, bikes
-    and chaplin coded so at 5%, seeds 2-4, `conceal` against a plain decode: mean gain -0.06 -> +0.70 dB, 3 -> 2 cases
-    below it (bikes seed 3 28.51 -> 30.43 against 30.88; foreman seed 4 20.27 -> 22.83 against 23.05); without
-    B-frames (24 cases, 5 / 10%) +3.35 -> +3.36, each within -0.28 / +0.39. The copy has no `is_corrupt`, which
-    only progressive B pictures are asked for (detection._unreceived_blocks). Pictures deeper than 8 bits are copied
-    too: the bitstream detector maps them from a decode without concealment, whose lost macroblocks hold a stale
-    buffer's samples, and held, they made the map and `conceal` vary from run to run (foreman in 10 bits at 5% loss,
-    seed 2: 25.42 and 26.42 dB)."""
-    return copied_picture(picture) if picture.interlaced_frame or sample_bits(picture.format) > 8 else picture
+def _released(picture: av.VideoFrame, concealing: bool) -> av.VideoFrame:
+    """A picture copied out of the decoder as it comes, so that the decoder reuses its buffers as a player's does,
+    wherever FFmpeg may leave damaged samples holding whatever the buffer it was handed held; as it is where every
+    sample was decoded or concealed (progressive 8-bit pictures of a decoder with error concealment, `concealing`).
+    `conceal` holds up to 16 decoded pictures ahead, which kept the recent buffers busy, so the decoder was handed
+    older or zeroed ones.
+
+    FFmpeg leaves some lost macroblocks of MBAFF pictures unconcealed (see detection._lost_pairs), and in B-frame
+    streams the pictures predicted from them too: foreman coded interlaced with three B-frames at 5%, seed 4, a
+    damaged picture's luma was 986 in MSE from the clean one where a plain decode's was 204; 44 of its 60 pictures
+    differed from a plain decode's. Copied, and their vectors read apart from them (_motion_vectors), none differs.
+    Foreman, bikes and chaplin coded so at 5%, seeds 2-4, `conceal` against a plain decode: mean gain -0.06 -> +0.70
+    dB, 3 -> 2 cases below it (bikes seed 3 28.51 -> 30.43 against 30.88; foreman seed 4 20.27 -> 22.83 against
+    23.05); without B-frames (24 cases, 5 / 10%) +3.35 -> +3.36, each within -0.28 / +0.39. The copy has no
+    `is_corrupt`, which only progressive B pictures are asked for (detection._unreceived_blocks). Pictures deeper than
+    8 bits are copied too: the bitstream detector maps them from a decode without concealment, whose lost macroblocks
+    hold a stale buffer's samples, and held, they made the map and `conceal` vary from run to run (foreman in 10 bits
+    at 5% loss, seed 2: 25.42 and 26.42 dB). So is every HEVC picture: FFmpeg's HEVC decoder conceals nothing, and
+    the coding tree units after the point where a slice's data broke off keep the buffer's samples. foreman_cif_hevc
+    damaged as it is over MPEG-TS (`simulate-loss --as-is --transport ts`, 3%, seed 2: seven TS packets of one
+    picture's slice lost, the rest of it decoded): `conceal` 13.93 dB from the fifth picture on below a plain
+    decode's 20.59, though no damage was found and no picture repaired; copied, 20.59."""
+    copy = picture.interlaced_frame or sample_bits(picture.format) > 8 or not concealing
+    return copied_picture(picture) if copy else picture
 
 
 def sample_bits(format: av.VideoFormat) -> int:
@@ -231,6 +242,7 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
         slots = _FrameSlots(duration, stream.time_base, order, _timestamp_clock(timestamps, duration))
         dependencies = _Vp9Dependencies(duration) if repairs and stream.codec_context.name == "vp9" else None
         size = _PictureSize()
+        concealing = stream.codec_context.name in ERROR_CONCEALING_DECODERS
         for packet in _repaired(itertools.chain(first, packets), repair):
             # Before the edit list's start: not shown, so no slot (found by fuzzing). A stand-in for a lost frame
             # has a timestamp of our own, spread between its neighbours': the lost frame's slot is placed on the
@@ -259,7 +271,7 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
                 if repair is not None and repair.hidden(picture.pts):
                     continue  # a lost frame's stand-in (H.264): its slot stays a lost frame
                 vectors = _motion_vectors(picture) if motion_vectors else None
-                picture = _released(picture)
+                picture = _released(picture, concealing)
                 drifted = verdict is Verdict.DRIFTED or (repair is not None and repair.drifted(picture.pts))
                 for slot in slots.fill(picture, vectors):
                     substituted = repair.substituted(slot.pts) if repair is not None and not slot.missing else None
