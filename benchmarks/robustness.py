@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from concealer import LossOptions, PacketisationOptions, SimulationResult, conceal
 from concealer.bitstream import Codec
 from concealer.encode import EncoderSettings
+from concealer.errors import InputError
 
 from .common import BURST, Table, arguments, damaged_copy, loss_label, names, work_dir
 from .conceal_quality import plain_ffmpeg_psnr
@@ -57,6 +58,9 @@ CONDITIONS = {
                                  encoder={"interlaced": True, "bframes": 3}),
     "long-gop-b2": Condition("Gilbert loss 5%, a keyframe every 250 frames, two B-frames", {"loss_rate": 0.05},
                              encoder={"gop": 250, "bframes": 2}),
+    "as-is-5": Condition("Gilbert loss 5% of the clip's own stream, not re-encoded (one slice a picture, its own "
+                         "keyframes and B-frames)", {"loss_rate": 0.05}, {"as_is": True}),
+    "as-is-ts-5": Condition("as as-is-5, over MPEG-TS", {"loss_rate": 0.05}, {"as_is": True, "transport": "ts"}),
     "ten-bit-5": Condition("Gilbert loss 5%, re-encoded in 10 bits (H.264 High 10)", {"loss_rate": 0.05},
                            encoder={"bit_depth": 10}),
     "hevc-ten-bit-5": Condition("Gilbert loss 5%, re-encoded in HEVC Main 10", {"loss_rate": 0.05},
@@ -75,18 +79,24 @@ def damaged_under(name: str, condition: str, seed: int, frames: int | None) -> S
 def robustness_table(clips: list[str], conditions: list[str], seeds: list[int], frames: int | None) -> Table:
     table = Table(["clip", "condition", "seed", "frames", "damage: loss (effective), bits flipped", "plain (dB)",
                    "conceal (dB)", "gain", "never below"])
-    gains = []
+    gains, unrepairable = [], 0
     for name in clips:
         for condition in conditions:
             for seed in seeds:
                 damaged = damaged_under(name, condition, seed, frames)
                 plain = plain_ffmpeg_psnr(damaged.damaged, damaged.reference)
-                repaired = conceal(damaged.damaged, work_dir() / "repaired.mkv", codec="ffv1", lossless=True,
-                                   reference=damaged.reference, overwrite=True)
                 summary = damaged.summary
                 cells = [name, condition, seed, summary.frames,
                          loss_label(damaged) + (f", {summary.bits_corrupted} bits" if summary.bits_corrupted else ""),
-                         f"{plain:.2f}", f"{repaired.psnr:.2f}"]
+                         f"{plain:.2f}"]
+                try:
+                    repaired = conceal(damaged.damaged, work_dir() / "repaired.mkv", codec="ffv1", lossless=True,
+                                       reference=damaged.reference, overwrite=True)
+                except InputError:  # not one picture decodes: the stream's only keyframe was lost
+                    unrepairable += 1
+                    table.add(*cells, "nothing decodes", "-", "-")
+                    continue
+                cells.append(f"{repaired.psnr:.2f}")
                 if math.isinf(plain):  # the channel spared this stream: nothing to repair
                     table.add(*cells, "-", "untouched" if math.isinf(repaired.psnr) else "CHANGED")
                     continue
@@ -95,7 +105,8 @@ def robustness_table(clips: list[str], conditions: list[str], seeds: list[int], 
                 table.add(*cells, f"{gain:+.2f}", "yes" if gain >= 0 else "BELOW")
     below = sum(gain < 0 for gain in gains)
     table.add("all", f"{len(conditions)} conditions", f"{len(seeds)} seeds", "", "", "", "",
-              f"{min(gains, default=0):+.2f} at worst", f"{len(gains) - below} of {len(gains)} damaged")
+              f"{min(gains, default=0):+.2f} at worst", f"{len(gains) - below} of {len(gains)} damaged" +
+              (f" ({unrepairable} with nothing decodable left out)" if unrepairable else ""))
     return table
 
 
