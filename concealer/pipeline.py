@@ -331,7 +331,8 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
             for slot in backfill.release() if backfill else []:
                 emit(slot)
         if not summary.frames:
-            raise InputError(f"{source}: not one picture in it could be decoded, so there is nothing to repair")
+            raise InputError(f"{source}: not one picture in it could be decoded, so there is nothing to repair "
+                             "(every picture is predicted from a keyframe: did none arrive whole?)")
         sink.mux(video.encode(None))
         copies.mux_until(None)
         sink.close()
