@@ -37,7 +37,8 @@ import numpy as np
 FFMPEG_CONCEALMENT = "guess_mvs+deblock"
 NO_CONCEALMENT = "0"
 # FFmpeg's decoders with error resilience (error_resilience.c): every macroblock of a picture comes out decoded or
-# concealed. The others (HEVC, VP9, AV1) leave what they could not decode as the buffer held it (_released).
+# concealed. The others (HEVC, VP9, AV1) conceal nothing and may leave what they could not decode as the buffer held
+# it: HEVC does (_released).
 ERROR_CONCEALING_DECODERS = ("h264", "mpeg1video", "mpeg2video", "mpeg4", "h263")
 PLANAR_8BIT_YUV = ("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p")
 # A longer gap between timestamps is a jump in them (damaged, or a stream discontinuity), not lost frames:
