@@ -61,5 +61,14 @@ def test_every_robustness_condition_damages_a_clip():
     for condition in robustness.CONDITIONS:
         damaged = robustness.damaged_under(name, condition, seed=2, frames=6)
         assert damaged.summary.frames == 6, condition
-        assert damaged.damaged.suffix == (".ts" if condition.startswith("ts-") else ".mp4"), condition
+        over_ts = robustness.CONDITIONS[condition].packets.get("transport") == "ts"
+        assert damaged.damaged.suffix == (".ts" if over_ts else ".mp4"), condition
         assert damaged.damaged.stat().st_size > 0 and damaged.reference.exists(), condition
+
+
+def test_a_stream_with_nothing_decodable_is_listed_and_left_out_of_the_count():
+    """carphone's own stream at 5% over RTP, seed 2, loses its only keyframe: `conceal` refuses it, and the
+    robustness table says so instead of stopping."""
+    table = robustness.robustness_table([clip("carphone_qcif.mp4").name], ["as-is-5"], [2], None)
+    assert table.rows[0][6:] == ["nothing decodes", "-", "-"]
+    assert table.rows[-1][-1] == "0 of 0 damaged (1 with nothing decodable left out)"
