@@ -126,7 +126,6 @@ def test_frames_lost_from_a_phone_clip_are_counted_and_spread_over_their_gap(tmp
         assert 2 * abs(frame.pts - pts) < step
 
 
-
 @pytest.mark.parametrize("container,loss_rate,seed,idr", [("mp4", 0.05, 4, 242), ("mkv", 0.1, 5, 137)])
 def test_a_lost_idr_picture_does_not_make_its_gap_hold_the_next_sequences_order_counts(tmp_path, container, loss_rate,
                                                                                       seed, idr):
