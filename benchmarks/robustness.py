@@ -52,6 +52,8 @@ CONDITIONS = {
                                                                                 "bit_error_rate": 1e-5,
                                                                                 "byte_burst": 8}),
     "hevc-5": Condition("Gilbert loss 5%, re-encoded in HEVC", {"loss_rate": 0.05}, encoder={"codec": Codec.HEVC}),
+    "hevc-ts-5": Condition("as hevc-5, over MPEG-TS (a lost TS packet cuts a slice segment short)",
+                           {"loss_rate": 0.05}, {"transport": "ts"}, {"codec": Codec.HEVC}),
     "interlaced-5": Condition("Gilbert loss 5%, coded interlaced (H.264 MBAFF, as broadcast is)", {"loss_rate": 0.05},
                               encoder={"interlaced": True}),
     "interlaced-5-b3": Condition("as interlaced-5, three B-frames", {"loss_rate": 0.05},

@@ -28,7 +28,7 @@ from .errors import InputError
 from .h264_repair import H264GapRepair
 from .media import main_video, open_video_input
 from .picture_order import PictureOrder
-from .stream_repair import PacketRepair, open_stream_repair
+from .stream_repair import CutSegments, PacketRepair, open_stream_repair
 from .vp9 import ReferenceTracker, Verdict
 
 import numpy as np
@@ -57,6 +57,8 @@ class DecodedFrame:
     motion_vectors: np.ndarray | None = None
     # 16x16 macroblocks whose lost data the stream repair substituted before decoding (HEVC), if any.
     substituted: np.ndarray | None = None
+    # HEVC over MPEG-TS: the slice segments whose data broke off where TS packets were lost (see CutSegments).
+    cut_short: CutSegments | None = None
     # Predicted from a reference that a lost frame left stale (VP9; H.264 with B-frames, where FFmpeg stands an
     # older picture in for a lost reference): damaged everywhere, to an unknown degree.
     drifted: bool = False
@@ -215,7 +217,7 @@ def _usual_step(timestamps: Sequence[int | None]) -> int | None:
 
 def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads: int = 1,
                   motion_vectors: bool = False, repairs: bool = True, marked_substitutes: bool = False,
-                  gaps_are_losses: bool = False) -> Iterator[DecodedFrame]:
+                  gaps_are_losses: bool = False, garbled_holes: bool = False) -> Iterator[DecodedFrame]:
     """Yield every frame slot of the main video stream in presentation order, lost frames included.
 
     A slot is lost when the container has a packet for it but the decoder gave no picture
@@ -229,6 +231,8 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
     `gaps_are_losses`: every gap in the timestamps is lost frames, whatever the picture order counts say (they
     tell a frame held longer from a lost one in the stream as coded, but a re-encode of damaged video that left
     its lost frames out numbers its pictures without gaps: what `pixels` detection reads).
+    `garbled_holes`: HEVC over MPEG-TS, the decoder reads other bytes where TS packets were lost than it otherwise
+    does (see stream_repair.GARBLE), so that this decode parts from the other one where the lost data was needed.
     """
     with open_video_input(path) as container, _older_objects_frozen() if motion_vectors else contextlib.nullcontext():
         stream = main_video(container)
@@ -237,8 +241,8 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
         first = list(itertools.islice(packets, CADENCE_PACKETS))
         timestamps = [packet.pts for packet in first if packet.size]
         duration = frame_duration(stream, timestamps)
-        repair = open_stream_repair(path, stream, marked_substitutes, duration if untimed(first) else None) \
-            if repairs else None
+        repair = open_stream_repair(path, stream, marked_substitutes, duration if untimed(first) else None,
+                                    garbled_holes) if repairs else None
         order = repair.order if repair is not None and not gaps_are_losses else None
         slots = _FrameSlots(duration, stream.time_base, order, _timestamp_clock(timestamps, duration))
         dependencies = _Vp9Dependencies(duration) if repairs and stream.codec_context.name == "vp9" else None
@@ -278,6 +282,9 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
                     substituted = repair.substituted(slot.pts) if repair is not None and not slot.missing else None
                     if substituted is not None:
                         slot = replace(slot, substituted=substituted)
+                    cut_short = repair.cut_short(slot.pts) if repair is not None and not slot.missing else None
+                    if cut_short is not None:
+                        slot = replace(slot, cut_short=cut_short)
                     if arrived is not None and slot.pts == picture.pts:
                         slot = replace(slot, slice_starts=arrived.starts, reference=arrived.reference)
                     yield replace(slot, drifted=True) if slot.pts == picture.pts and drifted else slot

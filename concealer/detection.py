@@ -411,7 +411,7 @@ class BitstreamDetector:
         vectors_read = vectors_exported or interlaced_h264
         self._second = decoded_ahead(decode_frames(
             path, concealment=SECOND_OPINION if vectors_read else NO_CONCEALMENT, motion_vectors=vectors_read,
-            marked_substitutes=vectors_exported))
+            marked_substitutes=vectors_exported, garbled_holes=not vectors_read))
         self._grid = grid
         self._vectors_exported = vectors_exported
         self._interlaced_h264 = interlaced_h264
@@ -448,6 +448,9 @@ class BitstreamDetector:
                                           frame.b_picture)
         else:
             known = frame.substituted  # lost CTUs the HEVC stream repair replaced
+            if frame.cut_short is not None and not other.missing:
+                cut = frame.cut_short.lost_blocks(self._grid.mb_mean(difference) > DAMAGE_MSE)
+                known = cut if known is None else known | cut
             if self._interlaced_h264 and not other.missing:
                 concealed = _concealed_blocks(self._grid, MotionField(self._grid, frame.motion_vectors),
                                               other.motion_vectors, difference)

@@ -286,6 +286,13 @@ class H264GapRepair:
         """No macroblocks are substituted inside a picture that arrived (HEVC's repair does that)."""
         return None
 
+    def cut_short(self, pts: int | None) -> None:
+        """H.264 slices are not cut where MPEG-TS packets were lost (HEVC's are, stream_repair.CutSegments): cut
+        there in both decodes, FFmpeg's error concealment took the 50 or so macroblocks before the cut for lost too,
+        blocks that had arrived whole (own streams damaged over MPEG-TS at 5%, seeds 1-4: bikes 25.03 / 22.88 ->
+        24.36 / 22.33 dB, chaplin -0.09 to -0.31; foreman and carphone up to +0.32 / +0.62)."""
+        return None
+
     def _learn(self, unit: bytes) -> None:
         try:
             if unit[0] & 0x1F == SPS:

@@ -92,3 +92,49 @@ def iter_access_units(path: Path, pid: int) -> Iterator[TsAccessUnit]:
             current.carriers.append((packet.index, start, len(current.es), offset))
     if current is not None:
         yield current
+
+
+@dataclass(frozen=True)
+class PayloadHoles:
+    """Where one PES packet lost TS packets: the length of its payload as it arrived, and the offsets in it
+    where bytes are missing."""
+
+    length: int
+    offsets: tuple[int, ...]
+
+
+def payload_holes(path: Path, pid: int) -> dict[int, PayloadHoles]:
+    """By PTS, the PES packets of `pid` that lost TS packets, told by gaps in the continuity counter. A gap
+    before a packet that starts a PES is taken for a loss at the end of the PES before it."""
+    holes: dict[int, PayloadHoles] = {}
+    pts, length, offsets, last_cc = None, 0, [], None
+
+    def close() -> None:
+        if pts is not None and offsets:
+            holes[pts] = PayloadHoles(length, tuple(offsets))
+
+    with open(path, "rb") as stream:
+        for packet in read_ts_packets(stream):
+            if packet.pid != pid or packet.payload_offset >= TS_PACKET:
+                continue
+            raw, cc = packet.raw, packet.raw[3] & 0x0F
+            discontinuity = (raw[3] & 0x20) and raw[4] and raw[5] & 0x80
+            if cc == last_cc and not discontinuity:
+                continue  # a duplicate packet
+            lost = last_cc is not None and cc != (last_cc + 1) % 16 and not discontinuity
+            last_cc = cc
+            payload = raw[packet.payload_offset:]
+            if lost:
+                offsets.append(length)
+            if packet.unit_start:
+                close()
+                try:
+                    skip = pes_header_length(payload)
+                except TransportError:
+                    pts, length, offsets = None, 0, []
+                    continue
+                pts, length, offsets = pes_pts(payload), 0, []
+                payload = payload[skip:]
+            length += len(payload)
+    close()
+    return holes

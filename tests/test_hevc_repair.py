@@ -1,4 +1,5 @@
 """HEVC stream repair: substitutes for lost slice segments keep FFmpeg decoding every picture."""
+import json
 from fractions import Fraction
 
 import av
@@ -20,7 +21,9 @@ from concealer.decode import decode_frames
 from concealer.detection import DamageLabel, detect_damage
 from concealer.encode import EncoderSettings
 from concealer.pipeline import conceal
+from concealer.pixel_detection import reference_damage_maps
 from concealer.stream_repair import HevcStreamRepair, learn_slice_layout
+from concealer.transport import payload_holes
 from concealer.truth import load_truth
 
 
@@ -250,15 +253,51 @@ def test_mpeg_ts_packets_merged_by_the_parser_are_split_into_their_pictures(dama
         assert (mp4.substituted is None) == (ts.substituted is None)
 
 
-def test_slice_cut_short_over_mpeg_ts_comes_out_as_a_player_shows_it(tmp_path):
+def test_slice_cut_short_over_mpeg_ts_comes_out_as_a_player_shows_it(cut_short, tmp_path):
     """Over MPEG-TS a lost TS packet cuts a slice short, and FFmpeg's HEVC decoder (which conceals nothing) leaves
     the coding tree units after the cut holding its buffer's old samples. Held ahead by `conceal`, the recent buffers
     were busy, and every picture from that one to the end came out 6.7 dB below a plain decode, though no damage was
     found in them: the decoder must hand them out as copies, its buffers reused as a player's."""
-    damaged = simulate_loss(clip("foreman_cif_hevc.mp4"), tmp_path / "d.ts",
-                            loss=LossOptions(loss_rate=0.03, burst=2, seed=2),
-                            packets=PacketisationOptions(as_is=True, transport="ts"))
+    damaged = cut_short
     assert damaged.summary.frames_lost == 1  # one picture's slice cut short, the rest of it decoded
     summary = conceal(damaged.damaged, tmp_path / "fixed.mkv", codec="ffv1", lossless=True,
                       reference=damaged.reference)
     assert summary.psnr >= plain_decode_psnr(damaged.damaged, damaged.reference) - 0.01, summary.psnr
+
+
+@pytest.fixture(scope="module")
+def cut_short(tmp_path_factory):
+    """foreman_cif_hevc damaged as it is over MPEG-TS (3%, seed 2): seven TS packets lost, the tail of the one slice
+    segment of one picture."""
+    return simulate_loss(clip("foreman_cif_hevc.mp4"), tmp_path_factory.mktemp("ts") / "d.ts",
+                         loss=LossOptions(loss_rate=0.03, burst=2, seed=2),
+                         packets=PacketisationOptions(as_is=True, transport="ts"))
+
+
+def test_lost_ts_packets_are_placed_where_the_truth_lost_bytes(cut_short):
+    """The continuity counters tell which PES packet lost bytes and where in its payload: at the truth's lost byte
+    range of the slice, counted from where that NAL unit starts in the packet the demuxer hands out."""
+    events = [e for e in json.loads(cut_short.truth.read_text())["events"] if e["kind"] == "lost"]
+    with av.open(str(cut_short.damaged)) as container:
+        stream = container.streams.video[0]
+        packets = {packet.pts: bytes(packet) for packet in container.demux(stream) if packet.size}
+        holes = payload_holes(cut_short.damaged, stream.id)
+    assert [e["frame_pts"] for e in events] == list(holes)
+    for event in events:
+        units = nal_units(packets[event["frame_pts"]], Codec.HEVC, Framing.ANNEX_B)
+        hole = holes[event["frame_pts"]]
+        assert hole.length == len(packets[event["frame_pts"]])
+        assert hole.offsets == (units[event["nal_index"]].payload_start + event["byte_range"][0],)
+
+
+def test_slice_segment_cut_short_is_lost_from_its_break_to_its_end(cut_short):
+    """FFmpeg's HEVC decoder decodes garbage past the break, or stops and leaves stale samples; the second decode
+    reads other bytes there, and from the first CTU where the two part to the segment's end all is lost: the blocks
+    that differ from the clean decode are all found, though the last CTU row differs in neither decode."""
+    expected = reference_damage_maps(cut_short.damaged, cut_short.reference)
+    hit = [item for item in detect_damage(cut_short.damaged, mode="bitstream") if item.frame.cut_short is not None]
+    assert len(hit) == 1
+    lost = hit[0].damage.labels == DamageLabel.LOST
+    damaged = expected[hit[0].frame.pts]
+    assert lost[damaged].all() and lost[-1].all()
+    assert np.count_nonzero(lost) <= 1.4 * np.count_nonzero(damaged)
