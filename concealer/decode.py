@@ -217,7 +217,8 @@ def _usual_step(timestamps: Sequence[int | None]) -> int | None:
 
 def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads: int = 1,
                   motion_vectors: bool = False, repairs: bool = True, marked_substitutes: bool = False,
-                  gaps_are_losses: bool = False, garbled_holes: bool = False) -> Iterator[DecodedFrame]:
+                  gaps_are_losses: bool = False, garbled_holes: bool = False,
+                  sent: Sequence[int] = ()) -> Iterator[DecodedFrame]:
     """Yield every frame slot of the main video stream in presentation order, lost frames included.
 
     A slot is lost when the container has a packet for it but the decoder gave no picture
@@ -233,6 +234,8 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
     its lost frames out numbers its pictures without gaps: what `pixels` detection reads).
     `garbled_holes`: HEVC over MPEG-TS, the decoder reads other bytes where TS packets were lost than it otherwise
     does (see stream_repair.GARBLE), so that this decode parts from the other one where the lost data was needed.
+    `sent`: timestamps of frames known to have been sent (a truth file's lost frames): those before the first
+    picture that arrived or after the last one get slots too, which nothing in the stream could tell.
     """
     with open_video_input(path) as container, _older_objects_frozen() if motion_vectors else contextlib.nullcontext():
         stream = main_video(container)
@@ -244,7 +247,7 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
         repair = open_stream_repair(path, stream, marked_substitutes, duration if untimed(first) else None,
                                     garbled_holes) if repairs else None
         order = repair.order if repair is not None and not gaps_are_losses else None
-        slots = _FrameSlots(duration, stream.time_base, order, _timestamp_clock(timestamps, duration))
+        slots = _FrameSlots(duration, stream.time_base, order, _timestamp_clock(timestamps, duration), sent)
         dependencies = _Vp9Dependencies(duration) if repairs and stream.codec_context.name == "vp9" else None
         size = _PictureSize()
         concealing = stream.codec_context.name in ERROR_CONCEALING_DECODERS
@@ -429,8 +432,9 @@ class _FrameSlots:
     held 5, and the repair came out a frame short of the clean stream, its lost frames on the wrong times."""
 
     def __init__(self, duration: Fraction | None, time_base: Fraction, order: PictureOrder | None = None,
-                 clock: int = 1):
+                 clock: int = 1, sent: Sequence[int] = ()):
         self._duration = duration
+        self._sent = sorted(sent)  # frames known to have been sent: those outside what arrived are slots too
         self._clock = clock  # the timestamps' own clock, in ticks (_timestamp_clock)
         self._time_base = time_base
         self._order = order
@@ -459,6 +463,9 @@ class _FrameSlots:
             if pts == self._last:  # a picture stamped with its predecessor's time (a muxer's slip): it goes
                 self._spare = (picture, vectors)  # into the gap after it if there is one, else nowhere
             return  # an out-of-order frame: its slot is already filled
+        if self._last is None:
+            for leading in (t for t in self._sent if t < pts):
+                yield from self._advance(leading, None, None)
         while self._expected and self._expected[0] < pts:
             yield from self._advance(heapq.heappop(self._expected), None, None)
         while self._expected and self._expected[0] == pts:
@@ -475,6 +482,9 @@ class _FrameSlots:
     def finish(self) -> Iterator[DecodedFrame]:
         while self._expected:
             yield from self._advance(heapq.heappop(self._expected), None, None)
+        if self._last is not None:
+            for trailing in (t for t in self._sent if t > self._last):
+                yield from self._advance(trailing, None, None)
 
     def _advance(self, pts: int, picture: av.VideoFrame | None, vectors: np.ndarray | None) -> Iterator[DecodedFrame]:
         """Emit the slot at `pts`, preceded by placeholders for any gap in the timestamps before it."""

@@ -646,6 +646,7 @@ class TruthDetector:
             raise InputError(f"{truth_json}: its macroblock maps are {maps.shape[1:]}, "
                              f"the video's grid is {grid.mb_shape}")
         self._lost = dict(zip(pts.tolist(), maps))
+        self.lost_frames = tuple(int(t) for t in doc.get("lost_frames", ()))  # sent, lost whole
         self._grid = grid
         self._tracer = ErrorTracer(grid)
 
@@ -709,7 +710,8 @@ def detect_damage(path: Path, *, mode: str = "auto", truth: Path | None = None) 
         detector = TruthDetector(truth, grid) if use_truth else BitstreamDetector(
             path, grid, vectors_exported, video_format.codec == "h264" and video_format.interlaced)
     previous_luma = None  # of the last picture decoded, where motion is measured rather than exported
-    frames = decode_frames(path, concealment=FFMPEG_CONCEALMENT, motion_vectors=True, gaps_are_losses=mode == "pixels")
+    frames = decode_frames(path, concealment=FFMPEG_CONCEALMENT, motion_vectors=True, gaps_are_losses=mode == "pixels",
+                           sent=detector.lost_frames if isinstance(detector, TruthDetector) else ())
     for frame in decoded_ahead(frames):
         if vectors_exported or frame.missing:
             motion = MotionField(grid, frame.motion_vectors)

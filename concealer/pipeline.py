@@ -116,8 +116,11 @@ class ConcealSummary(DetectionSummary):
     drift: str = ""  # the drift correction that ran: `redecode` falls back to `carry` where the stream needs it
     seconds: float = 0.0
     # Against --reference, measured on the repaired pictures before they are re-encoded:
-    psnr: float | None = None  # sequence luma PSNR, from the mean MSE (inf: identical)
-    ssim: float | None = None  # mean luma SSIM
+    psnr: float | None = None  # sequence luma PSNR, from the mean MSE over every reference frame (inf: identical)
+    ssim: float | None = None  # mean luma SSIM, likewise
+    # Reference frames with no frame slot in the repair (lost before the first picture that arrived or after the
+    # last, which nothing in the stream tells), scored against the picture a player shows then: the one before.
+    reference_unmatched: int = 0
     worst_psnr: float | None = None  # the lowest frame PSNR, and where that frame is
     worst_pts: int | None = None
     worst_time: float | None = None  # seconds
@@ -452,26 +455,54 @@ class _Reference:
 
     A frame lost from a stream of irregular frame times (a phone's) gets a timestamp spread over the gap it left
     (decode._FrameSlots), not its own, which no reader of the damaged file can know: such a slot is scored against
-    the clean picture nearest in time, within half a frame interval of the clean stream."""
+    the clean picture nearest in time, within half a frame interval of the clean stream. Clean frames that no slot
+    stands for (lost after the last picture that arrived, which nothing in the stream tells) are scored too, against
+    the picture shown while they should be (the one before; before the first, the first), as a plain decode is
+    measured, so that a repair short of frames does not score as if it were whole."""
 
     def __init__(self, path: Path):
         self._path = path
         self._frames = (f for f in decode_frames(path) if not f.missing)
         self._upcoming = [next(self._frames, None), next(self._frames, None)]  # the next two clean frames
         self._interval = 0
+        self._shown: Picture | None = None  # the last repaired picture scored
+        self.squared_error = self.ssim = 0.0  # summed over every clean frame scored so far
+        self.frames = self.unmatched = 0
+        self.worst: tuple[float, int, float] | None = None  # the lowest PSNR scored, the clean frame's pts and time
 
     def scores(self, picture: Picture, pts: int) -> FrameScores:
-        frame = self._nearest(pts)
+        frame = self._nearest(pts, picture)
+        self._shown = picture
+        return self._score(picture, frame)
+
+    def finish(self) -> None:
+        """Score the clean frames after the last slot against the last picture."""
+        for frame in (f for f in itertools.chain(self._upcoming, self._frames) if f is not None):
+            if self._shown is not None:
+                self._score(self._shown, frame)
+                self.unmatched += 1
+        self._upcoming = [None, None]
+
+    def _score(self, picture: Picture, frame: DecodedFrame) -> FrameScores:
         clean = Picture.from_frame(frame.picture)
         if clean.y.shape != picture.y.shape:
             raise InputError(f"{self._path}: its frames are {clean.y.shape[1]}x{clean.y.shape[0]}, the "
                              f"repaired ones {picture.y.shape[1]}x{picture.y.shape[0]}: not this video's "
                              "clean stream")
-        return frame_scores(picture, clean)
+        scores = frame_scores(picture, clean)
+        self.squared_error += scores.mse_y
+        self.ssim += scores.ssim
+        self.frames += 1
+        if self.worst is None or scores.psnr_y < self.worst[0]:
+            self.worst = (scores.psnr_y, frame.pts, round(float(frame.pts * frame.time_base), 6))
+        return scores
 
-    def _nearest(self, pts: int) -> DecodedFrame:
-        """The next clean frame nearest to `pts`, the ones before it passed over."""
+    def _nearest(self, pts: int, picture: Picture) -> DecodedFrame:
+        """The next clean frame nearest to `pts`; the ones before it are passed over, scored against the picture
+        shown then (`picture` before the first slot)."""
         while (after := self._upcoming[1]) is not None and abs(after.pts - pts) <= abs(self._upcoming[0].pts - pts):
+            self._score(self._shown or picture, self._upcoming[0])
+            self.unmatched += 1
             self._upcoming = [after, next(self._frames, None)]
         frame, after = self._upcoming
         if frame is None or (frame.pts != pts and 2 * abs(frame.pts - pts) > (
@@ -492,7 +523,6 @@ class _Tally:
         self._reference = _Reference(reference) if reference else None
         self._report = report
         self._progress = progress
-        self._squared_error = self._ssim = 0.0
         self._rows = 0
         if self._report:
             self._report.write('{"frames": [')
@@ -503,11 +533,6 @@ class _Tally:
         summary.frames_rebuilt += frame.missing
         time = round(float(frame.pts * frame.time_base), 6)
         scores = self._reference.scores(picture, frame.pts) if self._reference else None
-        if scores:
-            self._squared_error += scores.mse_y
-            self._ssim += scores.ssim
-            if summary.worst_psnr is None or scores.psnr_y < summary.worst_psnr:
-                summary.worst_psnr, summary.worst_pts, summary.worst_time = scores.psnr_y, frame.pts, time
         if self._report:
             row = FrameRecord(frame.pts, time, macroblocks, frame.missing, scores.psnr_y if scores else None,
                               scores.ssim if scores else None)
@@ -518,10 +543,13 @@ class _Tally:
 
     def finish(self) -> None:
         """Complete the summary (sequence PSNR from the mean MSE, mean SSIM) and the report file."""
-        summary = self._summary
-        if self._reference and summary.frames:
-            summary.psnr = psnr(self._squared_error / summary.frames)
-            summary.ssim = self._ssim / summary.frames
+        summary, reference = self._summary, self._reference
+        if reference and summary.frames:
+            reference.finish()
+            summary.psnr = psnr(reference.squared_error / reference.frames)
+            summary.ssim = reference.ssim / reference.frames
+            summary.reference_unmatched = reference.unmatched
+            summary.worst_psnr, summary.worst_pts, summary.worst_time = reference.worst
         if self._report:
             note = ("PSNR in dB (luma, raw 8-bit samples) and luma SSIM of the repaired pictures before "
                     "re-encoding, against the reference; null PSNR: identical (infinite)")

@@ -388,3 +388,35 @@ def test_a_reference_lost_at_a_cut_to_black_is_repaired_from_the_keyframe_after(
     damaged, reference, _ = lost_anchor_after_a_cut_to_black(tmp_path)
     summary = conceal(damaged, tmp_path / "fixed.mkv", codec="ffv1", lossless=True, reference=reference)
     assert summary.psnr > plain_decode_psnr(damaged, reference) + 6, summary.psnr
+
+
+@pytest.fixture(scope="module")
+def last_frames_lost(tmp_path_factory):
+    """carphone with the last four packets lost, four whole frames (116116-119119) after the last one that arrived:
+    nothing in the damaged stream says they were ever sent."""
+    folder = tmp_path_factory.mktemp("tail")
+    sent = simulate_loss(clip("carphone_qcif.mp4"), folder / "clean.mp4", loss=LossOptions(loss_rate=0.0))
+    pattern = folder / "pattern.txt"
+    pattern.write_text("0" * (sent.summary.packets_sent - 4) + "1111")
+    return simulate_loss(clip("carphone_qcif.mp4"), folder / "d.mp4", loss=LossOptions(pattern=pattern))
+
+
+def test_frames_lost_after_the_last_that_arrived_are_rebuilt_from_the_truth(last_frames_lost, tmp_path):
+    damaged = last_frames_lost
+    assert damaged.summary.frames_lost == 4 and len(decode_luma(damaged.damaged)) == 116
+    summary = conceal(damaged.damaged, tmp_path / "fixed.mkv", detect="truth", codec="ffv1", lossless=True,
+                      reference=damaged.reference)
+    assert summary.frames == 120 and summary.frames_rebuilt == 4 and summary.reference_unmatched == 0
+    assert len(decode_luma(tmp_path / "fixed.mkv")) == 120  # Matroska keeps milliseconds: count them
+
+
+def test_reference_frames_the_repair_lacks_are_scored_as_a_player_shows_them(last_frames_lost, tmp_path):
+    """Blind, the four trailing frames cannot be known: the repair has 116 frames, and against the clean stream's
+    120 it scores as a plain decode is scored, the last picture standing for the ones after it (it scored inf dB,
+    the missing frames left out)."""
+    damaged = last_frames_lost
+    summary = conceal(damaged.damaged, tmp_path / "fixed.mkv", codec="ffv1", lossless=True,
+                      reference=damaged.reference)
+    assert summary.frames == 116 and summary.reference_unmatched == 4
+    assert summary.psnr == pytest.approx(plain_decode_psnr(damaged.damaged, damaged.reference), abs=0.01)
+    assert summary.worst_pts == 119119

@@ -112,6 +112,9 @@ def _summary_rows(summary: ConcealSummary, report: Path | None) -> list[tuple[st
         worst = f"{format_db(summary.worst_psnr)} dB at {summary.worst_time:.3f} s (pts {summary.worst_pts})"
         rows += [("luma PSNR (sequence) / mean SSIM", f"{format_db(summary.psnr)} dB / {summary.ssim:.4f}"),
                  ("worst frame", worst)]
+        if summary.reference_unmatched:
+            rows.append(("reference frames with no repaired frame",
+                         f"{summary.reference_unmatched} (scored against the picture shown before them)"))
     if summary.streams_left_out:
         rows.append(("left out (the output's format cannot hold them)", ", ".join(summary.streams_left_out)))
     if report:
