@@ -38,6 +38,7 @@ class TsAccessUnit:
 
 
 def read_ts_packets(stream: BinaryIO) -> Iterator[TsPacket]:
+    """The packets of a transport stream as simulate-loss writes it (188 bytes each, none broken)."""
     index = 0
     while True:
         raw = stream.read(TS_PACKET)
@@ -45,15 +46,51 @@ def read_ts_packets(stream: BinaryIO) -> Iterator[TsPacket]:
             return
         if len(raw) != TS_PACKET or raw[0] != 0x47:
             raise TransportError(f"lost TS sync at packet {index}")
-        pid = ((raw[1] & 0x1F) << 8) | raw[2]
-        adaptation = (raw[3] >> 4) & 3
-        offset = 4
-        if adaptation & 2:
-            offset += 1 + raw[4]
-        if not adaptation & 1:
-            offset = TS_PACKET  # no payload
-        yield TsPacket(index, pid, bool(raw[1] & 0x40), min(offset, TS_PACKET), raw)
+        yield _ts_packet(index, raw)
         index += 1
+
+
+def _ts_packet(index: int, raw: bytes) -> TsPacket:
+    pid = ((raw[1] & 0x1F) << 8) | raw[2]
+    adaptation = (raw[3] >> 4) & 3
+    offset = 4
+    if adaptation & 2:
+        offset += 1 + raw[4]
+    if not adaptation & 1:
+        offset = TS_PACKET  # no payload
+    return TsPacket(index, pid, bool(raw[1] & 0x40), min(offset, TS_PACKET), raw)
+
+
+# How packets can be laid out in a file FFmpeg reads as MPEG-TS: (bytes per packet, bytes before its sync byte).
+# M2TS (Blu-ray, AVCHD) puts a 4-byte timestamp before each packet, DVB captures may keep 16 bytes of parity after it.
+PACKET_LAYOUTS = ((TS_PACKET, 0), (192, 4), (204, 0))
+_READ_SIZE = 1 << 16
+
+
+def scan_ts_packets(stream: BinaryIO) -> Iterator[TsPacket]:
+    """The packets of any transport stream a demuxer reads: in any of PACKET_LAYOUTS, found again past bytes that
+    are not packets (a capture's junk), and ending at a cut-off last packet."""
+    head = stream.read(5 * 204 + 4)
+    stream.seek(-len(head), 1)
+    size, skip = next(((size, skip) for size, skip in PACKET_LAYOUTS
+                       if len(head) >= skip + size and all(head[at] == 0x47 for at in range(skip, len(head), size))),
+                      (TS_PACKET, 0))
+    buffer, position, index = b"", 0, 0
+    while True:
+        if len(buffer) - position < skip + TS_PACKET:
+            more = stream.read(_READ_SIZE)
+            if not more:
+                return
+            buffer, position = buffer[position:] + more, 0
+        elif buffer[position + skip] == 0x47:
+            yield _ts_packet(index, buffer[position + skip:position + skip + TS_PACKET])
+            position += size
+            index += 1
+        else:  # not a packet: on to the next sync byte that a packet's sync byte follows
+            found = buffer.find(b"\x47", position + skip + 1)
+            while 0 <= found and found + size < len(buffer) and buffer[found + size] != 0x47:
+                found = buffer.find(b"\x47", found + 1)
+            position = len(buffer) - skip - TS_PACKET + 1 if found < 0 else found - skip
 
 
 def pes_pts(payload: bytes) -> int | None:
@@ -114,7 +151,7 @@ def payload_holes(path: Path, pid: int) -> dict[int, PayloadHoles]:
             holes[pts] = PayloadHoles(length, tuple(offsets))
 
     with open(path, "rb") as stream:
-        for packet in read_ts_packets(stream):
+        for packet in scan_ts_packets(stream):
             if packet.pid != pid or packet.payload_offset >= TS_PACKET:
                 continue
             raw, cc = packet.raw, packet.raw[3] & 0x0F

@@ -301,3 +301,20 @@ def test_slice_segment_cut_short_is_lost_from_its_break_to_its_end(cut_short):
     damaged = expected[hit[0].frame.pts]
     assert lost[damaged].all() and lost[-1].all()
     assert np.count_nonzero(lost) <= 1.4 * np.count_nonzero(damaged)
+
+
+def test_holes_are_found_in_m2ts_and_past_junk_as_in_plain_mpeg_ts(cut_short, tmp_path):
+    """FFmpeg reads M2TS (a 4-byte timestamp before each packet) as MPEG-TS, and skips bytes that are not packets;
+    finding the holes must too (the first reader raised on both, and `conceal` ended in a traceback)."""
+    data = cut_short.damaged.read_bytes()
+    packets = [data[at:at + 188] for at in range(0, len(data), 188)]
+    m2ts, junk = tmp_path / "d.m2ts", tmp_path / "junk.ts"
+    m2ts.write_bytes(b"".join(index.to_bytes(4, "big") + packet for index, packet in enumerate(packets)))
+    middle = len(packets) // 2
+    junk.write_bytes(b"".join(packets[:middle]) + bytes(range(40, 140)) + b"".join(packets[middle:]) + b"\x47\x01")
+    with av.open(str(cut_short.damaged)) as container:
+        pid = container.streams.video[0].id
+    holes = payload_holes(cut_short.damaged, pid)
+    assert holes and payload_holes(m2ts, pid) == holes and payload_holes(junk, pid) == holes
+    summary = conceal(m2ts, tmp_path / "fixed.mkv", codec="ffv1", lossless=True, reference=cut_short.reference)
+    assert summary.frames == 60 and summary.macroblocks["lost"] > 0
