@@ -1,5 +1,6 @@
 """Fuzzing `conceal` with seeded random corruptions of short real clips (H.264 MP4, HEVC MP4, VP9 WebM,
-and AV1 MKV encoded here by SVT-AV1 from foreman, as ../shared/data holds no AV1 clip).
+AV1 MKV encoded here by SVT-AV1 from foreman, as ../shared/data holds no AV1 clip, and H.264 and HEVC copied
+into MPEG-TS).
 
     python -m benchmarks.fuzz --cases 200 [--start 0] [--codec h264 hevc vp9 av1] [--frames 10] [--timeout 60]
         [--keep DIR]
@@ -7,7 +8,8 @@ and AV1 MKV encoded here by SVT-AV1 from foreman, as ../shared/data holds no AV1
 
 Each case cuts nothing new: it takes a few-frame excerpt of the clip (stream copy), applies one to three
 corruptions chosen by its seed (bit flips, byte bursts, truncated packets, a truncated file, dropped and
-duplicated packets, damaged parameter sets in the codec record or in-band) and repairs the result with
+duplicated packets, damaged parameter sets in the codec record or in-band; in MPEG-TS, runs of TS packets lost
+as IPTV loses them) and repairs the result with
 `concealer.conceal` in a forked process under a timeout. A case ends one of four ways: a good output (it
 decodes, with as many frames as the frame slots the summary reports), a clear error (a ConcealerError with
 a one-line message), a crash (any other exception, or the process died) or a hang (the timeout). Only the
@@ -38,7 +40,10 @@ from concealer.pipeline import DRIFT_STRATEGIES
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CLIPS = {"h264": "foreman_cif_h264.mp4", "h264-p": "foreman_cif_h264.mp4", "hevc": "foreman_cif_hevc.mp4",
-         "vp9": "foreman_cif_vp9.webm", "av1": "foreman_cif_h264.mp4"}
+         "vp9": "foreman_cif_vp9.webm", "av1": "foreman_cif_h264.mp4", "h264-ts": "foreman_cif_h264.mp4",
+         "hevc-ts": "foreman_cif_hevc.mp4"}
+# Excerpts copied into MPEG-TS (Annex B, no codec record, the demuxer's parser cutting the packets).
+IN_TS = ("h264-ts", "hevc-ts")
 # Excerpts encoded from the clip rather than cut from it: AV1, and H.264 without B-frames in packet-sized
 # slices (the streams `conceal` redecodes from its repairs, concealer.reference_repair).
 REENCODED = {"av1": EncoderSettings(codec=Codec.AV1),
@@ -75,6 +80,7 @@ class Stream:
     truncate_at: float | None = None  # keep this share of the written file
     index_first: bool = False  # MP4: write the index (moov) before the media data, so a cut keeps it
     file_garbles: int = 0  # bit flips or byte bursts anywhere in the written file, container structures included
+    ts_losses: int = 0  # MPEG-TS: runs of TS packets lost from the written file
 
     def _record(self):
         """The parsed codec record, or None (VP9, Annex B, or a record too damaged to read)."""
@@ -190,6 +196,12 @@ def damage_parameter_sets(stream: Stream, rng: np.random.Generator) -> None:
         stream.samples[i] = replace(stream.samples[i], data=prefix + nal + stream.samples[i].data)
 
 
+def lose_ts_packets(stream: Stream, rng: np.random.Generator) -> None:
+    """MPEG-TS only: lose 1-3 runs of 1-7 TS packets of the written file (a datagram's worth, as IPTV over UDP
+    loses them), PES headers and tables with the rest."""
+    stream.ts_losses = int(rng.integers(1, 4))
+
+
 CORRUPTIONS: dict[str, Callable[[Stream, np.random.Generator], None]] = {
     "bit-flips": bit_flips,
     "byte-burst": byte_burst,
@@ -200,6 +212,8 @@ CORRUPTIONS: dict[str, Callable[[Stream, np.random.Generator], None]] = {
     "duplicated-packets": duplicate_packets,
     "parameter-sets": damage_parameter_sets,
 }
+# Drawn only for excerpts in MPEG-TS, so that the other codecs' seeds stay the cases they were.
+TS_CORRUPTIONS: dict[str, Callable[[Stream, np.random.Generator], None]] = {"lost-ts-packets": lose_ts_packets}
 
 
 def make_excerpt(codec: str, folder: Path, frames: int = EXCERPT_FRAMES) -> Path:
@@ -208,7 +222,7 @@ def make_excerpt(codec: str, folder: Path, frames: int = EXCERPT_FRAMES) -> Path
     if not source.exists():
         raise SystemExit(f"{source} not found: the fuzzer needs ../shared/data beside the checkout")
     if codec not in REENCODED:
-        return cut_excerpt(source, folder / f"excerpt-{codec}{source.suffix}", frames)
+        return cut_excerpt(source, folder / f"excerpt-{codec}{'.ts' if codec in IN_TS else source.suffix}", frames)
     target = folder / f"excerpt-{codec}.mkv"
     with av.open(str(source)) as inp, av.open(str(target), "w") as out:
         video = inp.streams.video[0]
@@ -251,9 +265,10 @@ def corrupt(excerpt: Path, target: Path, seed: int) -> tuple[str, ...]:
     rng = np.random.default_rng(seed)
     stream = read_stream(excerpt)
     count = int(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15]))
-    names = tuple(str(name) for name in rng.choice(list(CORRUPTIONS), size=count, replace=False))
+    corruptions = {**CORRUPTIONS, **(TS_CORRUPTIONS if target.suffix == ".ts" else {})}
+    names = tuple(str(name) for name in rng.choice(list(corruptions), size=count, replace=False))
     for name in names:
-        CORRUPTIONS[name](stream, rng)
+        corruptions[name](stream, rng)
     options = {"movflags": "faststart"} if stream.index_first and target.suffix == ".mp4" else {}
     with av.open(str(excerpt)) as template, av.open(str(target), "w", options=options) as out:
         video = add_stream_copy(out, template.streams.video[0])
@@ -269,6 +284,12 @@ def corrupt(excerpt: Path, target: Path, seed: int) -> tuple[str, ...]:
             except av.error.InvalidDataError:
                 continue  # the muxer parses it and refuses it (a truncated AV1 OBU): it is lost instead
     data = target.read_bytes()
+    if stream.ts_losses:
+        packets = [data[at:at + 188] for at in range(0, len(data), 188)]
+        for _ in range(stream.ts_losses):
+            first = int(rng.integers(len(packets)))
+            del packets[first:first + int(rng.integers(1, 8))]
+        data = b"".join(packets)
     for _ in range(stream.file_garbles):
         data = _garble(data, rng)
     if stream.truncate_at is not None:

@@ -338,7 +338,10 @@ def probe_video_format(path: Path) -> VideoFormat:
     with open_video_input(path) as container:
         stream = main_video(container)
         context = stream.codec_context
-        first = _first_picture(container, stream)
+        # Where the container states no size (MPEG-TS, raw streams) the first picture is looked for to the end.
+        first = _first_picture(container, stream, PROBE_PACKETS if context.width and context.height else None)
+        if first is None and not (context.width and context.height):
+            raise nothing_decodes(path)
         described = first if first is not None else context
         matrix = first.side_data.get(Type.DISPLAYMATRIX) if first is not None else None
         return VideoFormat(
@@ -354,10 +357,17 @@ def probe_video_format(path: Path) -> VideoFormat:
             interlaced=bool(first is not None and first.interlaced_frame))
 
 
-def _first_picture(container: av.container.InputContainer, stream: av.video.stream.VideoStream
-                   ) -> av.VideoFrame | None:
+def nothing_decodes(path: Path) -> InputError:
+    """The error for a stream of which not one picture decodes."""
+    return InputError(f"{path}: not one picture in it could be decoded, so there is nothing to repair (every "
+                      "picture is predicted from a keyframe: did none arrive whole?)")
+
+
+def _first_picture(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                   packets: int | None) -> av.VideoFrame | None:
+    """The first picture decoded within the first `packets` packets (all of them: None)."""
     for number, packet in enumerate(container.demux(stream)):
-        if number == PROBE_PACKETS:
+        if number == packets:
             break
         try:
             frames = packet.decode()

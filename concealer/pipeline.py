@@ -41,6 +41,7 @@ from .media import (
     content_tags,
     frame_count,
     is_copied,
+    nothing_decodes,
     open_output,
     open_video_input,
     plan_copies,
@@ -334,8 +335,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
             for slot in backfill.release() if backfill else []:
                 emit(slot)
         if not summary.frames:
-            raise InputError(f"{source}: not one picture in it could be decoded, so there is nothing to repair "
-                             "(every picture is predicted from a keyframe: did none arrive whole?)")
+            raise nothing_decodes(source)
         sink.mux(video.encode(None))
         copies.mux_until(None)
         sink.close()

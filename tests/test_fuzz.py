@@ -148,6 +148,16 @@ def test_no_decodable_picture_is_a_clear_error(excerpts, tmp_path):
     assert list(tmp_path.iterdir()) == [damaged]
 
 
+def test_a_stream_that_states_no_size_and_never_decodes_says_so(excerpts, tmp_path):
+    # MPEG-TS states no picture size: with the parameter sets of its only keyframe garbled, the encoder was opened
+    # at 0x0 and the repair ended saying that H.264 cannot encode 0x0 video (the fuzzer's hevc-ts seeds 5, 7, 10, 11).
+    damaged = tmp_path / "d.ts"
+    assert corrupt(excerpts["hevc-ts"], damaged, 11) == ("parameter-sets",)
+    with pytest.raises(InputError, match="not one picture in it could be decoded"):
+        conceal(damaged, tmp_path / "fixed.mp4")
+    assert list(tmp_path.iterdir()) == [damaged]
+
+
 @pytest.mark.parametrize("codec,seed,error", [("hevc", 141, av.error.PatchWelcomeError),
                                               ("vp9", 85, av.error.BlockingIOError)])
 def test_packets_the_decoder_refuses_become_lost_frames(excerpts, tmp_path, codec, seed, error):
