@@ -120,6 +120,16 @@ def remove_emulation_prevention(rbsp: bytes) -> bytes:
     return rbsp.replace(b"\x00\x00\x03", b"\x00\x00")
 
 
+def escaped_offset(escaped: bytes, unescaped: int) -> int:
+    """Where byte `unescaped` of an RBSP lies in its escaped form (`escaped`): past the emulation prevention
+    bytes before it, found as the decoder removes them (remove_emulation_prevention)."""
+    removed, search = 0, 0
+    while (found := escaped.find(b"\x00\x00\x03", search)) >= 0 and found + 2 - removed <= unescaped:
+        removed += 1
+        search = found + 3
+    return unescaped + removed
+
+
 def add_emulation_prevention(rbsp: bytes) -> bytes:
     """Insert 0x03 wherever two zero bytes precede a byte <= 3, so that no start code can appear.
 
@@ -609,6 +619,8 @@ class HevcSliceHeader:
     loop_filter_span: tuple[int, int]  # slice_loop_filter_across_slices_enabled_flag, empty when absent
     entry_point_span: tuple[int, int]
     header_end: int  # before byte_alignment()
+    # Bytes of each WPP substream or tile but the last (entry_point_offset_minus1 + 1), emulation prevention counted.
+    entry_points: tuple[int, ...] = ()
 
 
 class HevcParameterSets:
@@ -744,16 +756,20 @@ def parse_hevc_slice_header(nal: bytes, parameter_sets: HevcParameterSets) -> tu
             across = reader.flag()
         loop_filter_span = (loop_filter_start, reader.position)
     entry_start = reader.position
+    entry_points: tuple[int, ...] = ()
     if pps.tiles_enabled or pps.entropy_coding_sync_enabled:
         count = reader.ue()
         if count:
-            reader.skip(count * (reader.ue() + 1))
+            length = reader.ue() + 1
+            if length > 32 or count >= sps.ctb_count:
+                raise BitstreamError(f"{count} entry point offsets of {length} bits")
+            entry_points = tuple(reader.u(length) + 1 for _ in range(count))
     entry_point_span = (entry_start, reader.position)
     if pps.slice_header_extension_present:
         reader.skip(8 * reader.ue())
     header = HevcSliceHeader(nal_type, first, pps_id, dependent, address, slice_type, qp_delta, cabac_init, merge,
                              deblocking_disabled, across, poc_lsb, rps, long_term, after_pps_id, independent_start,
-                             rps_span, sao_span, loop_filter_span, entry_point_span, reader.position)
+                             rps_span, sao_span, loop_filter_span, entry_point_span, reader.position, entry_points)
     return header, reader
 
 

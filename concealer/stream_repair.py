@@ -15,7 +15,10 @@ Where the lost CTUs are is inferred from the damaged stream alone: a slice segme
 gives the segment's first CTU but not its last, so the slice layout is learned from the
 whole stream (x265's `--slices` places slices at the same CTUs in every picture). When the
 pictures do not share one layout, only the certain gap before the first surviving segment
-is filled.
+is filled. Over MPEG-TS a lost TS packet cuts a segment short instead: where its wavefronts
+tell in which row (_Segment.broken_row), the rest of a P or B picture's segment is substituted
+from about there; the rest is found by two decodes that read different bytes past the break
+(CutSegments).
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ from .bitstream import (
     HevcSps,
     ShortTermRps,
     add_emulation_prevention,
+    escaped_offset,
     framed,
     is_parameter_set,
     is_slice,
@@ -404,13 +408,35 @@ GARBLE = bytes((index * 73 + 41) % 255 + 1 for index in range(4096))
 
 @dataclass(frozen=True)
 class _Segment:
-    """A readable slice segment: its NAL unit, parsed header, and the reader whose bits a rewrite copies; `cut`
-    when its data broke off at a hole (CutSegments)."""
+    """A readable slice segment: its NAL unit, parsed header, and the reader whose bits a rewrite copies;
+    `broken_at`, where in the NAL unit its data broke off at a hole, if it did (CutSegments)."""
 
     nal: bytes
     header: HevcSliceHeader
     reader: BitReader
-    cut: bool = False
+    broken_at: int | None = None
+
+    @property
+    def cut(self) -> bool:
+        return self.broken_at is not None
+
+    def broken_row(self, sps: HevcSps, pps: HevcPps) -> tuple[int, int, float] | None:
+        """The CTUs [first, end) of the row whose WPP substream the break fell in, and the share of that substream
+        that arrived; None without WPP substreams to tell, or in the segment's last, whose size is not told.
+
+        Each row of a segment coded with wavefronts is a substream, and the header gives their sizes (entry
+        points, emulation prevention bytes counted): the rows before the broken one arrived whole."""
+        if self.broken_at is None or not pps.entropy_coding_sync_enabled:
+            return None
+        header = self.header
+        start = 2 + escaped_offset(self.nal[2:], header.header_end // 8 + 1)  # after byte_alignment()
+        for substream, size in enumerate(header.entry_points):
+            if start + size > self.broken_at:
+                row = header.address // sps.ctbs_wide + substream
+                return max(header.address, row * sps.ctbs_wide), (row + 1) * sps.ctbs_wide, \
+                    (self.broken_at - start) / size
+            start += size
+        return None  # in the last substream, whose size is not told
 
 
 @dataclass(frozen=True)
@@ -520,18 +546,34 @@ class HevcStreamRepair:
         poc = self._order.picture_order(template.header, sps)
         yield from self._rebuild(template, sps, pps, poc)
         self._order.decoded(poc, template)
-        gaps = _lost_ranges(sorted(s.header.address for s in picture.segments), self._layout, sps.ctb_count)
+        starts = sorted(s.header.address for s in picture.segments) + [sps.ctb_count]
+        gaps = _lost_ranges(starts[:-1], self._layout, sps.ctb_count)
+        # A segment cut short is lost from where two decodes part (CutSegments) to its end. In a P or B picture
+        # whose wavefronts tell in which row its data broke off, from about where in that row: the rest of the
+        # segment is substituted, as lost segments are (copied from the reference), so that the decoder makes no
+        # garbage of it for the pictures predicted from it (an I picture's substitutes would be flat grey).
+        cut = []
+        for segment in (s for s in picture.segments if s.cut):
+            end = min(a for a in starts + list(self._layout or ()) if a > segment.header.address)
+            row = segment.broken_row(sps, pps) if template.header.slice_type is not HevcSliceType.I else None
+            if row is None:
+                cut.append((segment.header.address, end))
+                continue
+            first, after, share = row
+            split = min(end, first + int(share * (after - first)))
+            if split > first:
+                cut.append((first, split))
+            if split < end:
+                gaps.append((split, end))
+        gaps.sort()
         try:
             substitutes = [(first, substitute_slice(template.nal[:2], template.header, template.reader, sps, pps,
                                                     first, end))
                            for first, end in _row_pieces(gaps, sps.ctbs_wide)]
         except BitstreamError:  # a template header that ends early: leave the picture to the decoder
             substitutes, gaps = [], []
-        starts = sorted(s.header.address for s in picture.segments) + [sps.ctb_count]
-        cut = tuple((s.header.address, min(a for a in starts if a > s.header.address))
-                    for s in picture.segments if s.cut)
         yield RepairedAccessUnit(self._frame(picture.nals(substitutes)), tuple(gaps), sps.ctb_size, sps.ctbs_wide,
-                                 poc, sequence=self._order.sequence, cut=cut)
+                                 poc, sequence=self._order.sequence, cut=tuple(cut))
 
     def _rebuild(self, template: _Segment, sps: HevcSps, pps: HevcPps, poc: int) -> Iterator[RepairedAccessUnit]:
         """The pictures that `template`'s reference picture set names but the decoder never got, each
@@ -584,11 +626,12 @@ class HevcStreamRepair:
                 pending.append(nal)
                 continue
             following = units[index + 1].start if index + 1 < len(units) else len(data)
-            broken = [hole for hole in holes if unit.payload_start < hole <= following]
+            broken = [hole - unit.payload_start for hole in holes if unit.payload_start < hole <= following]
             if broken and garbled:
-                nal = data[unit.payload_start:min(broken[0], unit.end)] + GARBLE
+                nal = nal[:broken[0]] + GARBLE
             try:
-                segment = _Segment(nal, *parse_hevc_slice_header(nal, self._parameter_sets), cut=bool(broken))
+                segment = _Segment(nal, *parse_hevc_slice_header(nal, self._parameter_sets),
+                                   broken_at=broken[0] if broken else None)
             except BitstreamError:
                 continue  # an unreadable header: the decoder would drop this segment too
             if not pictures or pictures[-1].starts_new(segment.header):

@@ -32,6 +32,7 @@ from concealer.bitstream import (
     Framing,
     HevcParameterSets,
     add_emulation_prevention,
+    escaped_offset,
     nal_type_of,
     nal_units,
     parse_decoder_config,
@@ -237,6 +238,13 @@ def test_emulation_prevention_leaves_no_start_code_and_undoes_exactly(rbsp):
     escaped = add_emulation_prevention(rbsp)
     assert not any(code in escaped for code in (b"\x00\x00\x00", b"\x00\x00\x01", b"\x00\x00\x02"))
     assert remove_emulation_prevention(escaped) == rbsp
+
+
+@given(st.lists(st.sampled_from([0, 0, 0, 1, 2, 3, 0x47]), max_size=200).map(bytes))
+def test_each_byte_of_an_rbsp_is_found_in_its_escaped_form(rbsp):
+    escaped = add_emulation_prevention(rbsp)
+    for offset in range(len(rbsp) + 1):
+        assert remove_emulation_prevention(escaped[:escaped_offset(escaped, offset)]) == rbsp[:offset]
 
 
 @given(st.binary(max_size=80), st.sampled_from([Framing.ANNEX_B, Framing.LENGTH_PREFIXED]), st.integers(1, 4))

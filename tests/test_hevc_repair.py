@@ -257,12 +257,14 @@ def test_slice_cut_short_over_mpeg_ts_comes_out_as_a_player_shows_it(cut_short, 
     """Over MPEG-TS a lost TS packet cuts a slice short, and FFmpeg's HEVC decoder (which conceals nothing) leaves
     the coding tree units after the cut holding its buffer's old samples. Held ahead by `conceal`, the recent buffers
     were busy, and every picture from that one to the end came out 6.7 dB below a plain decode, though no damage was
-    found in them: the decoder must hand them out as copies, its buffers reused as a player's."""
+    found in them: the decoder must hand them out as copies, its buffers reused as a player's. Found and substituted
+    after its break (the next tests), the picture and those predicted from it come out well above a plain decode
+    (24.99 dB against 20.59; 20.64 with the damage found but the decoder left to make garbage of it)."""
     damaged = cut_short
     assert damaged.summary.frames_lost == 1  # one picture's slice cut short, the rest of it decoded
     summary = conceal(damaged.damaged, tmp_path / "fixed.mkv", codec="ffv1", lossless=True,
                       reference=damaged.reference)
-    assert summary.psnr >= plain_decode_psnr(damaged.damaged, damaged.reference) - 0.01, summary.psnr
+    assert summary.psnr >= plain_decode_psnr(damaged.damaged, damaged.reference) + 3, summary.psnr
 
 
 @pytest.fixture(scope="module")
@@ -290,17 +292,37 @@ def test_lost_ts_packets_are_placed_where_the_truth_lost_bytes(cut_short):
         assert hole.offsets == (units[event["nal_index"]].payload_start + event["byte_range"][0],)
 
 
-def test_slice_segment_cut_short_is_lost_from_its_break_to_its_end(cut_short):
-    """FFmpeg's HEVC decoder decodes garbage past the break, or stops and leaves stale samples; the second decode
-    reads other bytes there, and from the first CTU where the two part to the segment's end all is lost: the blocks
-    that differ from the clean decode are all found, though the last CTU row differs in neither decode."""
+def test_p_picture_cut_short_is_substituted_after_its_break_and_lost_from_it(cut_short):
+    """The hit picture is a P picture with one segment coded in wavefronts (64x64 CTUs, 6 a row): its data broke off
+    in the substream of the third row. The rest of that row from about where, and the rows after it, are substituted
+    (copies from the reference, where FFmpeg decoded garbage or left stale samples), and in that row the blocks are
+    lost from where the two decodes part: every block that differs from the clean decode is found."""
     expected = reference_damage_maps(cut_short.damaged, cut_short.reference)
     hit = [item for item in detect_damage(cut_short.damaged, mode="bitstream") if item.frame.cut_short is not None]
     assert len(hit) == 1
+    frame = hit[0].frame
+    (first, split), = frame.cut_short.ranges
+    assert first == 12 and 12 < split < 18
+    substituted = np.zeros(30, bool)
+    substituted[split:] = True
+    assert np.array_equal(frame.substituted, np.kron(substituted.reshape(5, 6), np.ones((4, 4), bool))[:18, :22])
     lost = hit[0].damage.labels == DamageLabel.LOST
-    damaged = expected[hit[0].frame.pts]
-    assert lost[damaged].all() and lost[-1].all()
-    assert np.count_nonzero(lost) <= 1.4 * np.count_nonzero(damaged)
+    damaged = expected[frame.pts]
+    assert lost[damaged].all() and np.count_nonzero(lost) <= 1.3 * np.count_nonzero(damaged)
+
+
+def test_i_picture_cut_short_is_lost_from_where_the_decodes_part_to_its_end(tmp_path):
+    """foreman_cif_hevc damaged as it is over MPEG-TS at 5% (seed 10): its first picture, an IDR picture, broke off
+    in its one segment. An I picture's substitutes would be flat grey, so none are made: from the first CTU where the
+    decodes part to the segment's end all is lost, and every block that differs from the clean decode is found."""
+    damaged = simulate_loss(clip("foreman_cif_hevc.mp4"), tmp_path / "d.ts", loss=LossOptions(loss_rate=0.05, seed=10),
+                            packets=PacketisationOptions(as_is=True, transport="ts"))
+    expected = reference_damage_maps(damaged.damaged, damaged.reference)
+    first = next(item for item in detect_damage(damaged.damaged, mode="bitstream") if not item.frame.missing)
+    assert first.frame.picture.pict_type == av.video.frame.PictureType.I and first.frame.substituted is None
+    assert first.frame.cut_short.ranges == ((0, 30),)
+    lost = first.damage.labels == DamageLabel.LOST
+    assert lost[expected[first.frame.pts]].all() and lost[-1].all() and not lost[0].any()
 
 
 def test_holes_are_found_in_m2ts_and_past_junk_as_in_plain_mpeg_ts(cut_short, tmp_path):
