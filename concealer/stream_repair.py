@@ -374,8 +374,9 @@ class CutSegments:
     garbage, or stops and leaves the CTUs after it holding a stale buffer's samples, up to where
     the next segment starts. Where the break was in CTUs only a decode shows: one given other bytes
     past the break (GARBLE) parts from the decode given none at the first CTU that needed them.
-    foreman_cif_hevc damaged as it is over MPEG-TS (3%, seed 2): the decodes part in the 15th of the
-    picture's 30 CTUs, and agree again on its last row, which neither decoded. The decode `conceal` repairs
+    foreman_cif_hevc damaged as it is over MPEG-TS (3%, seed 2), before the rows after the break were
+    substituted: the decodes part in the 15th of the picture's 30 CTUs, and agree again on its last row,
+    which neither decoded. The decode `conceal` repairs
     is given the packet as it arrived: given the segment cut at the break instead (nothing past it), the
     repair of foreman_cif_hevc's own stream over MPEG-TS at 5% (seed 10: its keyframe cut short) scored
     11.85 dB against 15.82, carphone re-encoded in HEVC so (seed 3) 24.21 against 27.70."""
