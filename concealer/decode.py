@@ -282,12 +282,9 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
                 picture = _released(picture, concealing)
                 drifted = verdict is Verdict.DRIFTED or (repair is not None and repair.drifted(picture.pts))
                 for slot in slots.fill(picture, vectors):
-                    substituted = repair.substituted(slot.pts) if repair is not None and not slot.missing else None
-                    if substituted is not None:
-                        slot = replace(slot, substituted=substituted)
-                    cut_short = repair.cut_short(slot.pts) if repair is not None and not slot.missing else None
-                    if cut_short is not None:
-                        slot = replace(slot, cut_short=cut_short)
+                    if repair is not None and not slot.missing:
+                        slot = replace(slot, substituted=repair.substituted(slot.pts),
+                                       cut_short=repair.cut_short(slot.pts))
                     if arrived is not None and slot.pts == picture.pts:
                         slot = replace(slot, slice_starts=arrived.starts, reference=arrived.reference)
                     yield replace(slot, drifted=True) if slot.pts == picture.pts and drifted else slot

@@ -476,12 +476,10 @@ class _Reference:
         return self._score(picture, frame)
 
     def finish(self) -> None:
-        """Score the clean frames after the last slot against the last picture."""
+        """Score the clean frames after the last slot against the last picture (called once a slot was scored)."""
         for frame in (f for f in itertools.chain(self._upcoming, self._frames) if f is not None):
-            if self._shown is not None:
-                self._score(self._shown, frame)
-                self.unmatched += 1
-        self._upcoming = [None, None]
+            self._score(self._shown, frame)
+            self.unmatched += 1
 
     def _score(self, picture: Picture, frame: DecodedFrame) -> FrameScores:
         clean = Picture.from_frame(frame.picture)

@@ -349,7 +349,6 @@ class RepairedAccessUnit:
     poc: int | None = None  # the picture's order count, when known
     rebuilt: bool = False  # a picture lost whole that a later one refers to, rebuilt from substitutes
     sequence: int = 0  # which coded video sequence `poc` counts in (each IDR or BLA picture starts one)
-
     cut: tuple[tuple[int, int], ...] = ()  # CTU ranges [first, end) of the segments whose data broke off
 
     def block_mask(self, height: int, width: int, block: int = 16) -> np.ndarray:
