@@ -621,6 +621,8 @@ class HevcSliceHeader:
     header_end: int  # before byte_alignment()
     # Bytes of each WPP substream or tile but the last (entry_point_offset_minus1 + 1), emulation prevention counted.
     entry_points: tuple[int, ...] = ()
+    temporal_mvp: bool = False  # slice_temporal_mvp_enabled_flag (right after rps_span when set)
+    collocated_span: tuple[int, int] = (0, 0)  # collocated_from_l0_flag and collocated_ref_idx, empty when absent
 
 
 class HevcParameterSets:
@@ -678,6 +680,7 @@ def parse_hevc_slice_header(nal: bytes, parameter_sets: HevcParameterSets) -> tu
         address = reader.u(max(1, (sps.ctb_count - 1).bit_length()))
     independent_start = reader.position
     slice_type, qp_delta, cabac_init, merge, across = None, 0, False, 5, None
+    temporal_mvp, collocated_span = False, (0, 0)
     poc_lsb, rps, long_term = 0, None, 0
     rps_span = (independent_start, independent_start)
     deblocking_disabled = pps.deblocking_disabled
@@ -689,7 +692,7 @@ def parse_hevc_slice_header(nal: bytes, parameter_sets: HevcParameterSets) -> tu
             reader.u(1)
         if sps.separate_colour_planes:
             reader.u(2)
-        temporal_mvp, used_pictures = False, 0
+        used_pictures = 0
         rps_start = reader.position
         if nal_type not in HEVC_IDR_TYPES:
             poc_lsb = reader.u(sps.log2_max_poc_lsb)
@@ -734,10 +737,12 @@ def parse_hevc_slice_header(nal: bytes, parameter_sets: HevcParameterSets) -> tu
             if slice_type is HevcSliceType.B:
                 reader.u(1)  # mvd_l1_zero_flag
             cabac_init = pps.cabac_init_present and reader.flag()
+            collocated_start = reader.position
             if temporal_mvp:
                 from_l0 = reader.flag() if slice_type is HevcSliceType.B else True
                 if ref_counts[0 if from_l0 else 1] > 1:
                     reader.ue()  # collocated_ref_idx
+            collocated_span = (collocated_start, reader.position)
             if (pps.weighted_pred and slice_type is HevcSliceType.P) or \
                     (pps.weighted_bipred and slice_type is HevcSliceType.B):
                 _skip_pred_weight_table(reader, sps, slice_type, ref_counts)
@@ -769,7 +774,8 @@ def parse_hevc_slice_header(nal: bytes, parameter_sets: HevcParameterSets) -> tu
         reader.skip(8 * reader.ue())
     header = HevcSliceHeader(nal_type, first, pps_id, dependent, address, slice_type, qp_delta, cabac_init, merge,
                              deblocking_disabled, across, poc_lsb, rps, long_term, after_pps_id, independent_start,
-                             rps_span, sao_span, loop_filter_span, entry_point_span, reader.position, entry_points)
+                             rps_span, sao_span, loop_filter_span, entry_point_span, reader.position, entry_points,
+                             temporal_mvp, collocated_span)
     return header, reader
 
 

@@ -232,6 +232,11 @@ def test_picture_lost_whole_is_rebuilt_so_the_pictures_after_it_decode(damaged, 
     assert [f.pts for f in frames] == sorted(clean) and not any(f.missing for f in frames)
     assert [f.pts for f in frames if f.substituted is not None] == [lost_pts]
     assert next(f for f in frames if f.pts == lost_pts).substituted.all()
+    # A repeat of the picture before it: moved along the co-located blocks' vectors (the temporal merge candidate),
+    # a rebuilt picture with B-frames around it put the pictures decoded from it 2.45 dB below a plain decode.
+    shown = {f.pts: f.luma() for f in frames}
+    before = max(pts for pts in shown if pts < lost_pts)
+    assert np.array_equal(shown[lost_pts], shown[before])
 
 
 def test_mpeg_ts_packets_merged_by_the_parser_are_split_into_their_pictures(damaged, tmp_path):
