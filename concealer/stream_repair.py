@@ -368,6 +368,12 @@ class RepairedAccessUnit:
             :-(-height // block), :-(-width // block)]
 
 
+def unchanged(units: list[RepairedAccessUnit], garbled: bool) -> bool:
+    """Whether a repair left its access unit as it came: one picture, nothing substituted, and (in a `garbled`
+    decode) no segment cut short, whose bytes past the break that decode reads otherwise."""
+    return len(units) == 1 and not units[0].substituted and not (garbled and units[0].cut)
+
+
 def _ctus_to_blocks(ctus: np.ndarray, scale: int) -> np.ndarray:
     """A per-CTU array spread over the blocks each CTU covers (`scale` blocks a side)."""
     return np.kron(ctus, np.ones((scale, scale), dtype=ctus.dtype))
@@ -536,7 +542,7 @@ class HevcStreamRepair:
         if not pictures:
             return [RepairedAccessUnit(data)]
         units = [unit for picture in pictures for unit in self._repair_picture(picture)]
-        if len(units) == 1 and not units[0].substituted and not (garbled and units[0].cut):
+        if unchanged(units, garbled):
             return [replace(units[0], data=data)]  # byte for byte, framing included
         return units
 
@@ -747,7 +753,7 @@ class PacketRepair:
         if packet.pts is None and self._clock is not None and units:
             anchor = next((u for u in units if not u.rebuilt), units[0])
             packet.pts = None if anchor.poc is None else self._clock.ordered(anchor.sequence, anchor.poc)
-        if len(units) == 1 and not units[0].substituted and not (self._garbled and units[0].cut):
+        if unchanged(units, self._garbled):
             self.order.record(packet.pts, units[0].sequence, units[0].poc)
             self._note_cut(packet.pts, units[0])
             return [packet]
