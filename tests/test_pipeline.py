@@ -1,4 +1,5 @@
 """`conceal` end to end on real damaged clips: every frame out, other streams copied, honest PSNR, clear errors."""
+import itertools
 import json
 import os
 import signal
@@ -16,7 +17,8 @@ from concealer.concealment import FillShare, FlowConcealer, Neighbours, Picture,
 from concealer.decode import decode_frames
 from concealer.encode import EncoderSettings
 from concealer.errors import OutputError
-from concealer.pipeline import conceal
+from concealer.detection import detect_damage
+from concealer.pipeline import _look_ahead, _moving_next, conceal
 from concealer.workers import written_behind
 
 from conftest import clip, decode_luma, lost_anchor_after_a_cut_to_black, plain_decode_psnr, reencode, stream_packets
@@ -420,3 +422,30 @@ def test_reference_frames_the_repair_lacks_are_scored_as_a_player_shows_them(las
     assert summary.frames == 116 and summary.reference_unmatched == 4
     assert summary.psnr == pytest.approx(plain_decode_psnr(damaged.damaged, damaged.reference), abs=0.01)
     assert summary.worst_pts == 119119
+
+
+def test_holes_before_a_repeated_picture_move_as_the_picture_after_the_repeat_says():
+    """Film at a higher rate repeats pictures (chaplin: one in three); a repeat's vectors are all zero. A hole in the
+    picture before one is filled along the motion of the picture after the repeat, which the look-ahead holds."""
+    frames = list(itertools.islice(detect_damage(clip("chaplin_640x360_mp3.mp4"), mode="bitstream"), 40))
+    for slot, _, _, beyond in _look_ahead(iter(frames[:12])):
+        index = frames.index(slot)
+        assert beyond is (frames[index + 2] if index + 2 < 12 else None)
+    pictures = [Picture.from_frame(f.frame.picture) for f in frames]
+    hole = np.zeros(pictures[0].y.shape, bool)
+    hole[128:224] = True  # six macroblock rows, as a lost slice takes them
+    errors = {"next": 0.0, "chosen": 0.0}
+    repeats = 0
+    for k in range(2, len(frames) - 2):
+        chosen = _moving_next(frames[k + 1], frames[k + 2], pictures[k], hole)
+        if np.mean((pictures[k + 1].y.astype(np.float32) - pictures[k].y) ** 2) > 2:
+            assert chosen is frames[k + 1]
+            continue
+        repeats += 1
+        assert chosen is frames[k + 2]
+        for name, following in (("next", frames[k + 1]), ("chosen", chosen)):
+            filled = FlowConcealer().conceal(pictures[k], hole, Neighbours(pictures[k - 1], following, pictures[k - 2],
+                                                                          decoder_concealed=False))
+            errors[name] += float(np.mean((filled.y[hole].astype(np.float32) - pictures[k].y[hole]) ** 2))
+    assert repeats >= 10
+    assert errors["chosen"] < 0.92 * errors["next"]  # 2880 against 3288 summed over the 11 repeats
