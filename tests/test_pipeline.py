@@ -437,7 +437,7 @@ def test_holes_before_a_repeated_picture_move_as_the_picture_after_the_repeat_sa
     errors = {"next": 0.0, "chosen": 0.0}
     repeats = 0
     for k in range(2, len(frames) - 2):
-        chosen = _moving_next(frames[k + 1], frames[k + 2], pictures[k], hole)
+        chosen = _moving_next(frames[k + 1], frames[k + 2], frames[k].frame.luma(), hole)
         if np.mean((pictures[k + 1].y.astype(np.float32) - pictures[k].y) ** 2) > 2:
             assert chosen is frames[k + 1]
             continue
