@@ -280,6 +280,8 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                     mask = damage.pixel_mask(height, width, None if drift == "reconceal" else DamageLabel.LOST)
                     anchor = not (source_format.reordered and frame.b_picture)  # I or P
                     if mask.any():
+                        moving_next = _moving_next(following, beyond, plain.luma(), mask)
+
                         def filled(nearest: Picture | None, before: Picture | None) -> Picture:
                             earlier = nearest if nearest is not None and same_scene(nearest.y, picture.y, mask) \
                                 else None
@@ -289,7 +291,7 @@ def conceal(source: Path, output: Path, *, model: str = DEFAULT_CONCEALER, detec
                             motion_before = before if earlier is not None and before is not None and \
                                 same_scene(before.y, earlier.y, np.zeros_like(mask)) else None
                             return concealer.conceal(picture, mask, Neighbours(
-                                earlier, _moving_next(following, beyond, plain.luma(), mask), motion_before,
+                                earlier, moving_next, motion_before,
                                 decoder_concealed, after if frame.b_picture else None, source_format.reordered))
 
                         # In a stream with B-frames the B picture shown just before an I or P picture was predicted
@@ -392,8 +394,11 @@ def _look_ahead(frames: Iterator[DamagedFrame]
         waiting.append(slot)
         pictured = pictured or not slot.frame.missing
         reach = LOOK_AHEAD if pictured else LEADING_LOOK_AHEAD
-        while len(waiting) > 1 and ((_anchor(slot) and beyond() is not None) or len(waiting) > reach):
-            yield waiting[0], ahead(), anchor(), beyond()
+        while len(waiting) > 1:
+            after_next = beyond()
+            if not ((_anchor(slot) and after_next is not None) or len(waiting) > reach):
+                break
+            yield waiting[0], ahead(), anchor(), after_next
             waiting.popleft()
     while waiting:
         yield waiting[0], ahead(), anchor(), beyond()
