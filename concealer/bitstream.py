@@ -76,6 +76,11 @@ def is_parameter_set(codec: Codec, nal_type: int) -> bool:
     return nal_type in (32, 33, 34)  # VPS, SPS, PPS
 
 
+# Bytes of a NAL unit that must have arrived for a cut-short one to be kept: its header (two bytes in HEVC) and some
+# payload.
+UNIT_LEAST = 3
+
+
 def _iter_length_prefixed(data: bytes, length_size: int) -> Iterator[tuple[int, int, int]]:
     offset = 0
     while offset < len(data):
@@ -87,6 +92,29 @@ def _iter_length_prefixed(data: bytes, length_size: int) -> Iterator[tuple[int, 
             raise BitstreamError("NAL length prefix runs past the access unit")
         yield offset, end, offset + length_size
         offset = end
+
+
+def arrived_units(data: bytes, length_size: int) -> bytes | None:
+    """A length-prefixed access unit cut short (its last NAL unit's length prefix runs past its end) with that
+    prefix made to say how much of the unit arrived, and trailing bytes too few for a prefix and a NAL header left
+    out; None when it is whole, or unreadable before its end (a zero length). FFmpeg refuses the whole packet
+    otherwise: a keyframe cut short left `conceal` with no picture at all (benchmarks.fuzz, h264 seed 451), where
+    the decoder, given the part that arrived, decodes its slices up to the cut and conceals the rest."""
+    offset = 0
+    while offset < len(data):
+        if offset + length_size > len(data):
+            return data[:offset] or None  # a stub of a prefix: what came before it is whole
+        length = int.from_bytes(data[offset:offset + length_size], "big")
+        if length == 0:
+            return None
+        end = offset + length_size + length
+        if end > len(data):
+            arrived = len(data) - offset - length_size
+            if arrived < UNIT_LEAST:
+                return data[:offset] or None
+            return data[:offset] + arrived.to_bytes(length_size, "big") + data[offset + length_size:]
+        offset = end
+    return None
 
 
 def _iter_annex_b(data: bytes) -> Iterator[tuple[int, int, int]]:

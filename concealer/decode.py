@@ -24,6 +24,7 @@ from typing import Iterator, Sequence
 import av
 from av.sidedata.sidedata import SideDataContainer
 
+from .bitstream import BitstreamError, Codec, arrived_units, parse_decoder_config
 from .errors import InputError
 from .h264_repair import H264GapRepair
 from .media import main_video, open_video_input
@@ -246,12 +247,13 @@ def decode_frames(path: Path, *, concealment: str = FFMPEG_CONCEALMENT, threads:
         duration = frame_duration(stream, timestamps)
         repair = open_stream_repair(path, stream, marked_substitutes, duration if untimed(first) else None,
                                     garbled_holes) if repairs else None
+        length_size = _length_prefix_size(stream) if repairs else None
         order = repair.order if repair is not None and not gaps_are_losses else None
         slots = _FrameSlots(duration, stream.time_base, order, _timestamp_clock(timestamps, duration), sent)
         dependencies = _Vp9Dependencies(duration) if repairs and stream.codec_context.name == "vp9" else None
         size = _PictureSize()
         concealing = stream.codec_context.name in ERROR_CONCEALING_DECODERS
-        for packet in _repaired(itertools.chain(first, packets), repair):
+        for packet in _repaired(arrived_parts(itertools.chain(first, packets), length_size), repair):
             # Before the edit list's start: not shown, so no slot (found by fuzzing). A stand-in for a lost frame
             # has a timestamp of our own, spread between its neighbours': the lost frame's slot is placed on the
             # frame-rate grid instead, where the muxer put it (foreman at 29.97 fps in milliseconds lost frames
@@ -378,6 +380,34 @@ def _repaired(packets: Iterator[av.Packet], repair: PacketRepair | H264GapRepair
     they need that were lost whole (HEVC, H.264)."""
     for packet in packets:
         yield from repair.packets(packet) if repair is not None and packet.size else (packet,)
+
+
+def arrived_parts(packets: Iterator[av.Packet], length_size: int | None) -> Iterator[av.Packet]:
+    """The packets of a length-prefixed H.264 or HEVC stream (`length_size`; None: any other, passed as they are),
+    each one cut short keeping the part of its last NAL unit that arrived (bitstream.arrived_units)."""
+    for packet in packets:
+        yield _arrived_part(packet, length_size) if length_size is not None and packet.size else packet
+
+
+def _length_prefix_size(stream: av.video.stream.VideoStream) -> int | None:
+    """The size of the NAL unit length prefixes of an H.264 or HEVC stream stored in MP4 or Matroska; None for
+    other codecs, Annex B (raw, MPEG-TS) and an unreadable codec record."""
+    codec = {"h264": Codec.H264, "hevc": Codec.HEVC}.get(stream.codec_context.name)
+    try:
+        config = parse_decoder_config(codec, stream.codec_context.extradata) if codec else None
+    except BitstreamError:
+        return None
+    return config.length_size if config else None
+
+
+def _arrived_part(packet: av.Packet, length_size: int) -> av.Packet:
+    data = arrived_units(bytes(packet), length_size)
+    if data is None:
+        return packet
+    part = av.Packet(data)
+    part.stream, part.time_base = packet.stream, packet.time_base
+    part.pts, part.dts, part.is_keyframe = packet.pts, packet.dts, packet.is_keyframe
+    return part
 
 
 _decodes_freezing = 0  # decodes running with the objects older than the first of them frozen

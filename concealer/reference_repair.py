@@ -59,8 +59,8 @@ from .bitstream import (
     parse_h264_sps,
 )
 from .concealment import Picture
-from .decode import (CADENCE_PACKETS, FFMPEG_CONCEALMENT, configure_decoder, copied_picture, frame_duration,
-                     plane_samples, untimed)
+from .decode import (CADENCE_PACKETS, FFMPEG_CONCEALMENT, arrived_parts, configure_decoder, copied_picture,
+                     frame_duration, plane_samples, untimed)
 from .h264_repair import SUBSTITUTE_PPS_ID, H264GapRepair, substitute_pps, substitute_slice_header
 from .media import main_video, open_video_input, parsed_packets
 
@@ -336,7 +336,8 @@ def open_reference_repair(path: Path, visible: tuple[int, int] | None = None) ->
         if not all(_rewritable(sps) for sps in sequences) or any(p.pps_id == SUBSTITUTE_PPS_ID for p in pictures):
             return None
         framing = Framing.LENGTH_PREFIXED if config else Framing.ANNEX_B
-        repair = ReferenceRepair(container, itertools.chain(first, packets), units, framing,
+        repair = ReferenceRepair(container, arrived_parts(itertools.chain(first, packets),
+                                                          config.length_size if config else None), units, framing,
                                  config.length_size if config else 4, frame_ticks, visible, parsed_packets(container))
         cleanup.pop_all()
         return repair
