@@ -100,21 +100,19 @@ def arrived_units(data: bytes, length_size: int) -> bytes | None:
     out; None when it is whole, or unreadable before its end (a zero length). FFmpeg refuses the whole packet
     otherwise: a keyframe cut short left `conceal` with no picture at all (benchmarks.fuzz, h264 seed 451), where
     the decoder, given the part that arrived, decodes its slices up to the cut and conceals the rest."""
-    offset = 0
-    while offset < len(data):
-        if offset + length_size > len(data):
-            return data[:offset] or None  # a stub of a prefix: what came before it is whole
-        length = int.from_bytes(data[offset:offset + length_size], "big")
-        if length == 0:
-            return None
-        end = offset + length_size + length
-        if end > len(data):
-            arrived = len(data) - offset - length_size
-            if arrived < UNIT_LEAST:
-                return data[:offset] or None
-            return data[:offset] + arrived.to_bytes(length_size, "big") + data[offset + length_size:]
-        offset = end
-    return None
+    whole = 0  # where the units read whole end
+    try:
+        for _, whole, _ in _iter_length_prefixed(data, length_size):
+            pass
+        return None
+    except BitstreamError:  # the walk stopped at `whole`: a stub of a prefix, a zero length, or a unit cut short
+        pass
+    arrived = len(data) - whole - length_size
+    if int.from_bytes(data[whole:whole + length_size], "big") == 0 and arrived >= 0:
+        return None
+    if arrived < UNIT_LEAST:
+        return data[:whole] or None  # what came before it is whole
+    return data[:whole] + arrived.to_bytes(length_size, "big") + data[whole + length_size:]
 
 
 def _iter_annex_b(data: bytes) -> Iterator[tuple[int, int, int]]:
